@@ -1,0 +1,53 @@
+# Smart Dispatch — the two commands: `make serve` and `make test`. `.ci/run` calls `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# Pin glibc's malloc thresholds: durable-rules' throughput is bimodal without it (DURABLE_RULES.md).
+export MALLOC_MMAP_THRESHOLD_ ?= 1048576
+export MALLOC_TRIM_THRESHOLD_ ?= 268435456
+
+.PHONY: setup serve test lint fmt gen check-gen bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+serve: $(STAMP)
+	$(VENV)/bin/smart-dispatch serve --host 127.0.0.1 --port 50051 --rules rules --store memory://
+
+test: $(STAMP) check-gen
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP) check-gen
+	$(VENV)/bin/ruff check server tests bench
+	$(VENV)/bin/ruff format --check server tests bench
+	$(VENV)/bin/mypy
+	$(VENV)/bin/buf lint
+
+fmt: $(STAMP)
+	$(VENV)/bin/ruff format server tests bench
+	$(VENV)/bin/ruff check --fix server tests bench
+
+gen: $(STAMP)
+	PY=$(PY) scripts/gen_proto.sh
+
+# Fails when the checked-in generated code differs from what proto/ generates.
+check-gen: $(STAMP)
+	@tmp=$$(mktemp -d); cp -r server/smart_dispatch/_proto $$tmp/before; \
+	PY=$(PY) scripts/gen_proto.sh; \
+	if ! diff -r $$tmp/before server/smart_dispatch/_proto >/dev/null; then \
+	  diff -r $$tmp/before server/smart_dispatch/_proto | head -20; \
+	  echo "generated code drifted from proto/: run 'make gen' and commit"; rm -rf $$tmp; exit 1; fi; \
+	rm -rf $$tmp; echo "check-gen: generated code matches proto/"
+
+bench: $(STAMP)
+	$(PY) bench/decide.py
+	$(PY) bench/counters.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,78 @@
+"""Protobuf <-> domain conversion. The only module that knows both shapes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from google.protobuf import duration_pb2, json_format, timestamp_pb2
+
+from smart_dispatch._proto.smartdispatch.v1 import smart_dispatch_pb2 as pb
+from smart_dispatch.domain import DecideRequest, Decision, Message, Recipient, Verdict
+
+_VERDICTS = {
+    Verdict.SEND: pb.VERDICT_SEND,
+    Verdict.DEFER: pb.VERDICT_DEFER,
+    Verdict.SUPPRESS: pb.VERDICT_SUPPRESS,
+}
+LIST_KINDS = {pb.LIST_KIND_ALLOW: "allow", pb.LIST_KIND_DENY: "deny"}
+LIST_KIND_OF = {name: kind for kind, name in LIST_KINDS.items()}
+
+
+def decide_request(msg: pb.DecideRequest) -> DecideRequest:
+    m, r = msg.message, msg.recipient
+    message = Message(
+        id=m.id,
+        category=m.category,
+        labels=dict(m.labels),
+        template=m.template,
+        data=json_format.MessageToDict(m.data) if m.HasField("data") else {},
+        channels=tuple(m.channels),
+        not_after=_time(m.not_after) if m.HasField("not_after") else None,
+    )
+    recipient = Recipient(
+        user_id=r.user_id,
+        timezone=r.timezone,
+        locale=r.locale,
+        addresses=dict(r.addresses),
+        opted_out=frozenset(r.opted_out),
+        preferred=tuple(r.preferred),
+        attributes=json_format.MessageToDict(r.attributes) if r.HasField("attributes") else {},
+    )
+    return DecideRequest(message=message, recipient=recipient, dry_run=msg.dry_run)
+
+
+def decide_response(decision: Decision) -> pb.DecideResponse:
+    out = pb.DecideResponse(
+        decision_id=decision.decision_id,
+        verdict=_VERDICTS[decision.verdict],
+        matched_rules=decision.matched_rules,
+        ruleset_version=decision.ruleset_version,
+    )
+    for step in decision.steps:
+        out.steps.add(channel=step.channel, address=step.address, send_at=_timestamp(step.send_at))
+    if decision.send_at is not None:
+        out.send_at.CopyFrom(_timestamp(decision.send_at))
+    for reason in decision.reasons:
+        out.reasons.add(code=reason.code, rule=reason.rule, detail=reason.detail)
+    for cap in decision.caps:
+        state = out.caps.add(name=cap.name, limit=cap.limit, used=cap.used, remaining=cap.remaining)
+        state.window.CopyFrom(_duration(cap.window_s))
+        if cap.reset_at is not None:
+            state.reset_at.CopyFrom(_timestamp(cap.reset_at))
+    return out
+
+
+def _time(ts: timestamp_pb2.Timestamp) -> datetime:
+    return ts.ToDatetime(tzinfo=UTC)
+
+
+def _timestamp(when: datetime) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(when)
+    return ts
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    d = duration_pb2.Duration()
+    d.FromNanoseconds(round(seconds * 1e9))
+    return d

@@ -1,0 +1,55 @@
+"""The one place Smart Dispatch errors become gRPC status codes.
+
+InvalidRequestError -> INVALID_ARGUMENT (message names the field)
+NotReadyError, StoreUnavailableError -> UNAVAILABLE (clients may retry)
+any other SmartDispatchError -> FAILED_PRECONDITION with its message
+Anything else is a bug: logged with its traceback and answered INTERNAL without details.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from smart_dispatch.errors import (
+    InvalidRequestError,
+    NotReadyError,
+    SmartDispatchError,
+    StoreUnavailableError,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def status_for(exc: SmartDispatchError) -> grpc.StatusCode:
+    if isinstance(exc, InvalidRequestError):
+        return grpc.StatusCode.INVALID_ARGUMENT
+    if isinstance(exc, NotReadyError | StoreUnavailableError):
+        return grpc.StatusCode.UNAVAILABLE
+    return grpc.StatusCode.FAILED_PRECONDITION
+
+
+def grpc_errors(
+    method: Callable[..., Awaitable[T]],
+) -> Callable[..., Awaitable[T]]:
+    """Decorate a servicer method: map our errors to statuses, log unexpected ones."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> T:
+        try:
+            return await method(self, request, context)
+        except SmartDispatchError as exc:
+            await context.abort(status_for(exc), str(exc))
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            log.exception("unexpected error in %s", method.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error (logged by the server)")
+        raise AssertionError("unreachable: context.abort raises")
+
+    return wrapper

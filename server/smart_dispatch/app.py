@@ -1,0 +1,111 @@
+"""Composition root: settings -> stores -> rules -> pipeline -> gRPC server.
+
+Lifecycle: `start()` loads the rules (failing fast on invalid files), binds the port and only
+then reports SERVING on `grpc.health.v1`; `stop()` reports NOT_SERVING, lets in-flight calls
+finish within the grace period, then closes the stores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from smart_dispatch._proto.smartdispatch.v1 import smart_dispatch_pb2 as pb
+from smart_dispatch._proto.smartdispatch.v1 import smart_dispatch_pb2_grpc as pb_grpc
+from smart_dispatch.api.servicer import SmartDispatchServicer
+from smart_dispatch.config import Settings
+from smart_dispatch.decide.pipeline import Decider, FailurePolicy
+from smart_dispatch.rules.active import ActiveRules
+from smart_dispatch.stores import StoreOptions, Stores, stores_from_url
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SmartDispatchService"].full_name
+
+
+class App:
+    """One sidecar instance. Use `async with App(settings) as app:` or start()/stop()."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.rules = ActiveRules(settings.rules_dir)
+        self.stores: Stores | None = None
+        self.port: int | None = None
+        self._server: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+
+    async def start(self) -> int:
+        """Load rules, connect stores, bind and serve. Returns the bound port."""
+        s = self.settings
+        version = self.rules.load()
+        log.info(
+            "rules %s loaded from %s (%d rules)", version.version, s.rules_dir, len(version.ruleset.rules)
+        )
+        options = StoreOptions(s.store_timeout_s, s.key_prefix, s.allow_list, s.deny_list)
+        self.stores = stores_from_url(s.store_url, options)
+        await _seed_lists(self.stores, options)
+        if s.store_url.startswith("memory:"):
+            log.warning("store is memory:// - caps and lists live in this process only")
+        decider = Decider(
+            self.rules,
+            self.stores.counters,
+            self.stores.lists,
+            FailurePolicy(fail_open=s.fail_open_categories),
+        )
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        pb_grpc.add_SmartDispatchServiceServicer_to_server(
+            SmartDispatchServicer(decider, self.stores.lists), server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        self.port = server.add_insecure_port(f"{s.host}:{s.port}")
+        await server.start()
+        self._server = server
+        for name in ("", SERVICE_NAME):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving on %s:%d", s.host, self.port)
+        return self.port
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """NOT_SERVING, finish in-flight calls (up to the grace period), close the stores."""
+        if self._server is not None:
+            await self._health.enter_graceful_shutdown()
+            await self._server.stop(self.settings.shutdown_grace_s if grace_s is None else grace_s)
+            self._server = None
+        if self.stores is not None:
+            await self.stores.close()
+            self.stores = None
+        self.rules.close()
+
+    async def run_until_signal(self) -> None:
+        """Serve until SIGTERM or SIGINT, then stop gracefully."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        print(f"smart-dispatch listening on {self.settings.host}:{self.port}", flush=True)
+        await stop.wait()
+        log.info("signal received: draining")
+        await self.stop()
+
+    async def __aenter__(self) -> App:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop(grace_s=1.0)
+
+
+async def _seed_lists(stores: Stores, options: StoreOptions) -> None:
+    """Lists named in the settings are members from start-up (shared stores keep them too)."""
+    for user in options.allow:
+        await stores.lists.add("allow", user)
+    for user in options.deny:
+        await stores.lists.add("deny", user)

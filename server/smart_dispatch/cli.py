@@ -1,0 +1,79 @@
+"""`smart-dispatch serve | rules check` — the command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from smart_dispatch.config import settings_from_env
+from smart_dispatch.errors import SmartDispatchError
+from smart_dispatch.malloc_tuning import pin_malloc_thresholds
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="smart-dispatch", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gRPC sidecar")
+    serve.add_argument("--host", help="bind address (default 127.0.0.1, env SD_HOST)")
+    serve.add_argument("--port", type=int, help="port, 0 for any free one (default 50051, env SD_PORT)")
+    serve.add_argument("--rules", type=Path, dest="rules_dir", help="rules directory (default rules/)")
+    serve.add_argument(
+        "--store", dest="store_url", help="memory:// (default), redis://, rediss://, redis+cluster://"
+    )
+    serve.add_argument("--log-level", dest="log_level", help="DEBUG, INFO (default), WARNING")
+
+    rules = sub.add_parser("rules", help="work with rule files")
+    rules_sub = rules.add_subparsers(dest="rules_command", required=True)
+    check = rules_sub.add_parser("check", help="validate a rules directory; exit 1 on problems")
+    check.add_argument("directory", type=Path)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        return _rules_check(args.directory)
+    except SmartDispatchError as exc:
+        print(f"smart-dispatch: {exc}", file=sys.stderr)
+        return 1
+
+
+def _serve(args: argparse.Namespace) -> int:
+    pin_malloc_thresholds()
+    from smart_dispatch.app import App
+
+    settings = settings_from_env().with_overrides(
+        host=args.host,
+        port=args.port,
+        rules_dir=args.rules_dir,
+        store_url=args.store_url,
+        log_level=args.log_level,
+    )
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    asyncio.run(App(settings).run_until_signal())
+    return 0
+
+
+def _rules_check(directory: Path) -> int:
+    from smart_dispatch.rules.active import compile_ruleset
+    from smart_dispatch.rules.loader import load_ruleset
+
+    version = compile_ruleset(load_ruleset(directory))
+    ruleset = version.ruleset
+    version.compiled.close()
+    counts = f"{len(ruleset.rules)} rules, {len(ruleset.caps)} caps in {len(ruleset.files)} files"
+    print(f"ok: {counts}; version {ruleset.version}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

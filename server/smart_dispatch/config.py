@@ -1,0 +1,85 @@
+"""Settings: one frozen object built once (defaults < environment < command line).
+
+Environment variables (all optional):
+    SD_HOST, SD_PORT, SD_RULES (directory), SD_STORE_URL, SD_STORE_TIMEOUT_S, SD_KEY_PREFIX,
+    SD_ALLOW_LIST / SD_DENY_LIST (comma-separated user ids), SD_FAIL_OPEN (comma-separated
+    categories sent anyway while the store is down), SD_SHUTDOWN_GRACE_S, SD_LOG_LEVEL.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from smart_dispatch.errors import ConfigurationError
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 50051
+    rules_dir: Path = Path("rules")
+    store_url: str = "memory://"
+    store_timeout_s: float = 0.25
+    key_prefix: str = "sd"
+    allow_list: tuple[str, ...] = ()
+    deny_list: tuple[str, ...] = ()
+    fail_open_categories: frozenset[str] = field(default_factory=lambda: frozenset({"otp", "alert"}))
+    shutdown_grace_s: float = 10.0
+    log_level: str = "INFO"
+
+    def with_overrides(self, **overrides: Any) -> Settings:
+        """A copy with every override that is not None applied."""
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+_ENV = {
+    "host": "SD_HOST",
+    "port": "SD_PORT",
+    "rules_dir": "SD_RULES",
+    "store_url": "SD_STORE_URL",
+    "store_timeout_s": "SD_STORE_TIMEOUT_S",
+    "key_prefix": "SD_KEY_PREFIX",
+    "allow_list": "SD_ALLOW_LIST",
+    "deny_list": "SD_DENY_LIST",
+    "fail_open_categories": "SD_FAIL_OPEN",
+    "shutdown_grace_s": "SD_SHUTDOWN_GRACE_S",
+    "log_level": "SD_LOG_LEVEL",
+}
+
+
+def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
+    """Defaults overridden by `SD_*` variables; a malformed value raises ConfigurationError."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    defaults = Settings()
+    for f in fields(Settings):
+        raw = env.get(_ENV[f.name])
+        if raw is None or raw == "":
+            continue
+        current = getattr(defaults, f.name)
+        try:
+            values[f.name] = _parse(raw, current)
+        except ValueError as exc:
+            raise ConfigurationError(f"{_ENV[f.name]}={raw!r}: {exc}") from exc
+    return replace(defaults, **values)
+
+
+def _parse(raw: str, like: Any) -> Any:
+    if isinstance(like, bool):
+        return raw.lower() in ("1", "true", "yes")
+    if isinstance(like, int):
+        return int(raw)
+    if isinstance(like, float):
+        return float(raw)
+    if isinstance(like, Path):
+        return Path(raw)
+    items = tuple(part.strip() for part in raw.split(",") if part.strip())
+    if isinstance(like, frozenset):
+        return frozenset(items)
+    if isinstance(like, tuple):
+        return items
+    return raw

@@ -1,0 +1,110 @@
+"""The frequency-cap contract every counter store honours.
+
+A cap is "at most `limit` sends in ANY window of `window_s` seconds" (an exact rolling window,
+not calendar buckets). Each cap keeps the message ids it counted with their planned send instant
+as score. For one decision the pipeline hands the store its candidate channels in order (each with
+the caps that apply to it); the store, in ONE atomic step (one round trip when remote):
+
+1. If the message id is already counted under every cap of some option, the call is a repeat:
+   nothing is consumed and that option is returned as chosen (`duplicate=True`).
+2. Otherwise each option is checked in order; the first whose caps ALL have room at the planned
+   instant is reserved (unless `dry_run`) and returned as `chosen`. Later options are not looked
+   at. No option fits -> `chosen is None`, every option's `retry_at_s` says when it would fit.
+
+Counting at instant `t` includes every entry scored after `t - window_s`, also entries scheduled
+in the future, so a deferred send already occupies its slot. The earliest instant a full cap has
+room again is `sorted_scores[used - limit] + window_s`.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+CapScope = Literal["user", "global"]
+
+
+@dataclass(frozen=True, slots=True)
+class CapSpec:
+    """A declared cap. `channel=None` means the cap counts sends on every channel."""
+
+    name: str
+    limit: int
+    window_s: float
+    scope: CapScope = "user"
+    channel: str | None = None
+
+    def applies_to(self, channel: str) -> bool:
+        return self.channel is None or self.channel == channel
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveRequest:
+    """`options` are the candidate channels' cap sets in order of preference; `at_s` is the
+    planned send instant (epoch seconds), None for the store's own now."""
+
+    user_id: str
+    member: str
+    options: tuple[tuple[CapSpec, ...], ...]
+    at_s: float | None = None
+    dry_run: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CapUsage:
+    """One cap after the call: `used` counts entries in the window at the planned instant,
+    including this message when it was reserved; `reset_at_s` is when the oldest counted entry
+    leaves the window (None when the window is empty)."""
+
+    cap: CapSpec
+    used: int
+    reset_at_s: float | None
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.cap.limit - self.used)
+
+
+@dataclass(frozen=True, slots=True)
+class OptionOutcome:
+    allowed: bool
+    usages: tuple[CapUsage, ...]
+    retry_at_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveOutcome:
+    """`now_s` is the store's clock; `options` holds the options evaluated, in order (up to and
+    including the chosen one); `reserved_at_s` is the score of the reservation (the existing one
+    on a repeat), None when nothing was or would be reserved."""
+
+    now_s: float
+    chosen: int | None
+    options: tuple[OptionOutcome, ...]
+    duplicate: bool
+    reserved_at_s: float | None
+
+
+class CounterStore(abc.ABC):
+    """Atomic check-and-reserve of frequency caps. Implementations raise
+    `StoreUnavailableError` when they cannot answer within their timeout."""
+
+    @abc.abstractmethod
+    async def reserve(self, request: ReserveRequest) -> ReserveOutcome:
+        """Check (and unless `dry_run`, record) the first option whose caps all have room."""
+
+    @abc.abstractmethod
+    async def refund(self, user_id: str, member: str, caps: Sequence[CapSpec]) -> None:
+        """Remove `member` from every cap in `caps` (a send that never happened)."""
+
+    async def close(self) -> None:
+        """Release connections. Default: nothing to release."""
+        return None
+
+
+def retry_at(scores_ascending: Sequence[float], limit: int, window_s: float) -> float:
+    """Earliest instant a cap holding `scores_ascending` (all counted) has room for one more."""
+    over = len(scores_ascending) - limit
+    return scores_ascending[over] + window_s

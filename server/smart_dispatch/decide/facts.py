@@ -1,0 +1,95 @@
+"""The facts document rules match against: the request plus derived facts.
+
+category             message category
+message.id / template / has_deadline
+labels.<key>         message labels
+user.id / timezone / locale
+user.local_hour      0..23, recipient's local clock      user.local_minute  0..59
+user.local_weekday   mon..sun                             user.is_weekend    bool
+user.days_since_active   days since attributes.last_active_at (absent when unknown)
+user.allow_listed / user.deny_listed   bool
+user.<attribute>     every scalar recipient attribute (derived names win on a clash)
+reachable.<channel>  bool for every known channel: address present, not opted out,
+                     allowed by message.channels
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from smart_dispatch.domain import KNOWN_CHANNELS, DecideRequest, Message, Recipient
+from smart_dispatch.errors import InvalidRequestError
+
+_WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def reachable_channels(message: Message, recipient: Recipient) -> tuple[str, ...]:
+    """Channels with an address that the person did not opt out of and the message allows."""
+    return tuple(
+        channel
+        for channel in KNOWN_CHANNELS
+        if recipient.addresses.get(channel)
+        and channel not in recipient.opted_out
+        and (not message.channels or channel in message.channels)
+    )
+
+
+def build_facts(
+    request: DecideRequest,
+    now: datetime,
+    zone: ZoneInfo,
+    memberships: frozenset[str],
+    reachable: tuple[str, ...],
+) -> dict[str, Any]:
+    message, recipient = request.message, request.recipient
+    local = now.astimezone(zone)
+    user: dict[str, Any] = {
+        key: value
+        for key, value in recipient.attributes.items()
+        if isinstance(value, str | int | float | bool)
+    }
+    user.update(
+        id=recipient.user_id,
+        timezone=recipient.timezone,
+        locale=recipient.locale,
+        local_hour=local.hour,
+        local_minute=local.minute,
+        local_weekday=_WEEKDAYS[local.weekday()],
+        is_weekend=local.weekday() >= 5,
+        allow_listed="allow" in memberships,
+        deny_listed="deny" in memberships,
+    )
+    days = days_since_active(recipient.attributes, now)
+    if days is not None:
+        user["days_since_active"] = days
+    return {
+        "category": message.category,
+        "message": {
+            "id": message.id,
+            "template": message.template,
+            "has_deadline": message.not_after is not None,
+        },
+        "labels": dict(message.labels),
+        "user": user,
+        "reachable": {channel: channel in reachable for channel in KNOWN_CHANNELS},
+    }
+
+
+def days_since_active(attributes: Mapping[str, Any], now: datetime) -> float | None:
+    """Days (fractional, >= 0) since `attributes["last_active_at"]` (RFC 3339), None if absent."""
+    raw = attributes.get("last_active_at")
+    if raw in (None, ""):
+        return None
+    field = "recipient.attributes.last_active_at"
+    if not isinstance(raw, str):
+        raise InvalidRequestError(field, f"must be an RFC 3339 timestamp string, got {raw!r}")
+    try:
+        when = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise InvalidRequestError(field, f"not an RFC 3339 timestamp: {raw!r}") from exc
+    if when.tzinfo is None:
+        raise InvalidRequestError(field, f"timestamp needs a UTC offset or Z: {raw!r}")
+    return round(max(0.0, (now - when).total_seconds() / 86400.0), 4)

@@ -1,0 +1,40 @@
+"""Ranking candidate channels. Pure.
+
+Order: channels rules prefer (in firing order), then the recipient's own preferences, then cost
+(in-app and push are free, e-mail and WeChat cheap, SMS costs money). Denied channels, and any
+outside an `only` list, are removed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from smart_dispatch.decide.draft import PlanDraft
+
+#: Relative cost per message; lower is tried first when nothing else decides.
+CHANNEL_COST: Mapping[str, float] = {
+    "in_app": 0.0,
+    "push": 0.1,
+    "email": 0.5,
+    "wechat": 0.5,
+    "webhook": 0.5,
+    "sms": 5.0,
+}
+
+
+def rank_channels(reachable: Sequence[str], draft: PlanDraft, preferred: Sequence[str]) -> list[str]:
+    eligible = [c for c in reachable if c not in draft.deny and (draft.only is None or c in draft.only)]
+
+    def key(channel: str) -> tuple[int, int, float]:
+        rule_rank = draft.prefer.index(channel) if channel in draft.prefer else len(draft.prefer)
+        own_rank = list(preferred).index(channel) if channel in preferred else len(preferred)
+        return (rule_rank, own_rank, CHANNEL_COST.get(channel, 1.0))
+
+    return sorted(eligible, key=key)
+
+
+def fallback_channels(primary: str, ranked: Sequence[str], draft: PlanDraft) -> list[str]:
+    """Channels tried after `primary` fails: the `fallback` effect's, reachable ones only."""
+    if not draft.fallback:
+        return []
+    return [c for c in draft.fallback if c != primary and c in ranked]

@@ -1,0 +1,15 @@
+"""Machine-readable reason codes carried in `DecideResponse.reasons` (documented in README)."""
+
+CHANNEL_SELECTED = "channel_selected"  # rule/ranking chose the first step's channel
+QUIET_HOURS = "quiet_hours"  # deferred (or dropped) because of the recipient's quiet hours
+CAP_EXCEEDED = "cap_exceeded"  # a frequency cap was full for a channel
+DEFERRED_BY_CAP = "deferred_by_cap"  # deferred until every cap has room again
+EXPIRED = "expired"  # could not go out before message.not_after
+DENY_LISTED = "deny_listed"  # recipient is on the deny list
+ALLOW_LISTED = "allow_listed"  # recipient is on the allow list: caps bypassed
+CAPS_BYPASSED = "caps_bypassed"  # a rule exempts this message from caps
+QUIET_HOURS_BYPASSED = "quiet_hours_bypassed"  # a rule exempts this message from quiet hours
+SUPPRESSED_BY_RULE = "suppressed_by_rule"  # a rule's `suppress` effect
+NO_REACHABLE_CHANNEL = "no_reachable_channel"  # no channel with an address, allowed and not opted out
+DUPLICATE = "duplicate"  # message id already decided: its reservation is reused
+STORE_UNAVAILABLE = "store_unavailable"  # the store failed; category policy is fail-open

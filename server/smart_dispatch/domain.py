@@ -1,0 +1,98 @@
+"""Core value objects of a decision. Frozen, protobuf-free; `api/` converts at the edge.
+
+Times are timezone-aware `datetime` in UTC; durations are seconds (`*_s`).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+#: The channels Smart Dispatch knows how to plan for. The set is open in the API (channels are
+#: strings) but a rule file or request naming a channel outside this set is rejected.
+KNOWN_CHANNELS: tuple[str, ...] = ("sms", "email", "in_app", "wechat", "push", "webhook")
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """What a caller wants to send. `channels` empty means any channel is allowed."""
+
+    id: str
+    category: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    template: str = ""
+    data: Mapping[str, Any] = field(default_factory=dict)
+    channels: tuple[str, ...] = ()
+    not_after: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    """The person. `addresses` maps channel -> address (phone, e-mail, openid, token, URL, inbox)."""
+
+    user_id: str
+    timezone: str = "UTC"
+    locale: str = ""
+    addresses: Mapping[str, str] = field(default_factory=dict)
+    opted_out: frozenset[str] = frozenset()
+    preferred: tuple[str, ...] = ()
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class DecideRequest:
+    message: Message
+    recipient: Recipient
+    dry_run: bool = False
+
+
+class Verdict(enum.Enum):
+    SEND = "send"
+    DEFER = "defer"
+    SUPPRESS = "suppress"
+
+
+@dataclass(frozen=True, slots=True)
+class PlanStep:
+    """One channel attempt: the first step is the primary channel, later ones are fallbacks."""
+
+    channel: str
+    address: str
+    send_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """A machine-readable reason code, the rule that caused it (if any) and a human detail."""
+
+    code: str
+    rule: str = ""
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CapState:
+    """A cap as seen by one decision. `reset_at` is when the oldest counted send leaves the
+    window (None when nothing is counted)."""
+
+    name: str
+    limit: int
+    window_s: float
+    used: int
+    remaining: int
+    reset_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    decision_id: str
+    verdict: Verdict
+    steps: tuple[PlanStep, ...]
+    send_at: datetime | None
+    reasons: tuple[Reason, ...]
+    matched_rules: tuple[str, ...]
+    caps: tuple[CapState, ...]
+    ruleset_version: str

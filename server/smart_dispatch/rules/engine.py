@@ -1,0 +1,128 @@
+"""The durable-rules adapter: every engine-specific detail lives in this module.
+
+We drive durable-rules' C engine (`durable_rules_engine`, shipped in the durable-rules package)
+directly instead of through `durable.lang` / `durable.engine.Host`:
+
+- no Host, so none of its self-rearming timer threads (they crashed the process under concurrent
+  sessions); calls are synchronous, GIL-bound, made inline from the event loop;
+- `assert_fact` fires every matching rule; we read the fired rule names from the action frames
+  and complete them without dispatching Python actions (action dispatch is most of the cost);
+  effects are applied afterwards in plain Python, in priority order;
+- one unique session id per evaluation, deleted in `finally` (state otherwise lives forever and
+  the 1,025th live session raises MemoryError);
+- every condition gets `{"$nex": {"$s": 1}}` so the session's own state object never matches a
+  rule (that loops forever inside C holding the GIL);
+- a ruleset is registered under a unique versioned name and deleted with `close()`, so reloads
+  can build a new version beside the old one.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from durable import engine as _durable
+
+from smart_dispatch.errors import SmartDispatchError
+from smart_dispatch.rules.model import Ruleset
+
+_C = _durable.durable_rules_engine
+_STATE_GUARD = {"$nex": {"$s": 1}}
+_NOT_HANDLED = 1
+
+
+class EngineError(SmartDispatchError):
+    """durable-rules refused a ruleset or a fact. `code` is its numeric error code if known."""
+
+    def __init__(self, problem: str, code: int | None = None) -> None:
+        super().__init__(problem)
+        self.code = code
+
+
+def to_durable(ruleset: Ruleset) -> dict[str, Any]:
+    """The durable-rules JSON definition of `ruleset`: one rule per rule, guarded."""
+    definition: dict[str, Any] = {}
+    for rule in ruleset.rules:
+        condition = {"$and": [dict(rule.when), _STATE_GUARD]} if rule.when else dict(_STATE_GUARD)
+        definition[rule.name] = {"pri": rule.priority, "all": [{"m": condition}]}
+    return definition
+
+
+def condition_error(rule_name: str, when: Mapping[str, Any]) -> EngineError | None:
+    """Compile one rule alone; the error durable-rules gives for it, or None when it is fine."""
+    definition = {rule_name: {"all": [{"m": {"$and": [dict(when), _STATE_GUARD]} if when else _STATE_GUARD}]}}
+    try:
+        handle = _C.create_ruleset(f"check_{uuid.uuid4().hex}", json.dumps(definition))
+    except Exception as exc:  # durable_rules_engine.error carries only a message
+        return EngineError(f"durable-rules rejects the condition: {exc}")
+    _C.delete_ruleset(handle)
+    return None
+
+
+class CompiledRules:
+    """One ruleset version compiled into the engine. Not thread-safe: call from one thread."""
+
+    def __init__(self, ruleset: Ruleset) -> None:
+        self.ruleset = ruleset
+        self._order = {rule.name: index for index, rule in enumerate(ruleset.rules)}
+        self._paths = [path.split(".") for path in sorted(ruleset.referenced_paths)]
+        self._sids = itertools.count()
+        self._name = f"sd_{ruleset.version}_{uuid.uuid4().hex[:8]}"
+        try:
+            self._handle: int | None = _C.create_ruleset(self._name, json.dumps(to_durable(ruleset)))
+        except Exception as exc:
+            raise EngineError(f"durable-rules rejects the ruleset: {exc}") from exc
+
+    def matches(self, facts: Mapping[str, Any]) -> list[str]:
+        """Names of every rule whose condition holds for `facts`, in firing order."""
+        if self._handle is None:
+            raise EngineError("ruleset is closed")
+        sid = str(next(self._sids))
+        fact = project(facts, self._paths)
+        fact["sid"] = sid
+        fired: list[str] = []
+        try:
+            result = _C.assert_fact(self._handle, json.dumps(fact))
+            if result[0] == _NOT_HANDLED:
+                return fired
+            state_handle = result[1]
+            frame = _C.start_action_for_state(self._handle, state_handle)
+            while frame:
+                fired.extend(json.loads(frame[1]))
+                more = _C.complete_and_start_action(self._handle, state_handle)
+                frame = (None, more) if more else None
+        except Exception as exc:
+            raise EngineError(f"durable-rules failed on the facts: {exc}") from exc
+        finally:
+            _C.delete_state(self._handle, sid)
+        fired.sort(key=self._order.__getitem__)
+        return fired
+
+    def close(self) -> None:
+        """Free the engine's ruleset. Safe to call twice."""
+        if self._handle is not None:
+            _C.delete_ruleset(self._handle)
+            self._handle = None
+
+
+def project(facts: Mapping[str, Any], paths: Sequence[list[str]]) -> dict[str, Any]:
+    """Copy only the `paths` of `facts` the rules reference (the engine caps the number of
+    flattened properties per fact, and fewer properties match faster)."""
+    out: dict[str, Any] = {}
+    for parts in paths:
+        node: Any = facts
+        for part in parts:
+            if not isinstance(node, Mapping) or part not in node:
+                break
+            node = node[part]
+        else:
+            if isinstance(node, Mapping):
+                continue
+            target = out
+            for part in parts[:-1]:
+                target = target.setdefault(part, {})
+            target[parts[-1]] = node
+    return out

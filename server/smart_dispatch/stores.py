@@ -1,0 +1,56 @@
+"""One factory for the state stores: a URL selects the backend of counters and lists alike.
+
+memory://                       embedded, in-process (default)
+redis://host:port/db            one Redis server
+rediss://host:port/db           one Redis server over TLS
+redis+cluster://host:port       Redis Cluster (any node as seed)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from smart_dispatch.counters.base import CounterStore
+from smart_dispatch.errors import ConfigurationError
+from smart_dispatch.lists.base import ListStore
+
+
+@dataclass(frozen=True, slots=True)
+class StoreOptions:
+    """`timeout_s` bounds every store call; `prefix` starts every key."""
+
+    timeout_s: float = 0.25
+    prefix: str = "sd"
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Stores:
+    counters: CounterStore
+    lists: ListStore
+    url: str
+
+    async def close(self) -> None:
+        await self.counters.close()
+        await self.lists.close()
+
+
+SCHEMES: tuple[str, ...] = ("memory", "redis", "rediss", "redis+cluster")
+
+
+def stores_from_url(url: str, options: StoreOptions | None = None) -> Stores:
+    """Build the stores for `url`. Unknown schemes raise `ConfigurationError` naming the known."""
+    options = options or StoreOptions()
+    scheme = urlsplit(url).scheme
+    if scheme == "memory":
+        from smart_dispatch.counters.memory import MemoryCounterStore
+        from smart_dispatch.lists.memory import MemoryListStore
+
+        return Stores(MemoryCounterStore(), MemoryListStore(), url)
+    if scheme in ("redis", "rediss", "redis+cluster"):
+        from smart_dispatch.redis_stores import redis_stores
+
+        return redis_stores(url, options)
+    raise ConfigurationError(f"unknown store URL scheme {scheme!r} in {url!r}; known: {', '.join(SCHEMES)}")
