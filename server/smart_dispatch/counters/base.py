@@ -13,7 +13,7 @@ the caps that apply to it); the store, in ONE atomic step (one round trip when r
 
 Counting at instant `t` includes every entry scored after `t - window_s`, also entries scheduled
 in the future, so a deferred send already occupies its slot. The earliest instant a full cap has
-room again is `sorted_scores[used - limit] + window_s`.
+room again is `sorted_scores[used - limit] + window`. Instants are kept as whole milliseconds.
 """
 
 from __future__ import annotations
@@ -104,7 +104,12 @@ class CounterStore(abc.ABC):
         return None
 
 
-def retry_at(scores_ascending: Sequence[float], limit: int, window_s: float) -> float:
-    """Earliest instant a cap holding `scores_ascending` (all counted) has room for one more."""
-    over = len(scores_ascending) - limit
-    return scores_ascending[over] + window_s
+def to_ms(seconds: float) -> int:
+    """Stores keep instants and windows as whole milliseconds, so that an instant that went
+    through a `datetime` and back (microsecond precision) compares exactly."""
+    return round(seconds * 1000)
+
+
+def retry_at_ms(scores_ascending_ms: Sequence[int], limit: int, window_ms: int) -> int:
+    """Earliest instant a full cap holding `scores_ascending_ms` has room for one more."""
+    return scores_ascending_ms[len(scores_ascending_ms) - limit] + window_ms

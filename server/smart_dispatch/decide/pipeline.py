@@ -92,14 +92,15 @@ class Decider:
         send_at = self._after_quiet_hours(now, zone, draft, trace)
         if send_at is None:
             return self._plan(version, Verdict.SUPPRESS, [], None, trace, fired)
+        if _past_deadline(request, send_at, trace):
+            return self._plan(version, Verdict.SUPPRESS, [], None, trace, fired)
         deferred = send_at > now
         channel, send_at, deferred = await self._apply_caps(
             request, version, draft, ranked, zone, send_at, deferred, memberships, trace
         )
         if channel is None or send_at is None:
             return self._plan(version, Verdict.SUPPRESS, [], None, trace, fired)
-        if message.not_after is not None and send_at > message.not_after:
-            trace.add(R.EXPIRED, detail=f"earliest send {send_at.isoformat()} is after not_after")
+        if _past_deadline(request, send_at, trace):
             return self._plan(version, Verdict.SUPPRESS, [], None, trace, fired)
 
         trace.reasons.insert(
@@ -171,12 +172,12 @@ class Decider:
         if outcome is None:  # store down, category fails open
             return ranked[0], send_at, deferred
         trace.caps = _cap_states(outcome)
+        for option, channel in zip(outcome.options, candidates, strict=False):
+            if not option.allowed:
+                full = [u.cap.name for u in option.usages if u.used >= u.cap.limit]
+                trace.add(R.CAP_EXCEEDED, draft.source.get("on_cap", ""), f"{channel}: {', '.join(full)}")
         if outcome.chosen is not None:
             return self._reserved(outcome, candidates, send_at, deferred, trace)
-
-        for option, channel in zip(outcome.options, candidates, strict=False):
-            full = [u.cap.name for u in option.usages if u.used >= u.cap.limit]
-            trace.add(R.CAP_EXCEEDED, draft.source.get("on_cap", ""), f"{channel}: {', '.join(full)}")
         if draft.on_cap != "defer":
             return None, None, False
         return await self._defer_for_caps(request, draft, candidates[0], options[0], outcome, zone, trace)
@@ -220,11 +221,14 @@ class Decider:
     ) -> tuple[str, datetime, bool]:
         assert outcome.chosen is not None
         channel = candidates[outcome.chosen]
-        if outcome.duplicate and outcome.reserved_at_s is not None:
+        if outcome.reserved_at_s is None:  # dry run: nothing reserved
+            return channel, send_at, deferred
+        # The reservation's instant is the send instant (the store's clock is the cap clock).
+        reserved = datetime.fromtimestamp(outcome.reserved_at_s, UTC)
+        if outcome.duplicate:
             trace.add(R.DUPLICATE, detail="message id already decided; reusing its reservation")
-            reserved = datetime.fromtimestamp(outcome.reserved_at_s, UTC)
-            return channel, max(reserved, send_at), reserved.timestamp() > outcome.now_s + _FUTURE_TOLERANCE_S
-        return channel, send_at, deferred
+            return channel, reserved, outcome.reserved_at_s > outcome.now_s + _FUTURE_TOLERANCE_S
+        return channel, reserved, deferred
 
     async def _reserve(
         self,
@@ -278,6 +282,16 @@ def _cap_states(outcome: ReserveOutcome) -> tuple[CapState, ...]:
         )
         for u in option.usages
     )
+
+
+def _past_deadline(request: DecideRequest, send_at: datetime, trace: _Trace) -> bool:
+    not_after = request.message.not_after
+    if not_after is None or send_at <= not_after:
+        return False
+    trace.add(
+        R.EXPIRED, detail=f"earliest send {send_at.isoformat()} is after not_after {not_after.isoformat()}"
+    )
+    return True
 
 
 def _unreachable_detail(reachable: tuple[str, ...]) -> str:
