@@ -10,11 +10,13 @@ from smart_dispatch._proto.smartdispatch.v1 import smart_dispatch_pb2_grpc as pb
 
 
 async def test_deny_listed_user_is_suppressed_and_allow_listed_user_bypasses_caps(make_app):
-    async with make_app(deny_list=("u-denied",), allow_list=("u-vip",)) as app:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
-            stub = pb_grpc.SmartDispatchServiceStub(channel)
-            denied = await stub.Decide(decide_request("otp", user="u-denied"))
-            vip = [await stub.Decide(decide_request(user="u-vip")) for _ in range(5)]
+    async with (
+        make_app(deny_list=("u-denied",), allow_list=("u-vip",)) as app,
+        grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel,
+    ):
+        stub = pb_grpc.SmartDispatchServiceStub(channel)
+        denied = await stub.Decide(decide_request("otp", user="u-denied"))
+        vip = [await stub.Decide(decide_request(user="u-vip")) for _ in range(5)]
 
     assert denied.verdict == pb.VERDICT_SUPPRESS
     assert codes(denied) == ["deny_listed"]
