@@ -17,14 +17,17 @@ from grpc_reflection.v1alpha import reflection
 
 from smart_dispatch._proto.smartdispatch.v1 import smart_dispatch_pb2 as pb
 from smart_dispatch._proto.smartdispatch.v1 import smart_dispatch_pb2_grpc as pb_grpc
+from smart_dispatch.api.admin import RulesAdminServicer
 from smart_dispatch.api.servicer import SmartDispatchServicer
 from smart_dispatch.config import Settings
 from smart_dispatch.decide.pipeline import Decider, FailurePolicy
 from smart_dispatch.rules.active import ActiveRules
+from smart_dispatch.rules.watch import RulesWatcher
 from smart_dispatch.stores import StoreOptions, Stores, stores_from_url
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SmartDispatchService"].full_name
+ADMIN_SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RulesAdminService"].full_name
 
 
 class App:
@@ -33,6 +36,7 @@ class App:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.rules = ActiveRules(settings.rules_dir)
+        self.watcher = RulesWatcher(self.rules, poll_s=settings.rules_poll_s)
         self.stores: Stores | None = None
         self.port: int | None = None
         self._server: grpc.aio.Server | None = None
@@ -41,10 +45,7 @@ class App:
     async def start(self) -> int:
         """Load rules, connect stores, bind and serve. Returns the bound port."""
         s = self.settings
-        version = self.rules.load()
-        log.info(
-            "rules %s loaded from %s (%d rules)", version.version, s.rules_dir, len(version.ruleset.rules)
-        )
+        self.rules.load()
         options = StoreOptions(s.store_timeout_s, s.key_prefix, s.allow_list, s.deny_list)
         self.stores = stores_from_url(s.store_url, options)
         await _seed_lists(self.stores, options)
@@ -55,25 +56,32 @@ class App:
             self.stores.counters,
             self.stores.lists,
             FailurePolicy(fail_open=s.fail_open_categories),
+            shadow_all=s.shadow,
         )
+        if s.shadow:
+            log.warning("shadow mode: every rule is evaluated and reported, none is enforced")
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         pb_grpc.add_SmartDispatchServiceServicer_to_server(
             SmartDispatchServicer(decider, self.stores.lists), server
         )
+        pb_grpc.add_RulesAdminServiceServicer_to_server(RulesAdminServicer(self.rules), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+            (SERVICE_NAME, ADMIN_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
         self.port = server.add_insecure_port(f"{s.host}:{s.port}")
         await server.start()
         self._server = server
-        for name in ("", SERVICE_NAME):
+        for name in ("", SERVICE_NAME, ADMIN_SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if s.watch_rules:
+            self.watcher.start()
         log.info("serving on %s:%d", s.host, self.port)
         return self.port
 
     async def stop(self, grace_s: float | None = None) -> None:
         """NOT_SERVING, finish in-flight calls (up to the grace period), close the stores."""
+        await self.watcher.stop()
         if self._server is not None:
             await self._health.enter_graceful_shutdown()
             await self._server.stop(self.settings.shutdown_grace_s if grace_s is None else grace_s)
@@ -89,6 +97,7 @@ class App:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.watcher.reload_now)
         await self.start()
         print(f"smart-dispatch listening on {self.settings.host}:{self.port}", flush=True)
         await stop.wait()

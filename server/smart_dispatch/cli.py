@@ -26,6 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--store", dest="store_url", help="memory:// (default), redis://, rediss://, redis+cluster://"
     )
     serve.add_argument("--log-level", dest="log_level", help="DEBUG, INFO (default), WARNING")
+    serve.add_argument(
+        "--shadow", action="store_const", const=True, help="evaluate and report every rule, enforce none"
+    )
 
     rules = sub.add_parser("rules", help="work with rule files")
     rules_sub = rules.add_subparsers(dest="rules_command", required=True)

@@ -3,7 +3,9 @@
 Environment variables (all optional):
     SD_HOST, SD_PORT, SD_RULES (directory), SD_STORE_URL, SD_STORE_TIMEOUT_S, SD_KEY_PREFIX,
     SD_ALLOW_LIST / SD_DENY_LIST (comma-separated user ids), SD_FAIL_OPEN (comma-separated
-    categories sent anyway while the store is down), SD_SHUTDOWN_GRACE_S, SD_LOG_LEVEL.
+    categories sent anyway while the store is down), SD_SHUTDOWN_GRACE_S, SD_LOG_LEVEL,
+    SD_RULES_POLL_S (backstop content check of the rules directory), SD_WATCH_RULES (true/false),
+    SD_SHADOW (true: evaluate and report every rule, enforce none).
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ class Settings:
     fail_open_categories: frozenset[str] = field(default_factory=lambda: frozenset({"otp", "alert"}))
     shutdown_grace_s: float = 10.0
     log_level: str = "INFO"
+    rules_poll_s: float = 5.0
+    watch_rules: bool = True
+    shadow: bool = False
 
     def with_overrides(self, **overrides: Any) -> Settings:
         """A copy with every override that is not None applied."""
@@ -48,6 +53,9 @@ _ENV = {
     "fail_open_categories": "SD_FAIL_OPEN",
     "shutdown_grace_s": "SD_SHUTDOWN_GRACE_S",
     "log_level": "SD_LOG_LEVEL",
+    "rules_poll_s": "SD_RULES_POLL_S",
+    "watch_rules": "SD_WATCH_RULES",
+    "shadow": "SD_SHADOW",
 }
 
 

@@ -47,6 +47,7 @@ class DecideRequest:
     message: Message
     recipient: Recipient
     dry_run: bool = False
+    explain: bool = False
 
 
 class Verdict(enum.Enum):
@@ -87,6 +88,36 @@ class CapState:
 
 
 @dataclass(frozen=True, slots=True)
+class RuleEvaluation:
+    name: str
+    matched: bool
+    priority: int
+    location: str
+    shadow: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedEffect:
+    """One effect of a matched rule as applied to the plan (`value` rendered as text)."""
+
+    rule: str
+    effect: str
+    value: str
+    shadow: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    """How a decision was reached: the facts, every rule's outcome, the effects applied in
+    order and the ranked channels."""
+
+    facts: Mapping[str, Any]
+    rules: tuple[RuleEvaluation, ...]
+    effects: tuple[AppliedEffect, ...]
+    ranked_channels: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Decision:
     decision_id: str
     verdict: Verdict
@@ -96,3 +127,4 @@ class Decision:
     matched_rules: tuple[str, ...]
     caps: tuple[CapState, ...]
     ruleset_version: str
+    explanation: Explanation | None = None

@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 from google.protobuf import duration_pb2, json_format, timestamp_pb2
 
 from smart_dispatch._proto.smartdispatch.v1 import smart_dispatch_pb2 as pb
-from smart_dispatch.domain import DecideRequest, Decision, Message, Recipient, Verdict
+from smart_dispatch.domain import DecideRequest, Decision, Explanation, Message, Recipient, Verdict
+from smart_dispatch.rules.active import RulesStatus
 
 _VERDICTS = {
     Verdict.SEND: pb.VERDICT_SEND,
@@ -38,7 +39,7 @@ def decide_request(msg: pb.DecideRequest) -> DecideRequest:
         preferred=tuple(r.preferred),
         attributes=json_format.MessageToDict(r.attributes) if r.HasField("attributes") else {},
     )
-    return DecideRequest(message=message, recipient=recipient, dry_run=msg.dry_run)
+    return DecideRequest(message=message, recipient=recipient, dry_run=msg.dry_run, explain=msg.explain)
 
 
 def decide_response(decision: Decision) -> pb.DecideResponse:
@@ -59,6 +60,43 @@ def decide_response(decision: Decision) -> pb.DecideResponse:
         state.window.CopyFrom(_duration(cap.window_s))
         if cap.reset_at is not None:
             state.reset_at.CopyFrom(_timestamp(cap.reset_at))
+    if decision.explanation is not None:
+        out.explanation.CopyFrom(_explanation(decision.explanation))
+    return out
+
+
+def _explanation(explanation: Explanation) -> pb.Explanation:
+    out = pb.Explanation(ranked_channels=explanation.ranked_channels)
+    out.facts.update(explanation.facts)
+    for rule in explanation.rules:
+        out.rules.add(
+            name=rule.name,
+            matched=rule.matched,
+            priority=rule.priority,
+            location=rule.location,
+            shadow=rule.shadow,
+        )
+    for effect in explanation.effects:
+        out.effects.add(rule=effect.rule, effect=effect.effect, value=effect.value, shadow=effect.shadow)
+    return out
+
+
+def rules_status(status: RulesStatus) -> pb.RulesStatus:
+    out = pb.RulesStatus(
+        version=status.version,
+        directory=str(status.directory),
+        files=status.files,
+        rule_count=status.rule_count,
+        reloads=status.reloads,
+        failures_since_load=status.failures_since_load,
+    )
+    if status.loaded_at is not None:
+        out.loaded_at.CopyFrom(_timestamp(status.loaded_at))
+    if status.last_error is not None:
+        error = status.last_error
+        out.last_error.CopyFrom(
+            pb.RuleLoadError(file=error.file, line=error.line, message=error.message, at=_timestamp(error.at))
+        )
     return out
 
 

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
+from smart_dispatch.domain import AppliedEffect
 from smart_dispatch.rules.model import OnCap, QuietHours, Rule
+
+_SCALARS = ("on_cap", "quiet_hours", "bypass_caps", "bypass_quiet_hours", "suppress", "fallback")
 
 
 @dataclass(slots=True)
@@ -28,25 +32,48 @@ class PlanDraft:
     suppress: str | None = None
     #: effect name -> the rule that set it (for reasons)
     source: dict[str, str] = field(default_factory=dict)
+    #: every effect that changed the draft, in the order applied
+    applied: list[AppliedEffect] = field(default_factory=list)
 
 
 def fold(rules: Sequence[Rule]) -> PlanDraft:
     draft = PlanDraft()
     for rule in rules:
         e = rule.effects
-        for channel in e.prefer:
-            if channel not in draft.prefer:
-                draft.prefer.append(channel)
-                draft.source.setdefault(f"prefer:{channel}", rule.name)
-        draft.deny.update(e.deny)
+
+        def applied(effect: str, value: Any, rule: Rule = rule) -> None:
+            draft.applied.append(AppliedEffect(rule.name, effect, _text(value), rule.shadow))
+
+        new_prefs = [c for c in e.prefer if c not in draft.prefer]
+        for channel in new_prefs:
+            draft.prefer.append(channel)
+            draft.source.setdefault(f"prefer:{channel}", rule.name)
+        if new_prefs:
+            applied("prefer", new_prefs)
+        if e.deny:
+            draft.deny.update(e.deny)
+            applied("deny", e.deny)
         if e.only is not None:
             draft.only = set(e.only) if draft.only is None else draft.only & set(e.only)
-        for cap in e.caps:
-            if cap not in draft.caps:
-                draft.caps.append(cap)
-        for name in ("on_cap", "quiet_hours", "bypass_caps", "bypass_quiet_hours", "suppress", "fallback"):
+            applied("only", e.only)
+        new_caps = [c for c in e.caps if c not in draft.caps]
+        if new_caps:
+            draft.caps.extend(new_caps)
+            applied("caps", new_caps)
+        for name in _SCALARS:
             value = getattr(e, name)
             if value is not None and name not in draft.source:
                 setattr(draft, name, value)
                 draft.source[name] = rule.name
+                applied(name, value)
     return draft
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, QuietHours):
+        return f"{value.start:%H:%M}-{value.end:%H:%M} policy={value.policy}"
+    if isinstance(value, list | tuple):
+        return ", ".join(str(v) for v in value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)

@@ -1,22 +1,31 @@
 """The ruleset version serving decisions, and how a new one replaces it.
 
-A new version is loaded, validated and compiled beside the old one, then swapped in with one
-reference assignment; a decision holds the version it started with, so it finishes on it.
+A new version is read, validated and compiled on its own engine ruleset beside the old one,
+then swapped in with one reference assignment. Decisions hold a lease on the version they
+started with, so they finish on it; a replaced version's engine ruleset is freed when its last
+lease ends. A failed load leaves the serving version untouched and is recorded in `status()`.
+Reloads whose content hash equals the serving version are skipped (each engine rebuild leaks a
+little memory inside durable-rules).
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from smart_dispatch.errors import NotReadyError, RuleFileError
 from smart_dispatch.rules.engine import CompiledRules, EngineError, condition_error
-from smart_dispatch.rules.loader import load_ruleset
+from smart_dispatch.rules.loader import content_version, parse_ruleset, read_sources
 from smart_dispatch.rules.model import Rule, Ruleset
 
+log = logging.getLogger(__name__)
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(frozen=True, slots=True, eq=False)
 class RulesVersion:
     ruleset: Ruleset
     compiled: CompiledRules
@@ -26,6 +35,26 @@ class RulesVersion:
     @property
     def version(self) -> str:
         return self.ruleset.version
+
+
+@dataclass(frozen=True, slots=True)
+class LoadFailure:
+    file: str
+    line: int
+    message: str
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RulesStatus:
+    directory: Path
+    version: str
+    loaded_at: datetime | None
+    files: tuple[str, ...]
+    rule_count: int
+    reloads: int
+    last_error: LoadFailure | None
+    failures_since_load: int
 
 
 def compile_ruleset(ruleset: Ruleset) -> RulesVersion:
@@ -41,25 +70,92 @@ def compile_ruleset(ruleset: Ruleset) -> RulesVersion:
 
 
 class ActiveRules:
-    """Holds the serving `RulesVersion`. `current()` raises `NotReadyError` before the first load."""
+    """Holds the serving `RulesVersion`. Use from one thread (the event loop)."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self._current: RulesVersion | None = None
+        self._leases: dict[int, int] = {}
+        self._retired: dict[int, RulesVersion] = {}
+        self._reloads = 0
+        self._failures = 0
+        self._last_error: LoadFailure | None = None
 
     def current(self) -> RulesVersion:
         if self._current is None:
             raise NotReadyError("no ruleset is loaded")
         return self._current
 
-    def load(self) -> RulesVersion:
-        """Load the directory and swap it in; on any error the old version keeps serving."""
-        version = compile_ruleset(load_ruleset(self.directory))
-        self._current = version
-        return version
+    @contextlib.contextmanager
+    def lease(self) -> Iterator[RulesVersion]:
+        """The serving version, kept alive (not freed by a swap) until the block ends."""
+        version = self.current()
+        key = id(version)
+        self._leases[key] = self._leases.get(key, 0) + 1
+        try:
+            yield version
+        finally:
+            self._leases[key] -= 1
+            if not self._leases[key]:
+                del self._leases[key]
+                retired = self._retired.pop(key, None)
+                if retired is not None:
+                    retired.compiled.close()
+
+    def load(self) -> bool:
+        """Load the directory and swap it in when its content changed; returns whether it did.
+        On any error the serving version stays, the failure is recorded, and it is raised."""
+        try:
+            sources = read_sources(self.directory)
+            if self._current is not None and content_version(sources) == self._current.version:
+                self._last_error = None
+                return False
+            version = compile_ruleset(parse_ruleset(sources))
+        except RuleFileError as exc:
+            self._failures += 1
+            self._last_error = LoadFailure(exc.file, exc.line, str(exc), datetime.now(UTC))
+            log.error(
+                "rules reload failed (%d since last load), keeping %s: %s",
+                self._failures,
+                self._current.version if self._current else "nothing",
+                exc,
+            )
+            raise
+        self._swap(version)
+        return True
+
+    def _swap(self, version: RulesVersion) -> None:
+        old, self._current = self._current, version
+        self._reloads += 1
+        self._failures = 0
+        self._last_error = None
+        log.info(
+            "rules %s loaded from %s (%d rules)", version.version, self.directory, len(version.ruleset.rules)
+        )
+        if old is not None:
+            self._retire(old)
+
+    def _retire(self, version: RulesVersion) -> None:
+        if self._leases.get(id(version)):
+            self._retired[id(version)] = version
+        else:
+            version.compiled.close()
+
+    def status(self) -> RulesStatus:
+        current = self._current
+        return RulesStatus(
+            directory=self.directory,
+            version=current.version if current else "",
+            loaded_at=current.loaded_at if current else None,
+            files=current.ruleset.files if current else (),
+            rule_count=len(current.ruleset.rules) if current else 0,
+            reloads=self._reloads,
+            last_error=self._last_error,
+            failures_since_load=self._failures,
+        )
 
     def close(self) -> None:
         """Free the serving version's engine ruleset (at shutdown)."""
         if self._current is not None:
-            self._current.compiled.close()
+            self._retire(self._current)
             self._current = None

@@ -8,6 +8,7 @@ A file (all keys optional):
     rules:
       - name: otp_now
         priority: 10                      lower fires first (0..65535, default 100)
+        shadow: false                     true: evaluate and report, do not enforce
         when: {category: otp}             durable-rules condition (see conditions.py)
         then: {prefer: [sms], fallback: [email], bypass_caps: true, bypass_quiet_hours: true}
 
@@ -34,7 +35,7 @@ DEFAULT_PRIORITY = 100
 MAX_PRIORITY = 65535
 _FILE_KEYS = frozenset({"categories", "caps", "rules"})
 _CAP_KEYS = frozenset({"name", "limit", "window", "scope", "channel", "description"})
-_RULE_KEYS = frozenset({"name", "priority", "when", "then", "description"})
+_RULE_KEYS = frozenset({"name", "priority", "when", "then", "shadow", "description"})
 _CHANNEL_LIST_EFFECTS = ("prefer", "deny", "only", "fallback")
 _BOOL_EFFECTS = ("bypass_caps", "bypass_quiet_hours")
 EFFECT_NAMES = frozenset(
@@ -58,23 +59,36 @@ def rule_files(directory: Path) -> list[Path]:
 
 def load_ruleset(directory: Path) -> Ruleset:
     """Read, validate and combine every rule file of `directory`."""
-    if not directory.is_dir():
-        raise RuleFileError(str(directory), 0, "rules directory does not exist")
-    files = rule_files(directory)
-    if not files:
-        raise RuleFileError(str(directory), 0, "no rule files (*.yaml, *.yml) in directory")
-    texts = {path: path.read_text(encoding="utf-8") for path in files}
-    return parse_ruleset({str(path): text for path, text in texts.items()})
+    return parse_ruleset(read_sources(directory))
+
+
+def read_sources(directory: Path) -> dict[str, str]:
+    """`{file path: text}` of the rule files of `directory`, in load order."""
+    try:
+        if not directory.is_dir():
+            raise RuleFileError(str(directory), 0, "rules directory does not exist")
+        files = rule_files(directory)
+        if not files:
+            raise RuleFileError(str(directory), 0, "no rule files (*.yaml, *.yml) in directory")
+        return {str(path): path.read_text(encoding="utf-8") for path in files}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RuleFileError(str(directory), 0, f"cannot read rule files: {exc}") from exc
+
+
+def content_version(sources: Mapping[str, str]) -> str:
+    """The version of a set of rule files: a hash of their names and contents."""
+    digest = hashlib.sha256()
+    for file, text in sources.items():
+        digest.update(Path(file).name.encode() + b"\0" + text.encode() + b"\0")
+    return digest.hexdigest()[:12]
 
 
 def parse_ruleset(sources: Mapping[str, str]) -> Ruleset:
     """Validate rule-file texts (`{file name: YAML text}`) into one `Ruleset`."""
-    digest = hashlib.sha256()
     builder = _Builder()
     for file, text in sources.items():
-        digest.update(Path(file).name.encode() + b"\0" + text.encode() + b"\0")
         builder.add_file(file, text)
-    return builder.build(digest.hexdigest()[:12], tuple(sources))
+    return builder.build(content_version(sources), tuple(sources))
 
 
 class _Builder:
@@ -137,7 +151,10 @@ class _Builder:
         when = normalize_condition(_required(spec, "when", fail), spec.line_of("when"), fail, self.paths)
         then = _mapping(_required(spec, "then", fail), spec.line_of("then"), "then", fail)
         effects = self._effects(then, fail)
-        self.rules.append(Rule(name, priority, when, effects, file, spec.line))
+        shadow = spec.get("shadow", False)
+        if not isinstance(shadow, bool):
+            raise fail(spec.line_of("shadow"), f"rule {name!r}: shadow must be true or false")
+        self.rules.append(Rule(name, priority, when, effects, file, spec.line, shadow))
 
     def _effects(self, then: LineDict, fail: _Fail) -> Effects:
         unknown = sorted(set(then) - EFFECT_NAMES)

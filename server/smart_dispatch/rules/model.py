@@ -49,6 +49,11 @@ class Rule:
     effects: Effects
     file: str
     line: int
+    shadow: bool = False
+
+    @property
+    def location(self) -> str:
+        return f"{self.file}:{self.line}"
 
 
 @dataclass(frozen=True, slots=True)

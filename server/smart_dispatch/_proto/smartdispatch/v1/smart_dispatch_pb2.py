@@ -27,7 +27,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%smartdispatch/v1/smart_dispatch.proto\x12\x10smartdispatch.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x87\x02\n\x07Message\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x02 \x01(\t\x12\x35\n\x06labels\x18\x03 \x03(\x0b\x32%.smartdispatch.v1.Message.LabelsEntry\x12\x10\n\x08template\x18\x04 \x01(\t\x12%\n\x04\x64\x61ta\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x10\n\x08\x63hannels\x18\x06 \x03(\t\x12-\n\tnot_after\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x82\x02\n\tRecipient\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x10\n\x08timezone\x18\x02 \x01(\t\x12\x0e\n\x06locale\x18\x03 \x01(\t\x12=\n\taddresses\x18\x04 \x03(\x0b\x32*.smartdispatch.v1.Recipient.AddressesEntry\x12\x11\n\topted_out\x18\x05 \x03(\t\x12\x11\n\tpreferred\x18\x06 \x03(\t\x12+\n\nattributes\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x1a\x30\n\x0e\x41\x64\x64ressesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"|\n\rDecideRequest\x12*\n\x07message\x18\x01 \x01(\x0b\x32\x19.smartdispatch.v1.Message\x12.\n\trecipient\x18\x02 \x01(\x0b\x32\x1b.smartdispatch.v1.Recipient\x12\x0f\n\x07\x64ry_run\x18\x03 \x01(\x08\"Y\n\x08PlanStep\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12+\n\x07send_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"4\n\x06Reason\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0c\n\x04rule\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"\xa1\x01\n\x08\x43\x61pState\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x03\x12)\n\x06window\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0c\n\x04used\x18\x04 \x01(\x03\x12\x11\n\tremaining\x18\x05 \x01(\x03\x12,\n\x08reset_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xae\x02\n\x0e\x44\x65\x63ideResponse\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12*\n\x07verdict\x18\x02 \x01(\x0e\x32\x19.smartdispatch.v1.Verdict\x12)\n\x05steps\x18\x03 \x03(\x0b\x32\x1a.smartdispatch.v1.PlanStep\x12+\n\x07send_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x07reasons\x18\x05 \x03(\x0b\x32\x18.smartdispatch.v1.Reason\x12\x15\n\rmatched_rules\x18\x06 \x03(\t\x12(\n\x04\x63\x61ps\x18\x07 \x03(\x0b\x32\x1a.smartdispatch.v1.CapState\x12\x17\n\x0fruleset_version\x18\x08 \x01(\t\"Q\n\x14\x41\x64\x64ListMemberRequest\x12(\n\x04list\x18\x01 \x01(\x0e\x32\x1a.smartdispatch.v1.ListKind\x12\x0f\n\x07user_id\x18\x02 \x01(\t\"&\n\x15\x41\x64\x64ListMemberResponse\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x01 \x01(\x08\"T\n\x17RemoveListMemberRequest\x12(\n\x04list\x18\x01 \x01(\x0e\x32\x1a.smartdispatch.v1.ListKind\x12\x0f\n\x07user_id\x18\x02 \x01(\t\"+\n\x18RemoveListMemberResponse\x12\x0f\n\x07removed\x18\x01 \x01(\x08\")\n\x16\x43heckListMemberRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"D\n\x17\x43heckListMemberResponse\x12)\n\x05lists\x18\x01 \x03(\x0e\x32\x1a.smartdispatch.v1.ListKind*]\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x10\n\x0cVERDICT_SEND\x10\x01\x12\x11\n\rVERDICT_DEFER\x10\x02\x12\x14\n\x10VERDICT_SUPPRESS\x10\x03*N\n\x08ListKind\x12\x19\n\x15LIST_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fLIST_KIND_ALLOW\x10\x01\x12\x12\n\x0eLIST_KIND_DENY\x10\x02\x32\x98\x03\n\x14SmartDispatchService\x12K\n\x06\x44\x65\x63ide\x12\x1f.smartdispatch.v1.DecideRequest\x1a .smartdispatch.v1.DecideResponse\x12`\n\rAddListMember\x12&.smartdispatch.v1.AddListMemberRequest\x1a\'.smartdispatch.v1.AddListMemberResponse\x12i\n\x10RemoveListMember\x12).smartdispatch.v1.RemoveListMemberRequest\x1a*.smartdispatch.v1.RemoveListMemberResponse\x12\x66\n\x0f\x43heckListMember\x12(.smartdispatch.v1.CheckListMemberRequest\x1a).smartdispatch.v1.CheckListMemberResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%smartdispatch/v1/smart_dispatch.proto\x12\x10smartdispatch.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x14\n\x12ReloadRulesRequest\"U\n\x13ReloadRulesResponse\x12\x0f\n\x07\x63hanged\x18\x01 \x01(\x08\x12-\n\x06status\x18\x02 \x01(\x0b\x32\x1d.smartdispatch.v1.RulesStatus\"\x17\n\x15GetRulesStatusRequest\"G\n\x16GetRulesStatusResponse\x12-\n\x06status\x18\x01 \x01(\x0b\x32\x1d.smartdispatch.v1.RulesStatus\"\xe6\x01\n\x0bRulesStatus\x12\x0f\n\x07version\x18\x01 \x01(\t\x12-\n\tloaded_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tdirectory\x18\x03 \x01(\t\x12\r\n\x05\x66iles\x18\x04 \x03(\t\x12\x12\n\nrule_count\x18\x05 \x01(\x05\x12\x0f\n\x07reloads\x18\x06 \x01(\x03\x12\x33\n\nlast_error\x18\x07 \x01(\x0b\x32\x1f.smartdispatch.v1.RuleLoadError\x12\x1b\n\x13\x66\x61ilures_since_load\x18\x08 \x01(\x03\"d\n\rRuleLoadError\x12\x0c\n\x04\x66ile\x18\x01 \x01(\t\x12\x0c\n\x04line\x18\x02 \x01(\x05\x12\x0f\n\x07message\x18\x03 \x01(\t\x12&\n\x02\x61t\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x87\x02\n\x07Message\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x02 \x01(\t\x12\x35\n\x06labels\x18\x03 \x03(\x0b\x32%.smartdispatch.v1.Message.LabelsEntry\x12\x10\n\x08template\x18\x04 \x01(\t\x12%\n\x04\x64\x61ta\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x10\n\x08\x63hannels\x18\x06 \x03(\t\x12-\n\tnot_after\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x82\x02\n\tRecipient\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x10\n\x08timezone\x18\x02 \x01(\t\x12\x0e\n\x06locale\x18\x03 \x01(\t\x12=\n\taddresses\x18\x04 \x03(\x0b\x32*.smartdispatch.v1.Recipient.AddressesEntry\x12\x11\n\topted_out\x18\x05 \x03(\t\x12\x11\n\tpreferred\x18\x06 \x03(\t\x12+\n\nattributes\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x1a\x30\n\x0e\x41\x64\x64ressesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8d\x01\n\rDecideRequest\x12*\n\x07message\x18\x01 \x01(\x0b\x32\x19.smartdispatch.v1.Message\x12.\n\trecipient\x18\x02 \x01(\x0b\x32\x1b.smartdispatch.v1.Recipient\x12\x0f\n\x07\x64ry_run\x18\x03 \x01(\x08\x12\x0f\n\x07\x65xplain\x18\x04 \x01(\x08\"Y\n\x08PlanStep\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12+\n\x07send_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"4\n\x06Reason\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0c\n\x04rule\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"\xa1\x01\n\x08\x43\x61pState\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x03\x12)\n\x06window\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0c\n\x04used\x18\x04 \x01(\x03\x12\x11\n\tremaining\x18\x05 \x01(\x03\x12,\n\x08reset_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe2\x02\n\x0e\x44\x65\x63ideResponse\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12*\n\x07verdict\x18\x02 \x01(\x0e\x32\x19.smartdispatch.v1.Verdict\x12)\n\x05steps\x18\x03 \x03(\x0b\x32\x1a.smartdispatch.v1.PlanStep\x12+\n\x07send_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x07reasons\x18\x05 \x03(\x0b\x32\x18.smartdispatch.v1.Reason\x12\x15\n\rmatched_rules\x18\x06 \x03(\t\x12(\n\x04\x63\x61ps\x18\x07 \x03(\x0b\x32\x1a.smartdispatch.v1.CapState\x12\x17\n\x0fruleset_version\x18\x08 \x01(\t\x12\x32\n\x0b\x65xplanation\x18\t \x01(\x0b\x32\x1d.smartdispatch.v1.Explanation\"\xb1\x01\n\x0b\x45xplanation\x12&\n\x05\x66\x61\x63ts\x18\x01 \x01(\x0b\x32\x17.google.protobuf.Struct\x12/\n\x05rules\x18\x02 \x03(\x0b\x32 .smartdispatch.v1.RuleEvaluation\x12\x30\n\x07\x65\x66\x66\x65\x63ts\x18\x03 \x03(\x0b\x32\x1f.smartdispatch.v1.AppliedEffect\x12\x17\n\x0franked_channels\x18\x04 \x03(\t\"c\n\x0eRuleEvaluation\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07matched\x18\x02 \x01(\x08\x12\x10\n\x08priority\x18\x03 \x01(\x05\x12\x10\n\x08location\x18\x04 \x01(\t\x12\x0e\n\x06shadow\x18\x05 \x01(\x08\"L\n\rAppliedEffect\x12\x0c\n\x04rule\x18\x01 \x01(\t\x12\x0e\n\x06\x65\x66\x66\x65\x63t\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\t\x12\x0e\n\x06shadow\x18\x04 \x01(\x08\"Q\n\x14\x41\x64\x64ListMemberRequest\x12(\n\x04list\x18\x01 \x01(\x0e\x32\x1a.smartdispatch.v1.ListKind\x12\x0f\n\x07user_id\x18\x02 \x01(\t\"&\n\x15\x41\x64\x64ListMemberResponse\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x01 \x01(\x08\"T\n\x17RemoveListMemberRequest\x12(\n\x04list\x18\x01 \x01(\x0e\x32\x1a.smartdispatch.v1.ListKind\x12\x0f\n\x07user_id\x18\x02 \x01(\t\"+\n\x18RemoveListMemberResponse\x12\x0f\n\x07removed\x18\x01 \x01(\x08\")\n\x16\x43heckListMemberRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"D\n\x17\x43heckListMemberResponse\x12)\n\x05lists\x18\x01 \x03(\x0e\x32\x1a.smartdispatch.v1.ListKind*]\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x10\n\x0cVERDICT_SEND\x10\x01\x12\x11\n\rVERDICT_DEFER\x10\x02\x12\x14\n\x10VERDICT_SUPPRESS\x10\x03*N\n\x08ListKind\x12\x19\n\x15LIST_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fLIST_KIND_ALLOW\x10\x01\x12\x12\n\x0eLIST_KIND_DENY\x10\x02\x32\x98\x03\n\x14SmartDispatchService\x12K\n\x06\x44\x65\x63ide\x12\x1f.smartdispatch.v1.DecideRequest\x1a .smartdispatch.v1.DecideResponse\x12`\n\rAddListMember\x12&.smartdispatch.v1.AddListMemberRequest\x1a\'.smartdispatch.v1.AddListMemberResponse\x12i\n\x10RemoveListMember\x12).smartdispatch.v1.RemoveListMemberRequest\x1a*.smartdispatch.v1.RemoveListMemberResponse\x12\x66\n\x0f\x43heckListMember\x12(.smartdispatch.v1.CheckListMemberRequest\x1a).smartdispatch.v1.CheckListMemberResponse2\xd4\x01\n\x11RulesAdminService\x12Z\n\x0bReloadRules\x12$.smartdispatch.v1.ReloadRulesRequest\x1a%.smartdispatch.v1.ReloadRulesResponse\x12\x63\n\x0eGetRulesStatus\x12\'.smartdispatch.v1.GetRulesStatusRequest\x1a(.smartdispatch.v1.GetRulesStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,40 +38,60 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MESSAGE_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_RECIPIENT_ADDRESSESENTRY']._loaded_options = None
   _globals['_RECIPIENT_ADDRESSESENTRY']._serialized_options = b'8\001'
-  _globals['_VERDICT']._serialized_start=1788
-  _globals['_VERDICT']._serialized_end=1881
-  _globals['_LISTKIND']._serialized_start=1883
-  _globals['_LISTKIND']._serialized_end=1961
-  _globals['_MESSAGE']._serialized_start=155
-  _globals['_MESSAGE']._serialized_end=418
-  _globals['_MESSAGE_LABELSENTRY']._serialized_start=373
-  _globals['_MESSAGE_LABELSENTRY']._serialized_end=418
-  _globals['_RECIPIENT']._serialized_start=421
-  _globals['_RECIPIENT']._serialized_end=679
-  _globals['_RECIPIENT_ADDRESSESENTRY']._serialized_start=631
-  _globals['_RECIPIENT_ADDRESSESENTRY']._serialized_end=679
-  _globals['_DECIDEREQUEST']._serialized_start=681
-  _globals['_DECIDEREQUEST']._serialized_end=805
-  _globals['_PLANSTEP']._serialized_start=807
-  _globals['_PLANSTEP']._serialized_end=896
-  _globals['_REASON']._serialized_start=898
-  _globals['_REASON']._serialized_end=950
-  _globals['_CAPSTATE']._serialized_start=953
-  _globals['_CAPSTATE']._serialized_end=1114
-  _globals['_DECIDERESPONSE']._serialized_start=1117
-  _globals['_DECIDERESPONSE']._serialized_end=1419
-  _globals['_ADDLISTMEMBERREQUEST']._serialized_start=1421
-  _globals['_ADDLISTMEMBERREQUEST']._serialized_end=1502
-  _globals['_ADDLISTMEMBERRESPONSE']._serialized_start=1504
-  _globals['_ADDLISTMEMBERRESPONSE']._serialized_end=1542
-  _globals['_REMOVELISTMEMBERREQUEST']._serialized_start=1544
-  _globals['_REMOVELISTMEMBERREQUEST']._serialized_end=1628
-  _globals['_REMOVELISTMEMBERRESPONSE']._serialized_start=1630
-  _globals['_REMOVELISTMEMBERRESPONSE']._serialized_end=1673
-  _globals['_CHECKLISTMEMBERREQUEST']._serialized_start=1675
-  _globals['_CHECKLISTMEMBERREQUEST']._serialized_end=1716
-  _globals['_CHECKLISTMEMBERRESPONSE']._serialized_start=1718
-  _globals['_CHECKLISTMEMBERRESPONSE']._serialized_end=1786
-  _globals['_SMARTDISPATCHSERVICE']._serialized_start=1964
-  _globals['_SMARTDISPATCHSERVICE']._serialized_end=2372
+  _globals['_VERDICT']._serialized_start=2759
+  _globals['_VERDICT']._serialized_end=2852
+  _globals['_LISTKIND']._serialized_start=2854
+  _globals['_LISTKIND']._serialized_end=2932
+  _globals['_RELOADRULESREQUEST']._serialized_start=154
+  _globals['_RELOADRULESREQUEST']._serialized_end=174
+  _globals['_RELOADRULESRESPONSE']._serialized_start=176
+  _globals['_RELOADRULESRESPONSE']._serialized_end=261
+  _globals['_GETRULESSTATUSREQUEST']._serialized_start=263
+  _globals['_GETRULESSTATUSREQUEST']._serialized_end=286
+  _globals['_GETRULESSTATUSRESPONSE']._serialized_start=288
+  _globals['_GETRULESSTATUSRESPONSE']._serialized_end=359
+  _globals['_RULESSTATUS']._serialized_start=362
+  _globals['_RULESSTATUS']._serialized_end=592
+  _globals['_RULELOADERROR']._serialized_start=594
+  _globals['_RULELOADERROR']._serialized_end=694
+  _globals['_MESSAGE']._serialized_start=697
+  _globals['_MESSAGE']._serialized_end=960
+  _globals['_MESSAGE_LABELSENTRY']._serialized_start=915
+  _globals['_MESSAGE_LABELSENTRY']._serialized_end=960
+  _globals['_RECIPIENT']._serialized_start=963
+  _globals['_RECIPIENT']._serialized_end=1221
+  _globals['_RECIPIENT_ADDRESSESENTRY']._serialized_start=1173
+  _globals['_RECIPIENT_ADDRESSESENTRY']._serialized_end=1221
+  _globals['_DECIDEREQUEST']._serialized_start=1224
+  _globals['_DECIDEREQUEST']._serialized_end=1365
+  _globals['_PLANSTEP']._serialized_start=1367
+  _globals['_PLANSTEP']._serialized_end=1456
+  _globals['_REASON']._serialized_start=1458
+  _globals['_REASON']._serialized_end=1510
+  _globals['_CAPSTATE']._serialized_start=1513
+  _globals['_CAPSTATE']._serialized_end=1674
+  _globals['_DECIDERESPONSE']._serialized_start=1677
+  _globals['_DECIDERESPONSE']._serialized_end=2031
+  _globals['_EXPLANATION']._serialized_start=2034
+  _globals['_EXPLANATION']._serialized_end=2211
+  _globals['_RULEEVALUATION']._serialized_start=2213
+  _globals['_RULEEVALUATION']._serialized_end=2312
+  _globals['_APPLIEDEFFECT']._serialized_start=2314
+  _globals['_APPLIEDEFFECT']._serialized_end=2390
+  _globals['_ADDLISTMEMBERREQUEST']._serialized_start=2392
+  _globals['_ADDLISTMEMBERREQUEST']._serialized_end=2473
+  _globals['_ADDLISTMEMBERRESPONSE']._serialized_start=2475
+  _globals['_ADDLISTMEMBERRESPONSE']._serialized_end=2513
+  _globals['_REMOVELISTMEMBERREQUEST']._serialized_start=2515
+  _globals['_REMOVELISTMEMBERREQUEST']._serialized_end=2599
+  _globals['_REMOVELISTMEMBERRESPONSE']._serialized_start=2601
+  _globals['_REMOVELISTMEMBERRESPONSE']._serialized_end=2644
+  _globals['_CHECKLISTMEMBERREQUEST']._serialized_start=2646
+  _globals['_CHECKLISTMEMBERREQUEST']._serialized_end=2687
+  _globals['_CHECKLISTMEMBERRESPONSE']._serialized_start=2689
+  _globals['_CHECKLISTMEMBERRESPONSE']._serialized_end=2757
+  _globals['_SMARTDISPATCHSERVICE']._serialized_start=2935
+  _globals['_SMARTDISPATCHSERVICE']._serialized_end=3343
+  _globals['_RULESADMINSERVICE']._serialized_start=3346
+  _globals['_RULESADMINSERVICE']._serialized_end=3558
 # @@protoc_insertion_point(module_scope)

@@ -71,6 +71,171 @@ LIST_KIND_DENY: ListKind.ValueType  # 2
 Global___ListKind: _TypeAlias = ListKind  # noqa: Y015
 
 @_typing.final
+class ReloadRulesRequest(_message.Message):
+    """ReloadRulesRequest has no fields."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReloadRulesRequest: _TypeAlias = ReloadRulesRequest  # noqa: Y015
+
+@_typing.final
+class ReloadRulesResponse(_message.Message):
+    """ReloadRulesResponse tells whether the content changed and the resulting status."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGED_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    changed: _builtins.bool
+    """False when the files are identical to the serving version (nothing rebuilt)."""
+    @_builtins.property
+    def status(self) -> Global___RulesStatus: ...
+    def __init__(
+        self,
+        *,
+        changed: _builtins.bool = ...,
+        status: Global___RulesStatus | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed", b"changed", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReloadRulesResponse: _TypeAlias = ReloadRulesResponse  # noqa: Y015
+
+@_typing.final
+class GetRulesStatusRequest(_message.Message):
+    """GetRulesStatusRequest has no fields."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRulesStatusRequest: _TypeAlias = GetRulesStatusRequest  # noqa: Y015
+
+@_typing.final
+class GetRulesStatusResponse(_message.Message):
+    """GetRulesStatusResponse carries the status."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def status(self) -> Global___RulesStatus: ...
+    def __init__(
+        self,
+        *,
+        status: Global___RulesStatus | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRulesStatusResponse: _TypeAlias = GetRulesStatusResponse  # noqa: Y015
+
+@_typing.final
+class RulesStatus(_message.Message):
+    """RulesStatus describes the serving ruleset and the reload history."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    LOADED_AT_FIELD_NUMBER: _builtins.int
+    DIRECTORY_FIELD_NUMBER: _builtins.int
+    FILES_FIELD_NUMBER: _builtins.int
+    RULE_COUNT_FIELD_NUMBER: _builtins.int
+    RELOADS_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    FAILURES_SINCE_LOAD_FIELD_NUMBER: _builtins.int
+    version: _builtins.str
+    """Content hash of the serving rule files."""
+    directory: _builtins.str
+    rule_count: _builtins.int
+    reloads: _builtins.int
+    """Successful loads since start (the first load counts)."""
+    failures_since_load: _builtins.int
+    """Failed reload attempts since the serving version was loaded."""
+    @_builtins.property
+    def loaded_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def files(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def last_error(self) -> Global___RuleLoadError:
+        """The most recent failed load; unset when the last attempt succeeded."""
+
+    def __init__(
+        self,
+        *,
+        version: _builtins.str = ...,
+        loaded_at: _timestamp_pb2.Timestamp | None = ...,
+        directory: _builtins.str = ...,
+        files: _abc.Iterable[_builtins.str] | None = ...,
+        rule_count: _builtins.int = ...,
+        reloads: _builtins.int = ...,
+        last_error: Global___RuleLoadError | None = ...,
+        failures_since_load: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_error", b"last_error", "loaded_at", b"loaded_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["directory", b"directory", "failures_since_load", b"failures_since_load", "files", b"files", "last_error", b"last_error", "loaded_at", b"loaded_at", "reloads", b"reloads", "rule_count", b"rule_count", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RulesStatus: _TypeAlias = RulesStatus  # noqa: Y015
+
+@_typing.final
+class RuleLoadError(_message.Message):
+    """RuleLoadError is why a rules directory was rejected."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILE_FIELD_NUMBER: _builtins.int
+    LINE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    file: _builtins.str
+    line: _builtins.int
+    """1-based; 0 when the problem concerns the whole file or directory."""
+    message: _builtins.str
+    """"file:line: problem"."""
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        file: _builtins.str = ...,
+        line: _builtins.int = ...,
+        message: _builtins.str = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "file", b"file", "line", b"line", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RuleLoadError: _TypeAlias = RuleLoadError  # noqa: Y015
+
+@_typing.final
 class Message(_message.Message):
     """Message is what a service wants to send."""
 
@@ -225,8 +390,11 @@ class DecideRequest(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     RECIPIENT_FIELD_NUMBER: _builtins.int
     DRY_RUN_FIELD_NUMBER: _builtins.int
+    EXPLAIN_FIELD_NUMBER: _builtins.int
     dry_run: _builtins.bool
     """Preview only: check caps without reserving them."""
+    explain: _builtins.bool
+    """Also return how the decision was reached (DecideResponse.explanation)."""
     @_builtins.property
     def message(self) -> Global___Message: ...
     @_builtins.property
@@ -237,10 +405,11 @@ class DecideRequest(_message.Message):
         message: Global___Message | None = ...,
         recipient: Global___Recipient | None = ...,
         dry_run: _builtins.bool = ...,
+        explain: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "recipient", b"recipient"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dry_run", b"dry_run", "message", b"message", "recipient", b"recipient"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dry_run", b"dry_run", "explain", b"explain", "message", b"message", "recipient", b"recipient"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -356,6 +525,7 @@ class DecideResponse(_message.Message):
     MATCHED_RULES_FIELD_NUMBER: _builtins.int
     CAPS_FIELD_NUMBER: _builtins.int
     RULESET_VERSION_FIELD_NUMBER: _builtins.int
+    EXPLANATION_FIELD_NUMBER: _builtins.int
     decision_id: _builtins.str
     verdict: Global___Verdict.ValueType
     ruleset_version: _builtins.str
@@ -373,6 +543,10 @@ class DecideResponse(_message.Message):
 
     @_builtins.property
     def caps(self) -> _containers.RepeatedCompositeFieldContainer[Global___CapState]: ...
+    @_builtins.property
+    def explanation(self) -> Global___Explanation:
+        """Set when DecideRequest.explain is true."""
+
     def __init__(
         self,
         *,
@@ -384,14 +558,125 @@ class DecideResponse(_message.Message):
         matched_rules: _abc.Iterable[_builtins.str] | None = ...,
         caps: _abc.Iterable[Global___CapState] | None = ...,
         ruleset_version: _builtins.str = ...,
+        explanation: Global___Explanation | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["send_at", b"send_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["explanation", b"explanation", "send_at", b"send_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["caps", b"caps", "decision_id", b"decision_id", "matched_rules", b"matched_rules", "reasons", b"reasons", "ruleset_version", b"ruleset_version", "send_at", b"send_at", "steps", b"steps", "verdict", b"verdict"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caps", b"caps", "decision_id", b"decision_id", "explanation", b"explanation", "matched_rules", b"matched_rules", "reasons", b"reasons", "ruleset_version", b"ruleset_version", "send_at", b"send_at", "steps", b"steps", "verdict", b"verdict"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DecideResponse: _TypeAlias = DecideResponse  # noqa: Y015
+
+@_typing.final
+class Explanation(_message.Message):
+    """Explanation answers "why did this message get this plan?"."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FACTS_FIELD_NUMBER: _builtins.int
+    RULES_FIELD_NUMBER: _builtins.int
+    EFFECTS_FIELD_NUMBER: _builtins.int
+    RANKED_CHANNELS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def facts(self) -> _struct_pb2.Struct:
+        """The facts document the rules were matched against."""
+
+    @_builtins.property
+    def rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___RuleEvaluation]:
+        """Every rule of the ruleset, in firing order, with whether it matched."""
+
+    @_builtins.property
+    def effects(self) -> _containers.RepeatedCompositeFieldContainer[Global___AppliedEffect]:
+        """The effects applied to the plan, in the order they were applied."""
+
+    @_builtins.property
+    def ranked_channels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Channels in ranked order after rule effects (the first one that fits its caps is used)."""
+
+    def __init__(
+        self,
+        *,
+        facts: _struct_pb2.Struct | None = ...,
+        rules: _abc.Iterable[Global___RuleEvaluation] | None = ...,
+        effects: _abc.Iterable[Global___AppliedEffect] | None = ...,
+        ranked_channels: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["facts", b"facts"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["effects", b"effects", "facts", b"facts", "ranked_channels", b"ranked_channels", "rules", b"rules"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Explanation: _TypeAlias = Explanation  # noqa: Y015
+
+@_typing.final
+class RuleEvaluation(_message.Message):
+    """RuleEvaluation is one rule's outcome for one decision."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    MATCHED_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    LOCATION_FIELD_NUMBER: _builtins.int
+    SHADOW_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    matched: _builtins.bool
+    priority: _builtins.int
+    location: _builtins.str
+    """"file:line" of the rule."""
+    shadow: _builtins.bool
+    """Shadow rules are evaluated and reported but their effects are not enforced."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        matched: _builtins.bool = ...,
+        priority: _builtins.int = ...,
+        location: _builtins.str = ...,
+        shadow: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["location", b"location", "matched", b"matched", "name", b"name", "priority", b"priority", "shadow", b"shadow"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RuleEvaluation: _TypeAlias = RuleEvaluation  # noqa: Y015
+
+@_typing.final
+class AppliedEffect(_message.Message):
+    """AppliedEffect is one effect of a matched rule."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RULE_FIELD_NUMBER: _builtins.int
+    EFFECT_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    SHADOW_FIELD_NUMBER: _builtins.int
+    rule: _builtins.str
+    effect: _builtins.str
+    """Effect name as in the rule file, e.g. "prefer", "caps", "quiet_hours"."""
+    value: _builtins.str
+    """The effect's value, rendered as text."""
+    shadow: _builtins.bool
+    """True when the rule is a shadow rule: reported, not enforced."""
+    def __init__(
+        self,
+        *,
+        rule: _builtins.str = ...,
+        effect: _builtins.str = ...,
+        value: _builtins.str = ...,
+        shadow: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["effect", b"effect", "rule", b"rule", "shadow", b"shadow", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AppliedEffect: _TypeAlias = AppliedEffect  # noqa: Y015
 
 @_typing.final
 class AddListMemberRequest(_message.Message):

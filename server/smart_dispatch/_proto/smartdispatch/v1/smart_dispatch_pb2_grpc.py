@@ -235,3 +235,124 @@ class SmartDispatchService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class RulesAdminServiceStub:
+    """RulesAdminService operates the rule files of a running sidecar.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ReloadRules = channel.unary_unary(
+                '/smartdispatch.v1.RulesAdminService/ReloadRules',
+                request_serializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.ReloadRulesRequest.SerializeToString,
+                response_deserializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.ReloadRulesResponse.FromString,
+                _registered_method=True)
+        self.GetRulesStatus = channel.unary_unary(
+                '/smartdispatch.v1.RulesAdminService/GetRulesStatus',
+                request_serializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.GetRulesStatusRequest.SerializeToString,
+                response_deserializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.GetRulesStatusResponse.FromString,
+                _registered_method=True)
+
+
+class RulesAdminServiceServicer:
+    """RulesAdminService operates the rule files of a running sidecar.
+    """
+
+    def ReloadRules(self, request, context):
+        """ReloadRules loads the rules directory now. On invalid rules it fails with
+        FAILED_PRECONDITION naming file and line, and the serving version stays.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRulesStatus(self, request, context):
+        """GetRulesStatus tells which version serves and the last reload error.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_RulesAdminServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ReloadRules': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReloadRules,
+                    request_deserializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.ReloadRulesRequest.FromString,
+                    response_serializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.ReloadRulesResponse.SerializeToString,
+            ),
+            'GetRulesStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRulesStatus,
+                    request_deserializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.GetRulesStatusRequest.FromString,
+                    response_serializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.GetRulesStatusResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'smartdispatch.v1.RulesAdminService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('smartdispatch.v1.RulesAdminService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class RulesAdminService:
+    """RulesAdminService operates the rule files of a running sidecar.
+    """
+
+    @staticmethod
+    def ReloadRules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/smartdispatch.v1.RulesAdminService/ReloadRules',
+            smartdispatch_dot_v1_dot_smart__dispatch__pb2.ReloadRulesRequest.SerializeToString,
+            smartdispatch_dot_v1_dot_smart__dispatch__pb2.ReloadRulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRulesStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/smartdispatch.v1.RulesAdminService/GetRulesStatus',
+            smartdispatch_dot_v1_dot_smart__dispatch__pb2.GetRulesStatusRequest.SerializeToString,
+            smartdispatch_dot_v1_dot_smart__dispatch__pb2.GetRulesStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -104,3 +104,52 @@ class SmartDispatchServiceServicer(metaclass=_abc_1.ABCMeta):
         """CheckListMember tells which lists a user is on."""
 
 def add_SmartDispatchServiceServicer_to_server(servicer: SmartDispatchServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class RulesAdminServiceStub:
+    """RulesAdminService operates the rule files of a running sidecar."""
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> RulesAdminServiceAsyncStub: ...
+    ReloadRules: _grpc.UnaryUnaryMultiCallable[_smart_dispatch_pb2.ReloadRulesRequest, _smart_dispatch_pb2.ReloadRulesResponse]
+    """ReloadRules loads the rules directory now. On invalid rules it fails with
+    FAILED_PRECONDITION naming file and line, and the serving version stays.
+    """
+    GetRulesStatus: _grpc.UnaryUnaryMultiCallable[_smart_dispatch_pb2.GetRulesStatusRequest, _smart_dispatch_pb2.GetRulesStatusResponse]
+    """GetRulesStatus tells which version serves and the last reload error."""
+
+@_typing.type_check_only
+class RulesAdminServiceAsyncStub(RulesAdminServiceStub):
+    """RulesAdminService operates the rule files of a running sidecar."""
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    ReloadRules: _aio.UnaryUnaryMultiCallable[_smart_dispatch_pb2.ReloadRulesRequest, _smart_dispatch_pb2.ReloadRulesResponse]  # type: ignore[assignment]
+    """ReloadRules loads the rules directory now. On invalid rules it fails with
+    FAILED_PRECONDITION naming file and line, and the serving version stays.
+    """
+    GetRulesStatus: _aio.UnaryUnaryMultiCallable[_smart_dispatch_pb2.GetRulesStatusRequest, _smart_dispatch_pb2.GetRulesStatusResponse]  # type: ignore[assignment]
+    """GetRulesStatus tells which version serves and the last reload error."""
+
+class RulesAdminServiceServicer(metaclass=_abc_1.ABCMeta):
+    """RulesAdminService operates the rule files of a running sidecar."""
+
+    @_abc_1.abstractmethod
+    def ReloadRules(
+        self,
+        request: _smart_dispatch_pb2.ReloadRulesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_smart_dispatch_pb2.ReloadRulesResponse, _abc.Awaitable[_smart_dispatch_pb2.ReloadRulesResponse]]:
+        """ReloadRules loads the rules directory now. On invalid rules it fails with
+        FAILED_PRECONDITION naming file and line, and the serving version stays.
+        """
+
+    @_abc_1.abstractmethod
+    def GetRulesStatus(
+        self,
+        request: _smart_dispatch_pb2.GetRulesStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_smart_dispatch_pb2.GetRulesStatusResponse, _abc.Awaitable[_smart_dispatch_pb2.GetRulesStatusResponse]]:
+        """GetRulesStatus tells which version serves and the last reload error."""
+
+def add_RulesAdminServiceServicer_to_server(servicer: RulesAdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

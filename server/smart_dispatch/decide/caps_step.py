@@ -1,0 +1,173 @@
+"""Step 5: reserve the caps of the best channel that has room, or apply the rule's `on_cap`.
+
+One store round trip in the common case; a cap deferral costs one more (the reservation at the
+deferred instant, which quiet hours may have moved).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+from smart_dispatch.counters.base import CapSpec, CounterStore, ReserveOutcome, ReserveRequest
+from smart_dispatch.decide import reasons as R
+from smart_dispatch.decide.draft import PlanDraft
+from smart_dispatch.decide.schedule import after_quiet_hours
+from smart_dispatch.decide.trace import Trace
+from smart_dispatch.domain import CapState, DecideRequest
+from smart_dispatch.errors import StoreUnavailableError
+
+#: A repeated message whose reservation is this far in the future (s) is a DEFER, not a SEND.
+_FUTURE_TOLERANCE_S = 1.0
+_DEFER_ATTEMPTS = 3
+SHADOW_PREFIX = "shadow:"
+
+
+@dataclass(frozen=True, slots=True)
+class FailurePolicy:
+    """What to do when the store cannot answer: categories in `fail_open` are sent anyway
+    (reason `store_unavailable`), all others fail the call with UNAVAILABLE."""
+
+    fail_open: frozenset[str] = frozenset({"otp", "alert"})
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """The chosen channel and instant; `channel is None` means suppress."""
+
+    channel: str | None
+    send_at: datetime | None
+    deferred: bool
+
+
+class CapStep:
+    def __init__(self, counters: CounterStore, failure: FailurePolicy) -> None:
+        self._counters = counters
+        self._failure = failure
+
+    async def place(
+        self,
+        request: DecideRequest,
+        caps: list[CapSpec],
+        draft: PlanDraft,
+        ranked: list[str],
+        zone: ZoneInfo,
+        send_at: datetime,
+        deferred: bool,
+        memberships: frozenset[str],
+        trace: Trace,
+        shadow: bool = False,
+    ) -> Placement:
+        """Reserve for `ranked[0]` (or the next channels, with on_cap next_channel). In shadow
+        mode caps are counted under `shadow:<name>` so they never affect enforcement."""
+        if not caps:
+            return Placement(ranked[0], send_at, deferred)
+        if "allow" in memberships:
+            trace.add(R.ALLOW_LISTED, detail="caps bypassed")
+            return Placement(ranked[0], send_at, deferred)
+        if draft.bypass_caps:
+            trace.add(R.CAPS_BYPASSED, draft.source.get("bypass_caps", ""))
+            return Placement(ranked[0], send_at, deferred)
+        if shadow:
+            caps = [replace(cap, name=SHADOW_PREFIX + cap.name) for cap in caps]
+
+        candidates = ranked if draft.on_cap == "next_channel" else ranked[:1]
+        options = tuple(tuple(c for c in caps if c.applies_to(ch)) for ch in candidates)
+        at_s = send_at.timestamp() if deferred else None
+        outcome = await self._reserve(request, options, at_s, trace)
+        if outcome is None:  # store down, category fails open
+            return Placement(ranked[0], send_at, deferred)
+        trace.caps = cap_states(outcome)
+        rule = draft.source.get("on_cap", "")
+        for option, channel in zip(outcome.options, candidates, strict=False):
+            if not option.allowed:
+                full = [u.cap.name for u in option.usages if u.used >= u.cap.limit]
+                trace.add(R.CAP_EXCEEDED, rule, f"{channel}: {', '.join(full)}")
+        if outcome.chosen is not None:
+            return self._reserved(outcome, candidates, send_at, deferred, trace)
+        if draft.on_cap != "defer":
+            return Placement(None, None, False)
+        return await self._defer(request, draft, candidates[0], options[0], outcome, zone, trace)
+
+    async def _defer(
+        self,
+        request: DecideRequest,
+        draft: PlanDraft,
+        channel: str,
+        option: tuple[CapSpec, ...],
+        outcome: ReserveOutcome,
+        zone: ZoneInfo,
+        trace: Trace,
+    ) -> Placement:
+        """Move the message to the earliest instant every cap (and quiet hours) allows."""
+        for _ in range(_DEFER_ATTEMPTS):
+            retry_s = outcome.options[0].retry_at_s
+            assert retry_s is not None, "a denied option always has a retry instant"
+            retry = datetime.fromtimestamp(retry_s, UTC)
+            trace.add(
+                R.DEFERRED_BY_CAP, draft.source.get("on_cap", ""), f"caps allow again at {retry.isoformat()}"
+            )
+            at = after_quiet_hours(retry, zone, draft, trace)
+            if at is None:
+                return Placement(None, None, False)
+            not_after = request.message.not_after
+            if request.dry_run or (not_after is not None and at > not_after):
+                return Placement(channel, at, True)
+            again = await self._reserve(request, (option,), at.timestamp(), trace)
+            if again is None:
+                return Placement(channel, at, True)
+            trace.caps = cap_states(again)
+            if again.chosen is not None:
+                return self._reserved(again, [channel], at, True, trace)
+            outcome = again
+        trace.add(R.CAP_EXCEEDED, detail="caps kept filling up while deferring; giving up")
+        return Placement(None, None, False)
+
+    @staticmethod
+    def _reserved(
+        outcome: ReserveOutcome, candidates: list[str], send_at: datetime, deferred: bool, trace: Trace
+    ) -> Placement:
+        assert outcome.chosen is not None
+        channel = candidates[outcome.chosen]
+        if outcome.reserved_at_s is None:  # dry run: nothing reserved
+            return Placement(channel, send_at, deferred)
+        # The reservation's instant is the send instant (the store's clock is the cap clock).
+        reserved = datetime.fromtimestamp(outcome.reserved_at_s, UTC)
+        if outcome.duplicate:
+            trace.add(R.DUPLICATE, detail="message id already decided; reusing its reservation")
+            return Placement(channel, reserved, outcome.reserved_at_s > outcome.now_s + _FUTURE_TOLERANCE_S)
+        return Placement(channel, reserved, deferred)
+
+    async def _reserve(
+        self,
+        request: DecideRequest,
+        options: tuple[tuple[CapSpec, ...], ...],
+        at_s: float | None,
+        trace: Trace,
+    ) -> ReserveOutcome | None:
+        reserve = ReserveRequest(
+            request.recipient.user_id, request.message.id, options, at_s, request.dry_run
+        )
+        try:
+            return await self._counters.reserve(reserve)
+        except StoreUnavailableError:
+            if request.message.category not in self._failure.fail_open:
+                raise
+            trace.add(R.STORE_UNAVAILABLE, detail="caps not checked; category fails open")
+            return None
+
+
+def cap_states(outcome: ReserveOutcome) -> tuple[CapState, ...]:
+    option = outcome.options[-1]
+    return tuple(
+        CapState(
+            name=u.cap.name,
+            limit=u.cap.limit,
+            window_s=u.cap.window_s,
+            used=u.used,
+            remaining=u.remaining,
+            reset_at=None if u.reset_at_s is None else datetime.fromtimestamp(u.reset_at_s, UTC),
+        )
+        for u in option.usages
+    )
