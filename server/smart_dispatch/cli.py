@@ -34,6 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
     rules_sub = rules.add_subparsers(dest="rules_command", required=True)
     check = rules_sub.add_parser("check", help="validate a rules directory; exit 1 on problems")
     check.add_argument("directory", type=Path)
+    test = rules_sub.add_parser("test", help="run the rule test cases; exit 1 when any fails")
+    test.add_argument("directory", type=Path)
+    test.add_argument("--tests", type=Path, help="test case directory (default: DIRECTORY/tests)")
+    test.add_argument(
+        "--require-coverage", action="store_true", help="also fail when a rule is exercised by no case"
+    )
     return parser
 
 
@@ -42,6 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(args)
+        if args.rules_command == "test":
+            return _rules_test(args.directory, args.tests, args.require_coverage)
         return _rules_check(args.directory)
     except SmartDispatchError as exc:
         print(f"smart-dispatch: {exc}", file=sys.stderr)
@@ -76,6 +84,16 @@ def _rules_check(directory: Path) -> int:
     counts = f"{len(ruleset.rules)} rules, {len(ruleset.caps)} caps in {len(ruleset.files)} files"
     print(f"ok: {counts}; version {ruleset.version}")
     return 0
+
+
+def _rules_test(directory: Path, tests: Path | None, require_coverage: bool) -> int:
+    from smart_dispatch.rules.testing import run_rule_tests
+
+    report = asyncio.run(run_rule_tests(directory, tests))
+    print(report.render())
+    if report.failed:
+        return 1
+    return 1 if require_coverage and report.uncovered else 0
 
 
 if __name__ == "__main__":

@@ -76,3 +76,39 @@ def test_serve_with_invalid_rules_fails_fast_naming_file_and_line(tmp_path):
 
     assert process.returncode == 1
     assert f"{tmp_path / 'broken.yaml'}:4: unknown channel 'fax'" in stderr
+
+
+def test_sighup_reloads_the_rules(tmp_path):
+    import shutil
+    import time
+
+    from smart_dispatch._proto.smartdispatch.v1 import smart_dispatch_pb2 as pb
+    from smart_dispatch._proto.smartdispatch.v1 import smart_dispatch_pb2_grpc as pb_grpc
+
+    shutil.copy(ROOT / "rules" / "default.yaml", tmp_path / "default.yaml")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "smart_dispatch", "serve", "--port", "0", "--rules", str(tmp_path)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "SD_LOG_LEVEL": "WARNING", "SD_WATCH_RULES": "false"},
+    )
+    try:
+        port = int(process.stdout.readline().rsplit(":", 1)[1])
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            admin = pb_grpc.RulesAdminServiceStub(channel)
+            before = admin.GetRulesStatus(pb.GetRulesStatusRequest(), timeout=5).status.version
+            (tmp_path / "extra.yaml").write_text(
+                "rules:\n  - name: extra\n    when: {category: otp}\n    then: {}\n"
+            )
+            process.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 10
+            after = before
+            while after == before and time.monotonic() < deadline:
+                time.sleep(0.05)
+                after = admin.GetRulesStatus(pb.GetRulesStatusRequest(), timeout=5).status.version
+        assert after != before
+    finally:
+        process.terminate()
+        process.communicate(timeout=15)
