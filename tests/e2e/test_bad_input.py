@@ -20,6 +20,12 @@ def _without_message_id():
     return request
 
 
+def _deadline_out_of_range():
+    request = decide_request()
+    request.message.not_after.seconds = 10**13
+    return request
+
+
 def _without_user():
     request = decide_request()
     request.recipient.user_id = ""
@@ -31,6 +37,7 @@ def _without_user():
     [
         (_without_message_id, "message.id", "required"),
         (_without_user, "recipient.user_id", "required"),
+        (_deadline_out_of_range, "message.not_after", "out of range"),
         (lambda: decide_request("newsletter"), "message.category", "'newsletter'"),
         (lambda: decide_request(""), "message.category", "required"),
         (lambda: decide_request(timezone="Mars/Olympus_Mons"), "recipient.timezone", "Mars/Olympus_Mons"),
@@ -42,6 +49,7 @@ def _without_user():
         ),
         (lambda: decide_request(opted_out=("telex",)), "recipient.opted_out", "'telex'"),
         (lambda: decide_request(preferred=("fax",)), "recipient.preferred", "'fax'"),
+        (lambda: decide_request(attributes={"score": float("inf")}), "recipient.attributes.score", "finite"),
         (
             lambda: decide_request(attributes={"last_active_at": "yesterday"}),
             "recipient.attributes.last_active_at",

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
+from typing import Any
 
-from google.protobuf import duration_pb2, json_format, timestamp_pb2
+from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 
 from smart_dispatch._proto.smartdispatch.v1 import smart_dispatch_pb2 as pb
 from smart_dispatch.domain import DecideRequest, Decision, Explanation, Message, Recipient, Verdict
+from smart_dispatch.errors import InvalidRequestError
 from smart_dispatch.rules.active import RulesStatus
 
 _VERDICTS = {
@@ -26,9 +29,9 @@ def decide_request(msg: pb.DecideRequest) -> DecideRequest:
         category=m.category,
         labels=dict(m.labels),
         template=m.template,
-        data=json_format.MessageToDict(m.data) if m.HasField("data") else {},
+        data=_struct(m.data, "message.data") if m.HasField("data") else {},
         channels=tuple(m.channels),
-        not_after=_time(m.not_after) if m.HasField("not_after") else None,
+        not_after=_time(m.not_after, "message.not_after") if m.HasField("not_after") else None,
     )
     recipient = Recipient(
         user_id=r.user_id,
@@ -37,7 +40,7 @@ def decide_request(msg: pb.DecideRequest) -> DecideRequest:
         addresses=dict(r.addresses),
         opted_out=frozenset(r.opted_out),
         preferred=tuple(r.preferred),
-        attributes=json_format.MessageToDict(r.attributes) if r.HasField("attributes") else {},
+        attributes=_struct(r.attributes, "recipient.attributes") if r.HasField("attributes") else {},
     )
     return DecideRequest(message=message, recipient=recipient, dry_run=msg.dry_run, explain=msg.explain)
 
@@ -100,8 +103,32 @@ def rules_status(status: RulesStatus) -> pb.RulesStatus:
     return out
 
 
-def _time(ts: timestamp_pb2.Timestamp) -> datetime:
-    return ts.ToDatetime(tzinfo=UTC)
+def _struct(struct: struct_pb2.Struct, field: str) -> dict[str, Any]:
+    return {key: _value(value, f"{field}.{key}") for key, value in struct.fields.items()}
+
+
+def _value(value: struct_pb2.Value, field: str) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        if not math.isfinite(value.number_value):
+            raise InvalidRequestError(field, "must be a finite number")
+        return value.number_value
+    if kind == "struct_value":
+        return _struct(value.struct_value, field)
+    if kind == "list_value":
+        return [_value(item, f"{field}[{i}]") for i, item in enumerate(value.list_value.values)]
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return value.bool_value
+    return None
+
+
+def _time(ts: timestamp_pb2.Timestamp, field: str) -> datetime:
+    try:
+        return ts.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError) as exc:
+        raise InvalidRequestError(field, f"timestamp out of range: {exc}") from exc
 
 
 def _timestamp(when: datetime) -> timestamp_pb2.Timestamp:

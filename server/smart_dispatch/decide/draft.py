@@ -44,7 +44,7 @@ def fold(rules: Sequence[Rule]) -> PlanDraft:
         def applied(effect: str, value: Any, rule: Rule = rule) -> None:
             draft.applied.append(AppliedEffect(rule.name, effect, _text(value), rule.shadow))
 
-        new_prefs = [c for c in e.prefer if c not in draft.prefer]
+        new_prefs = _new(e.prefer, draft.prefer)
         for channel in new_prefs:
             draft.prefer.append(channel)
             draft.source.setdefault(f"prefer:{channel}", rule.name)
@@ -56,7 +56,7 @@ def fold(rules: Sequence[Rule]) -> PlanDraft:
         if e.only is not None:
             draft.only = set(e.only) if draft.only is None else draft.only & set(e.only)
             applied("only", e.only)
-        new_caps = [c for c in e.caps if c not in draft.caps]
+        new_caps = _new(e.caps, draft.caps)
         if new_caps:
             draft.caps.extend(new_caps)
             applied("caps", new_caps)
@@ -67,6 +67,15 @@ def fold(rules: Sequence[Rule]) -> PlanDraft:
                 draft.source[name] = rule.name
                 applied(name, value)
     return draft
+
+
+def _new(items: Sequence[str], present: Sequence[str]) -> list[str]:
+    """`items` not in `present`, first occurrence only, in order."""
+    out: list[str] = []
+    for item in items:
+        if item not in present and item not in out:
+            out.append(item)
+    return out
 
 
 def _text(value: Any) -> str:

@@ -15,6 +15,7 @@ reachable.<channel>  bool for every known channel: address present, not opted ou
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -46,11 +47,12 @@ def build_facts(
 ) -> dict[str, Any]:
     message, recipient = request.message, request.recipient
     local = now.astimezone(zone)
-    user: dict[str, Any] = {
-        key: value
-        for key, value in recipient.attributes.items()
-        if isinstance(value, str | int | float | bool)
-    }
+    user: dict[str, Any] = {}
+    for key, value in recipient.attributes.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InvalidRequestError(f"recipient.attributes.{key}", "must be a finite number")
+        if isinstance(value, str | int | float | bool):
+            user[key] = value
     user.update(
         id=recipient.user_id,
         timezone=recipient.timezone,

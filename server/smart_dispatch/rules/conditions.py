@@ -8,7 +8,8 @@ unknown roots) and coerces literals loosely, so the loader checks them here and 
                | {$eq|$neq: {path: literal}}
                | {$lt|$lte|$gt|$gte: {path: number}}
                | {$ex|$nex: {path: 1}}                    present / absent
-               | {$mt: {path: "regex"}}                   full match
+               | {$mt: {path: "regex"}}                   full match, durable-rules dialect:
+                                                            %d %a %w %s %l %u classes, no \\
                | {$and|$or: [condition, ...]}
                | {k1: v1, k2: v2, ...}                     shorthand for $and of each pair
 
@@ -69,8 +70,14 @@ def normalize_condition(cond: Any, line: int, fail: Fail, paths: set[str]) -> di
     if key == "$mt":
         if not isinstance(literal, str):
             raise fail(line, f"$mt on {path!r} needs a regex string, got {literal!r}")
+        if "\\" in literal:
+            raise fail(
+                line,
+                f"$mt on {path!r}: durable-rules regexes have no backslash escapes; use its classes "
+                "%d (digit), %a (letter), %w (alphanumeric), %s (space), %l/%u (lower/upper case)",
+            )
         try:
-            re.compile(literal)
+            re.compile(literal.replace("%", ""))
         except re.error as exc:
             raise fail(line, f"$mt on {path!r}: invalid regex {literal!r}: {exc}") from exc
     return {key: {path: literal}}

@@ -12,12 +12,15 @@ directly instead of through `durable.lang` / `durable.engine.Host`:
   the 1,025th live session raises MemoryError);
 - every condition gets `{"$nex": {"$s": 1}}` so the session's own state object never matches a
   rule (that loops forever inside C holding the GIL);
+- an internal catch-all rule (lowest priority) always fires: deleting a session in which no rule
+  fired frees an action context durable-rules never initialised (abort / SIGSEGV);
 - a ruleset is registered under a unique versioned name and deleted with `close()`, so reloads
   can build a new version beside the old one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import uuid
@@ -31,7 +34,8 @@ from smart_dispatch.rules.model import Ruleset
 
 _C = _durable.durable_rules_engine
 _STATE_GUARD = {"$nex": {"$s": 1}}
-_NOT_HANDLED = 1
+_CATCH_ALL = "__sd_catch_all__"
+_LOWEST_PRIORITY = 65535
 
 
 class EngineError(SmartDispatchError):
@@ -48,6 +52,7 @@ def to_durable(ruleset: Ruleset) -> dict[str, Any]:
     for rule in ruleset.rules:
         condition = {"$and": [dict(rule.when), _STATE_GUARD]} if rule.when else dict(_STATE_GUARD)
         definition[rule.name] = {"pri": rule.priority, "all": [{"m": condition}]}
+    definition[_CATCH_ALL] = {"pri": _LOWEST_PRIORITY, "all": [{"m": dict(_STATE_GUARD)}]}
     return definition
 
 
@@ -83,11 +88,14 @@ class CompiledRules:
         sid = str(next(self._sids))
         fact = project(facts, self._paths)
         fact["sid"] = sid
+        try:
+            result = _C.assert_fact(self._handle, json.dumps(fact, allow_nan=False))
+        except Exception as exc:  # the engine refused the fact: no usable session was left
+            with contextlib.suppress(Exception):
+                _C.delete_state(self._handle, sid)
+            raise EngineError(f"durable-rules rejected the facts: {exc}") from exc
         fired: list[str] = []
         try:
-            result = _C.assert_fact(self._handle, json.dumps(fact))
-            if result[0] == _NOT_HANDLED:
-                return fired
             state_handle = result[1]
             frame = _C.start_action_for_state(self._handle, state_handle)
             while frame:
@@ -98,8 +106,9 @@ class CompiledRules:
             raise EngineError(f"durable-rules failed on the facts: {exc}") from exc
         finally:
             _C.delete_state(self._handle, sid)
-        fired.sort(key=self._order.__getitem__)
-        return fired
+        matched = [name for name in fired if name != _CATCH_ALL]
+        matched.sort(key=self._order.__getitem__)
+        return matched
 
     def close(self) -> None:
         """Free the engine's ruleset. Safe to call twice."""

@@ -18,6 +18,7 @@ Every problem raises `RuleFileError(file, line, problem)`; nothing is half-loade
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections.abc import Mapping
 from datetime import time
@@ -225,8 +226,8 @@ def parse_duration(value: Any, line: int, fail: _Fail) -> float:
         if not match:
             raise fail(line, f"invalid duration {value!r}; use e.g. 90s, 15m, 1h, 1d")
         seconds = float(match.group(1)) * _UNIT_S[match.group(2)]
-    if seconds <= 0:
-        raise fail(line, f"duration must be positive, got {value!r}")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise fail(line, f"duration must be positive and finite, got {value!r}")
     return seconds
 
 
