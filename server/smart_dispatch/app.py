@@ -21,6 +21,7 @@ from smart_dispatch.api.admin import RulesAdminServicer
 from smart_dispatch.api.servicer import SmartDispatchServicer
 from smart_dispatch.config import Settings
 from smart_dispatch.decide.pipeline import Decider, FailurePolicy
+from smart_dispatch.events import EventRecorder
 from smart_dispatch.rules.active import ActiveRules
 from smart_dispatch.rules.watch import RulesWatcher
 from smart_dispatch.stores import StoreOptions, Stores, stores_from_url
@@ -55,14 +56,20 @@ class App:
             self.rules,
             self.stores.counters,
             self.stores.lists,
-            FailurePolicy(fail_open=s.fail_open_categories),
+            behaviour=self.stores.behaviour,
+            failure_policy=FailurePolicy(fail_open=s.fail_open_categories),
             shadow_all=s.shadow,
         )
         if s.shadow:
             log.warning("shadow mode: every rule is evaluated and reported, none is enforced")
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         pb_grpc.add_SmartDispatchServiceServicer_to_server(
-            SmartDispatchServicer(decider, self.stores.lists), server
+            SmartDispatchServicer(
+                decider,
+                self.stores.lists,
+                EventRecorder(self.rules, self.stores.counters, self.stores.behaviour),
+            ),
+            server,
         )
         pb_grpc.add_RulesAdminServiceServicer_to_server(RulesAdminServicer(self.rules), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from smart_dispatch.behaviour.base import BehaviourStore
 from smart_dispatch.counters.base import CounterStore
 from smart_dispatch.errors import ConfigurationError
 from smart_dispatch.lists.base import ListStore
@@ -30,11 +31,13 @@ class StoreOptions:
 class Stores:
     counters: CounterStore
     lists: ListStore
+    behaviour: BehaviourStore
     url: str
 
     async def close(self) -> None:
         await self.counters.close()
         await self.lists.close()
+        await self.behaviour.close()
 
 
 SCHEMES: tuple[str, ...] = ("memory", "redis", "rediss", "redis+cluster")
@@ -45,10 +48,11 @@ def stores_from_url(url: str, options: StoreOptions | None = None) -> Stores:
     options = options or StoreOptions()
     scheme = urlsplit(url).scheme
     if scheme == "memory":
+        from smart_dispatch.behaviour.memory import MemoryBehaviourStore
         from smart_dispatch.counters.memory import MemoryCounterStore
         from smart_dispatch.lists.memory import MemoryListStore
 
-        return Stores(MemoryCounterStore(), MemoryListStore(), url)
+        return Stores(MemoryCounterStore(), MemoryListStore(), MemoryBehaviourStore(), url)
     if scheme in ("redis", "rediss", "redis+cluster"):
         from smart_dispatch.redis_stores import redis_stores
 

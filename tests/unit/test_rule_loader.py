@@ -381,7 +381,7 @@ def _when(condition: str) -> str:
         ("$mt: {message.template: 7}\n", "$mt", "needs a regex string"),
         ('$lt: {user.score: "10"}\n', "$lt", "$lt on 'user.score' needs a number, got '10'"),
         ("$gte: {user.score: true}\n", "$gte", "needs a number, got True"),
-        ("catgory: otp\n", "catgory", "unknown fact 'catgory'; facts start with one of: category"),
+        ("catgory: otp\n", "catgory", "unknown fact 'catgory'; facts start with one of: behaviour, category"),
         ("$ex: {usr.vip: 1}\n", "$ex", "unknown fact 'usr.vip'"),
         ("user..vip: true\n", "user..vip", "invalid fact path 'user..vip'"),
         ("$and: []\n", "$and", "$and takes a non-empty list of conditions"),

@@ -9,8 +9,10 @@ from typing import Any
 from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 
 from smart_dispatch._proto.smartdispatch.v1 import smart_dispatch_pb2 as pb
+from smart_dispatch.behaviour.base import EventKind
 from smart_dispatch.domain import DecideRequest, Decision, Explanation, Message, Recipient, Verdict
 from smart_dispatch.errors import InvalidRequestError
+from smart_dispatch.events import ReportedEvent
 from smart_dispatch.rules.active import RulesStatus
 
 _VERDICTS = {
@@ -19,6 +21,15 @@ _VERDICTS = {
     Verdict.SUPPRESS: pb.VERDICT_SUPPRESS,
 }
 LIST_KINDS = {pb.LIST_KIND_ALLOW: "allow", pb.LIST_KIND_DENY: "deny"}
+EVENT_KINDS: dict[int, EventKind] = {
+    pb.EVENT_KIND_DELIVERED: "delivered",
+    pb.EVENT_KIND_OPENED: "opened",
+    pb.EVENT_KIND_CLICKED: "clicked",
+    pb.EVENT_KIND_BOUNCED: "bounced",
+    pb.EVENT_KIND_FAILED: "failed",
+    pb.EVENT_KIND_UNSUBSCRIBED: "unsubscribed",
+    pb.EVENT_KIND_ACTIVE: "active",
+}
 LIST_KIND_OF = {name: kind for kind, name in LIST_KINDS.items()}
 
 
@@ -43,6 +54,14 @@ def decide_request(msg: pb.DecideRequest) -> DecideRequest:
         attributes=_struct(r.attributes, "recipient.attributes") if r.HasField("attributes") else {},
     )
     return DecideRequest(message=message, recipient=recipient, dry_run=msg.dry_run, explain=msg.explain)
+
+
+def reported_event(msg: pb.ReportEventRequest) -> ReportedEvent:
+    kind = EVENT_KINDS.get(msg.kind)
+    if kind is None:
+        raise InvalidRequestError("kind", "must be one of EVENT_KIND_DELIVERED .. EVENT_KIND_ACTIVE")
+    at = _time(msg.occurred_at, "occurred_at") if msg.HasField("occurred_at") else datetime.now(UTC)
+    return ReportedEvent(msg.user_id, kind, at, msg.message_id, msg.channel)
 
 
 def decide_response(decision: Decision) -> pb.DecideResponse:

@@ -8,24 +8,37 @@ import grpc
 
 from smart_dispatch._proto.smartdispatch.v1 import smart_dispatch_pb2 as pb
 from smart_dispatch._proto.smartdispatch.v1 import smart_dispatch_pb2_grpc as pb_grpc
-from smart_dispatch.api.convert import LIST_KIND_OF, LIST_KINDS, decide_request, decide_response
+from smart_dispatch.api.convert import (
+    LIST_KIND_OF,
+    LIST_KINDS,
+    decide_request,
+    decide_response,
+    reported_event,
+)
 from smart_dispatch.api.status import grpc_errors
 from smart_dispatch.decide.pipeline import Decider
 from smart_dispatch.errors import InvalidRequestError
+from smart_dispatch.events import EventRecorder
 from smart_dispatch.lists.base import ListName, ListStore
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class SmartDispatchServicer(pb_grpc.SmartDispatchServiceServicer):
-    def __init__(self, decider: Decider, lists: ListStore) -> None:
+    def __init__(self, decider: Decider, lists: ListStore, events: EventRecorder) -> None:
         self._decider = decider
         self._lists = lists
+        self._events = events
 
     @grpc_errors
     async def Decide(self, request: pb.DecideRequest, context: Context) -> pb.DecideResponse:
         decision = await self._decider.decide(decide_request(request))
         return decide_response(decision)
+
+    @grpc_errors
+    async def ReportEvent(self, request: pb.ReportEventRequest, context: Context) -> pb.ReportEventResponse:
+        refunded = await self._events.report(reported_event(request))
+        return pb.ReportEventResponse(refunded=refunded)
 
     @grpc_errors
     async def AddListMember(

@@ -21,6 +21,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from smart_dispatch.behaviour.base import Behaviour
 from smart_dispatch.domain import KNOWN_CHANNELS, DecideRequest, Message, Recipient
 from smart_dispatch.errors import InvalidRequestError
 
@@ -44,7 +45,9 @@ def build_facts(
     zone: ZoneInfo,
     memberships: frozenset[str],
     reachable: tuple[str, ...],
+    behaviour: Behaviour | None = None,
 ) -> dict[str, Any]:
+    behaviour = behaviour or Behaviour()
     message, recipient = request.message, request.recipient
     local = now.astimezone(zone)
     user: dict[str, Any] = {}
@@ -65,6 +68,9 @@ def build_facts(
         deny_listed="deny" in memberships,
     )
     days = days_since_active(recipient.attributes, now)
+    if behaviour.last_active_at is not None:
+        seen = round(max(0.0, (now - behaviour.last_active_at).total_seconds() / 86400.0), 4)
+        days = seen if days is None else min(days, seen)
     if days is not None:
         user["days_since_active"] = days
     return {
@@ -77,6 +83,16 @@ def build_facts(
         "labels": dict(message.labels),
         "user": user,
         "reachable": {channel: channel in reachable for channel in KNOWN_CHANNELS},
+        "behaviour": {
+            channel: {
+                "delivered": stats.delivered,
+                "opened": stats.opened,
+                "clicked": stats.clicked,
+                "bounced": stats.bounced,
+                "engagement": round(stats.engagement, 4),
+            }
+            for channel, stats in behaviour.channels.items()
+        },
     }
 
 

@@ -9,6 +9,7 @@ codes and logged, but the plan returned is the one without them; their caps are 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Callable
@@ -17,6 +18,8 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from smart_dispatch.behaviour.base import Behaviour, BehaviourStore
+from smart_dispatch.behaviour.memory import MemoryBehaviourStore
 from smart_dispatch.counters.base import CounterStore
 from smart_dispatch.decide import reasons as R
 from smart_dispatch.decide.caps_step import SHADOW_PREFIX, CapStep, FailurePolicy
@@ -54,6 +57,7 @@ class _Case:
     now: datetime
     memberships: frozenset[str]
     reachable: tuple[str, ...]
+    behaviour: Behaviour
 
 
 @dataclass(slots=True)
@@ -75,12 +79,14 @@ class Decider:
         rules: ActiveRules,
         counters: CounterStore,
         lists: ListStore,
+        behaviour: BehaviourStore | None = None,
         failure_policy: FailurePolicy | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         shadow_all: bool = False,
     ) -> None:
         self._rules = rules
         self._lists = lists
+        self._behaviour = behaviour or MemoryBehaviourStore()
         self._failure = failure_policy or FailurePolicy()
         self._caps = CapStep(counters, self._failure)
         self._clock = clock
@@ -94,15 +100,15 @@ class Decider:
         zone = validate_request(request, version.ruleset.categories)
         now = self._clock()
         trace = Trace()
-        memberships = await self._memberships(request, trace)
+        memberships, behaviour = await self._user_state(request, trace)
         if "deny" in memberships:
             trace.add(R.DENY_LISTED, detail="recipient is on the deny list")
             return _decision(version, _Outcome(Verdict.SUPPRESS, trace=trace), ())
 
         reachable = reachable_channels(request.message, request.recipient)
-        facts = build_facts(request, now, zone, memberships, reachable)
+        facts = build_facts(request, now, zone, memberships, reachable, behaviour)
         fired = version.compiled.matches(facts)
-        case = _Case(request, version, zone, now, memberships, reachable)
+        case = _Case(request, version, zone, now, memberships, reachable, behaviour)
         rules = [version.by_name[name] for name in fired]
         enforced = [r for r in rules if not (r.shadow or self._shadow_all)]
 
@@ -118,7 +124,7 @@ class Decider:
     async def _outcome(self, case: _Case, rules: list[Rule], trace: Trace, *, shadow: bool) -> _Outcome:
         request, recipient = case.request, case.request.recipient
         draft = fold(rules)
-        ranked = rank_channels(case.reachable, draft, recipient.preferred)
+        ranked = rank_channels(case.reachable, draft, recipient.preferred, case.behaviour)
         suppressed = _Outcome(Verdict.SUPPRESS, trace=trace, draft=draft, ranked=ranked)
         if draft.suppress is not None:
             trace.add(R.SUPPRESSED_BY_RULE, draft.source["suppress"], draft.suppress)
@@ -155,14 +161,19 @@ class Decider:
         verdict = Verdict.DEFER if placed.deferred else Verdict.SEND
         return _Outcome(verdict, steps, placed.send_at, trace, draft, ranked)
 
-    async def _memberships(self, request: DecideRequest, trace: Trace) -> frozenset[str]:
+    async def _user_state(self, request: DecideRequest, trace: Trace) -> tuple[frozenset[str], Behaviour]:
+        """List memberships and behaviour, read concurrently (one round-trip time)."""
+        user_id = request.recipient.user_id
         try:
-            return await self._lists.memberships(request.recipient.user_id)
+            memberships, behaviour = await asyncio.gather(
+                self._lists.memberships(user_id), self._behaviour.get(user_id)
+            )
         except StoreUnavailableError:
             if request.message.category not in self._failure.fail_open:
                 raise
-            trace.add(R.STORE_UNAVAILABLE, detail="list membership unknown; category fails open")
-            return frozenset()
+            trace.add(R.STORE_UNAVAILABLE, detail="lists and behaviour unknown; category fails open")
+            return frozenset(), Behaviour()
+        return memberships, behaviour
 
 
 def _report_shadow(request: DecideRequest, outcome: _Outcome, would: _Outcome) -> None:

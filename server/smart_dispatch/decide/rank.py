@@ -1,7 +1,8 @@
 """Ranking candidate channels. Pure.
 
-Order: channels rules prefer (in firing order), then the recipient's own preferences, then cost
-(in-app and push are free, e-mail and WeChat cheap, SMS costs money). Denied channels, and any
+Order: channels rules prefer (in firing order), then the recipient's own preferences, then
+learned engagement (opens and clicks per delivery on that channel), then cost (in-app and push
+are free, e-mail and WeChat cheap, SMS costs money). Denied channels, and any
 outside an `only` list, are removed.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from smart_dispatch.behaviour.base import Behaviour
 from smart_dispatch.decide.draft import PlanDraft
 
 #: Relative cost per message; lower is tried first when nothing else decides.
@@ -22,13 +24,17 @@ CHANNEL_COST: Mapping[str, float] = {
 }
 
 
-def rank_channels(reachable: Sequence[str], draft: PlanDraft, preferred: Sequence[str]) -> list[str]:
+def rank_channels(
+    reachable: Sequence[str], draft: PlanDraft, preferred: Sequence[str], behaviour: Behaviour | None = None
+) -> list[str]:
+    learned = behaviour or Behaviour()
     eligible = [c for c in reachable if c not in draft.deny and (draft.only is None or c in draft.only)]
 
-    def key(channel: str) -> tuple[int, int, float]:
+    def key(channel: str) -> tuple[int, int, float, float]:
         rule_rank = draft.prefer.index(channel) if channel in draft.prefer else len(draft.prefer)
         own_rank = list(preferred).index(channel) if channel in preferred else len(preferred)
-        return (rule_rank, own_rank, CHANNEL_COST.get(channel, 1.0))
+        engagement = round(learned.stats(channel).engagement, 2)
+        return (rule_rank, own_rank, -engagement, CHANNEL_COST.get(channel, 1.0))
 
     return sorted(eligible, key=key)
 

@@ -48,6 +48,40 @@ VERDICT_SUPPRESS: Verdict.ValueType  # 3
 """Do not send; reasons say why."""
 Global___Verdict: _TypeAlias = Verdict  # noqa: Y015
 
+class _EventKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _EventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EVENT_KIND_UNSPECIFIED: _EventKind.ValueType  # 0
+    EVENT_KIND_DELIVERED: _EventKind.ValueType  # 1
+    EVENT_KIND_OPENED: _EventKind.ValueType  # 2
+    EVENT_KIND_CLICKED: _EventKind.ValueType  # 3
+    EVENT_KIND_BOUNCED: _EventKind.ValueType  # 4
+    """The provider could not deliver (hard bounce): the message's caps are refunded."""
+    EVENT_KIND_FAILED: _EventKind.ValueType  # 5
+    """Delivery failed: the message's caps are refunded."""
+    EVENT_KIND_UNSUBSCRIBED: _EventKind.ValueType  # 6
+    EVENT_KIND_ACTIVE: _EventKind.ValueType  # 7
+    """The person was active (e.g. opened the app); no message or channel needed."""
+
+class EventKind(_EventKind, metaclass=_EventKindEnumTypeWrapper):
+    """EventKind is what happened to a message or a person."""
+
+EVENT_KIND_UNSPECIFIED: EventKind.ValueType  # 0
+EVENT_KIND_DELIVERED: EventKind.ValueType  # 1
+EVENT_KIND_OPENED: EventKind.ValueType  # 2
+EVENT_KIND_CLICKED: EventKind.ValueType  # 3
+EVENT_KIND_BOUNCED: EventKind.ValueType  # 4
+"""The provider could not deliver (hard bounce): the message's caps are refunded."""
+EVENT_KIND_FAILED: EventKind.ValueType  # 5
+"""Delivery failed: the message's caps are refunded."""
+EVENT_KIND_UNSUBSCRIBED: EventKind.ValueType  # 6
+EVENT_KIND_ACTIVE: EventKind.ValueType  # 7
+"""The person was active (e.g. opened the app); no message or channel needed."""
+Global___EventKind: _TypeAlias = EventKind  # noqa: Y015
+
 class _ListKind:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -677,6 +711,66 @@ class AppliedEffect(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AppliedEffect: _TypeAlias = AppliedEffect  # noqa: Y015
+
+@_typing.final
+class ReportEventRequest(_message.Message):
+    """ReportEventRequest reports one event."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    message_id: _builtins.str
+    """The message the event is about; required for every kind but ACTIVE."""
+    channel: _builtins.str
+    """The channel the event happened on; required for every kind but ACTIVE."""
+    kind: Global___EventKind.ValueType
+    @_builtins.property
+    def occurred_at(self) -> _timestamp_pb2.Timestamp:
+        """When it happened; unset means now."""
+
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+        channel: _builtins.str = ...,
+        kind: Global___EventKind.ValueType = ...,
+        occurred_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "kind", b"kind", "message_id", b"message_id", "occurred_at", b"occurred_at", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportEventRequest: _TypeAlias = ReportEventRequest  # noqa: Y015
+
+@_typing.final
+class ReportEventResponse(_message.Message):
+    """ReportEventResponse tells what the event changed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REFUNDED_FIELD_NUMBER: _builtins.int
+    refunded: _builtins.bool
+    """True when caps reserved for the message were released."""
+    def __init__(
+        self,
+        *,
+        refunded: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["refunded", b"refunded"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportEventResponse: _TypeAlias = ReportEventResponse  # noqa: Y015
 
 @_typing.final
 class AddListMemberRequest(_message.Message):

@@ -41,6 +41,11 @@ class SmartDispatchServiceStub:
                 request_serializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.DecideRequest.SerializeToString,
                 response_deserializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.DecideResponse.FromString,
                 _registered_method=True)
+        self.ReportEvent = channel.unary_unary(
+                '/smartdispatch.v1.SmartDispatchService/ReportEvent',
+                request_serializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.ReportEventRequest.SerializeToString,
+                response_deserializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.ReportEventResponse.FromString,
+                _registered_method=True)
         self.AddListMember = channel.unary_unary(
                 '/smartdispatch.v1.SmartDispatchService/AddListMember',
                 request_serializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.AddListMemberRequest.SerializeToString,
@@ -66,6 +71,14 @@ class SmartDispatchServiceServicer:
     def Decide(self, request, context):
         """Decide returns the channel plan for one message. Unless dry_run is set, the decision
         reserves its frequency caps, keyed by message id: repeating a message id consumes once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportEvent(self, request, context):
+        """ReportEvent feeds delivery receipts and engagement back: it updates the person's behaviour
+        (engagement per channel, last activity) and refunds the caps of a bounced or failed message.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -99,6 +112,11 @@ def add_SmartDispatchServiceServicer_to_server(servicer, server):
                     servicer.Decide,
                     request_deserializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.DecideRequest.FromString,
                     response_serializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.DecideResponse.SerializeToString,
+            ),
+            'ReportEvent': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportEvent,
+                    request_deserializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.ReportEventRequest.FromString,
+                    response_serializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.ReportEventResponse.SerializeToString,
             ),
             'AddListMember': grpc.unary_unary_rpc_method_handler(
                     servicer.AddListMember,
@@ -145,6 +163,33 @@ class SmartDispatchService:
             '/smartdispatch.v1.SmartDispatchService/Decide',
             smartdispatch_dot_v1_dot_smart__dispatch__pb2.DecideRequest.SerializeToString,
             smartdispatch_dot_v1_dot_smart__dispatch__pb2.DecideResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportEvent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/smartdispatch.v1.SmartDispatchService/ReportEvent',
+            smartdispatch_dot_v1_dot_smart__dispatch__pb2.ReportEventRequest.SerializeToString,
+            smartdispatch_dot_v1_dot_smart__dispatch__pb2.ReportEventResponse.FromString,
             options,
             channel_credentials,
             insecure,

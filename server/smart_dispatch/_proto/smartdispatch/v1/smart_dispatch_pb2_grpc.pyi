@@ -39,6 +39,10 @@ class SmartDispatchServiceStub:
     """Decide returns the channel plan for one message. Unless dry_run is set, the decision
     reserves its frequency caps, keyed by message id: repeating a message id consumes once.
     """
+    ReportEvent: _grpc.UnaryUnaryMultiCallable[_smart_dispatch_pb2.ReportEventRequest, _smart_dispatch_pb2.ReportEventResponse]
+    """ReportEvent feeds delivery receipts and engagement back: it updates the person's behaviour
+    (engagement per channel, last activity) and refunds the caps of a bounced or failed message.
+    """
     AddListMember: _grpc.UnaryUnaryMultiCallable[_smart_dispatch_pb2.AddListMemberRequest, _smart_dispatch_pb2.AddListMemberResponse]
     """AddListMember puts a user on the allow list (bypasses caps) or deny list (never sent to)."""
     RemoveListMember: _grpc.UnaryUnaryMultiCallable[_smart_dispatch_pb2.RemoveListMemberRequest, _smart_dispatch_pb2.RemoveListMemberResponse]
@@ -56,6 +60,10 @@ class SmartDispatchServiceAsyncStub(SmartDispatchServiceStub):
     Decide: _aio.UnaryUnaryMultiCallable[_smart_dispatch_pb2.DecideRequest, _smart_dispatch_pb2.DecideResponse]  # type: ignore[assignment]
     """Decide returns the channel plan for one message. Unless dry_run is set, the decision
     reserves its frequency caps, keyed by message id: repeating a message id consumes once.
+    """
+    ReportEvent: _aio.UnaryUnaryMultiCallable[_smart_dispatch_pb2.ReportEventRequest, _smart_dispatch_pb2.ReportEventResponse]  # type: ignore[assignment]
+    """ReportEvent feeds delivery receipts and engagement back: it updates the person's behaviour
+    (engagement per channel, last activity) and refunds the caps of a bounced or failed message.
     """
     AddListMember: _aio.UnaryUnaryMultiCallable[_smart_dispatch_pb2.AddListMemberRequest, _smart_dispatch_pb2.AddListMemberResponse]  # type: ignore[assignment]
     """AddListMember puts a user on the allow list (bypasses caps) or deny list (never sent to)."""
@@ -77,6 +85,16 @@ class SmartDispatchServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_smart_dispatch_pb2.DecideResponse, _abc.Awaitable[_smart_dispatch_pb2.DecideResponse]]:
         """Decide returns the channel plan for one message. Unless dry_run is set, the decision
         reserves its frequency caps, keyed by message id: repeating a message id consumes once.
+        """
+
+    @_abc_1.abstractmethod
+    def ReportEvent(
+        self,
+        request: _smart_dispatch_pb2.ReportEventRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_smart_dispatch_pb2.ReportEventResponse, _abc.Awaitable[_smart_dispatch_pb2.ReportEventResponse]]:
+        """ReportEvent feeds delivery receipts and engagement back: it updates the person's behaviour
+        (engagement per channel, last activity) and refunds the caps of a bounced or failed message.
         """
 
     @_abc_1.abstractmethod

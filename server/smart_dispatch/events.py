@@ -1,0 +1,58 @@
+"""Reported events (delivery receipts, engagement, activity) and what they change.
+
+- every event updates the person's behaviour (per-channel counts, last activity);
+- `bounced` / `failed` release the caps the message reserved, so a message that never reached
+  the person does not count against their frequency caps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from smart_dispatch.behaviour.base import BehaviourStore, EventKind
+from smart_dispatch.counters.base import CounterStore
+from smart_dispatch.domain import KNOWN_CHANNELS
+from smart_dispatch.errors import InvalidRequestError
+from smart_dispatch.rules.active import ActiveRules
+
+REFUNDING: frozenset[str] = frozenset({"bounced", "failed"})
+
+
+@dataclass(frozen=True, slots=True)
+class ReportedEvent:
+    user_id: str
+    kind: EventKind
+    at: datetime
+    message_id: str = ""
+    channel: str = ""
+
+
+class EventRecorder:
+    def __init__(self, rules: ActiveRules, counters: CounterStore, behaviour: BehaviourStore) -> None:
+        self._rules = rules
+        self._counters = counters
+        self._behaviour = behaviour
+
+    async def report(self, event: ReportedEvent) -> bool:
+        """Apply `event`; True when caps were refunded. Raises `InvalidRequestError`."""
+        validate_event(event)
+        await self._behaviour.record(event.user_id, event.kind, event.channel or None, event.at)
+        if event.kind not in REFUNDING:
+            return False
+        caps = list(self._rules.current().ruleset.caps.values())
+        await self._counters.refund(event.user_id, event.message_id, caps)
+        return True
+
+
+def validate_event(event: ReportedEvent) -> None:
+    if not event.user_id.strip():
+        raise InvalidRequestError("user_id", "is required")
+    if event.kind == "active":
+        return
+    if not event.message_id.strip():
+        raise InvalidRequestError("message_id", f"is required for {event.kind} events")
+    if event.channel not in KNOWN_CHANNELS:
+        raise InvalidRequestError(
+            "channel", f"unknown channel {event.channel!r}; known: {', '.join(KNOWN_CHANNELS)}"
+        )
