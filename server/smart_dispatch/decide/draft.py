@@ -15,7 +15,15 @@ from typing import Any
 from smart_dispatch.domain import AppliedEffect
 from smart_dispatch.rules.model import OnCap, QuietHours, Rule
 
-_SCALARS = ("on_cap", "quiet_hours", "bypass_caps", "bypass_quiet_hours", "suppress", "fallback")
+_SCALARS = (
+    "on_cap",
+    "quiet_hours",
+    "bypass_caps",
+    "bypass_quiet_hours",
+    "suppress",
+    "fallback",
+    "escalate_after",
+)
 
 
 @dataclass(slots=True)
@@ -30,6 +38,7 @@ class PlanDraft:
     bypass_caps: bool = False
     bypass_quiet_hours: bool = False
     suppress: str | None = None
+    escalate_after: float | None = None
     #: effect name -> the rule that set it (for reasons)
     source: dict[str, str] = field(default_factory=dict)
     #: every effect that changed the draft, in the order applied

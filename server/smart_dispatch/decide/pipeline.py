@@ -209,6 +209,7 @@ def _decision(
         caps=outcome.trace.caps,
         ruleset_version=version.version,
         explanation=explanation,
+        escalate_after_s=outcome.draft.escalate_after if len(outcome.steps) > 1 else None,
     )
 
 

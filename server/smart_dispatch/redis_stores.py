@@ -1,0 +1,72 @@
+"""Redis-backed `Stores` for `stores_from_url` (`redis://`, `rediss://`, `redis+cluster://`).
+
+    redis://[[user]:password@]host:port/db      one Redis server
+    rediss://…                                  the same over TLS (redis-py's `rediss` handling;
+                                                query options such as `ssl_cert_reqs` pass through)
+    redis+cluster://[[user]:password@]host:port Redis Cluster, any node as seed (topology is
+                                                discovered on first use)
+
+Counters and lists share one client. Every connection gets `socket_timeout` and
+`socket_connect_timeout` = `StoreOptions.timeout_s` and NO automatic retries: a failed call fails
+fast as `StoreUnavailableError`, and the decision pipeline applies its fail-open / fail-closed
+policy instead of waiting. Building the client does not connect; the first call does.
+
+Behaviour has no Redis store yet: it stays in this process (`MemoryBehaviourStore`), so
+engagement learned by one sidecar is not seen by the others.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit, urlunsplit
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from smart_dispatch.behaviour.redis import RedisBehaviourStore
+from smart_dispatch.counters.redis import RedisCounterStore
+from smart_dispatch.errors import ConfigurationError
+from smart_dispatch.lists.redis import RedisListStore
+from smart_dispatch.stores import StoreOptions, Stores
+
+CLUSTER_SCHEME = "redis+cluster"
+
+
+def redis_client(url: str, timeout_s: float) -> Redis | RedisCluster:
+    """A `redis.asyncio` client for `url` with tight timeouts and no retries (not connected yet).
+
+    Raises `ConfigurationError` for a scheme other than redis, rediss, redis+cluster or a URL
+    redis-py cannot parse.
+    """
+    parts = urlsplit(url)
+    no_retry = Retry(NoBackoff(), 0)
+    try:
+        if parts.scheme == CLUSTER_SCHEME:
+            seed = urlunsplit(("redis", parts.netloc, "", parts.query, ""))
+            return RedisCluster.from_url(
+                seed, retry=no_retry, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+            )
+        if parts.scheme in ("redis", "rediss"):
+            return Redis.from_url(
+                url, retry=no_retry, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+            )
+    except ValueError as exc:
+        raise ConfigurationError(f"invalid redis URL {url!r}: {exc}") from exc
+    raise ConfigurationError(
+        f"unknown redis URL scheme {parts.scheme!r} in {url!r}; known: redis, rediss, {CLUSTER_SCHEME}"
+    )
+
+
+def redis_stores(url: str, options: StoreOptions) -> Stores:
+    """Counter and list stores on the Redis at `url`, sharing one client (closed by `Stores.close`)."""
+    client = redis_client(url, options.timeout_s)
+    counters = RedisCounterStore(client, prefix=options.prefix, timeout_s=options.timeout_s)
+    lists = RedisListStore(
+        client,
+        prefix=options.prefix,
+        timeout_s=options.timeout_s,
+        close_client=False,  # the counter store owns the shared client
+    )
+    behaviour = RedisBehaviourStore(client, prefix=options.prefix, timeout_s=options.timeout_s)
+    return Stores(counters=counters, lists=lists, behaviour=behaviour, url=url)
