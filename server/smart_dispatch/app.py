@@ -1,8 +1,9 @@
-"""Composition root: settings -> stores -> rules -> pipeline -> gRPC server.
+"""The sidecar: the runtime (runtime.py) behind a gRPC server.
 
-Lifecycle: `start()` loads the rules (failing fast on invalid files), binds the port and only
-then reports SERVING on `grpc.health.v1`; `stop()` reports NOT_SERVING, lets in-flight calls
-finish within the grace period, then closes the stores.
+Lifecycle: `start()` loads the rules (failing fast on invalid files), connects the stores, binds
+the port and only then reports SERVING on `grpc.health.v1`, then starts the sender pool and the
+rules watcher. `stop()` reports NOT_SERVING, lets in-flight calls finish within the grace
+period, lets in-flight sends finish, then closes providers and stores.
 """
 
 from __future__ import annotations
@@ -20,11 +21,9 @@ from smart_dispatch._proto.smartdispatch.v1 import smart_dispatch_pb2_grpc as pb
 from smart_dispatch.api.admin import RulesAdminServicer
 from smart_dispatch.api.servicer import SmartDispatchServicer
 from smart_dispatch.config import Settings
-from smart_dispatch.decide.pipeline import Decider, FailurePolicy
-from smart_dispatch.events import EventRecorder
 from smart_dispatch.rules.active import ActiveRules
 from smart_dispatch.rules.watch import RulesWatcher
-from smart_dispatch.stores import StoreOptions, Stores, stores_from_url
+from smart_dispatch.runtime import Runtime
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SmartDispatchService"].full_name
@@ -38,7 +37,7 @@ class App:
         self.settings = settings
         self.rules = ActiveRules(settings.rules_dir)
         self.watcher = RulesWatcher(self.rules, poll_s=settings.rules_poll_s)
-        self.stores: Stores | None = None
+        self.runtime: Runtime | None = None
         self.port: int | None = None
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
@@ -46,31 +45,12 @@ class App:
     async def start(self) -> int:
         """Load rules, connect stores, bind and serve. Returns the bound port."""
         s = self.settings
-        self.rules.load()
-        options = StoreOptions(s.store_timeout_s, s.key_prefix, s.allow_list, s.deny_list)
-        self.stores = stores_from_url(s.store_url, options)
-        await _seed_lists(self.stores, options)
-        if s.store_url.startswith("memory:"):
-            log.warning("store is memory:// - caps and lists live in this process only")
-        decider = Decider(
-            self.rules,
-            self.stores.counters,
-            self.stores.lists,
-            behaviour=self.stores.behaviour,
-            failure_policy=FailurePolicy(fail_open=s.fail_open_categories),
-            shadow_all=s.shadow,
+        runtime = self.runtime = await Runtime.build(s, self.rules)
+        server = grpc.aio.server()
+        servicer = SmartDispatchServicer(
+            runtime.decider, runtime.stores.lists, runtime.events, runtime.dispatcher, runtime.stores.inbox
         )
-        if s.shadow:
-            log.warning("shadow mode: every rule is evaluated and reported, none is enforced")
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-        pb_grpc.add_SmartDispatchServiceServicer_to_server(
-            SmartDispatchServicer(
-                decider,
-                self.stores.lists,
-                EventRecorder(self.rules, self.stores.counters, self.stores.behaviour),
-            ),
-            server,
-        )
+        pb_grpc.add_SmartDispatchServiceServicer_to_server(servicer, server)
         pb_grpc.add_RulesAdminServiceServicer_to_server(RulesAdminServicer(self.rules), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
@@ -81,25 +61,29 @@ class App:
         self._server = server
         for name in ("", SERVICE_NAME, ADMIN_SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if runtime.pool is not None:
+            runtime.pool.start()
         if s.watch_rules:
             self.watcher.start()
+        if s.shadow:
+            log.warning("shadow mode: every rule is evaluated and reported, none is enforced")
         log.info("serving on %s:%d", s.host, self.port)
         return self.port
 
     async def stop(self, grace_s: float | None = None) -> None:
-        """NOT_SERVING, finish in-flight calls (up to the grace period), close the stores."""
+        """NOT_SERVING, finish in-flight calls (up to the grace period), then in-flight sends."""
         await self.watcher.stop()
         if self._server is not None:
             await self._health.enter_graceful_shutdown()
             await self._server.stop(self.settings.shutdown_grace_s if grace_s is None else grace_s)
             self._server = None
-        if self.stores is not None:
-            await self.stores.close()
-            self.stores = None
+        if self.runtime is not None:
+            await self.runtime.close()
+            self.runtime = None
         self.rules.close()
 
     async def run_until_signal(self) -> None:
-        """Serve until SIGTERM or SIGINT, then stop gracefully."""
+        """Serve until SIGTERM or SIGINT, then stop gracefully. SIGHUP reloads the rules."""
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -117,11 +101,3 @@ class App:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop(grace_s=1.0)
-
-
-async def _seed_lists(stores: Stores, options: StoreOptions) -> None:
-    """Lists named in the settings are members from start-up (shared stores keep them too)."""
-    for user in options.allow:
-        await stores.lists.add("allow", user)
-    for user in options.deny:
-        await stores.lists.add("deny", user)

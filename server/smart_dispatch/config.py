@@ -5,7 +5,9 @@ Environment variables (all optional):
     SD_ALLOW_LIST / SD_DENY_LIST (comma-separated user ids), SD_FAIL_OPEN (comma-separated
     categories sent anyway while the store is down), SD_SHUTDOWN_GRACE_S, SD_LOG_LEVEL,
     SD_RULES_POLL_S (backstop content check of the rules directory), SD_WATCH_RULES (true/false),
-    SD_SHADOW (true: evaluate and report every rule, enforce none).
+    SD_SHADOW (true: evaluate and report every rule, enforce none), SD_SENDERS (sender workers
+    in this process, 0 for none), SD_PROVIDERS (providers file), SD_TEMPLATES (template
+    directory), SD_CLAIM_TIMEOUT_S (a claimed dispatch not finished in this time is re-sent).
 """
 
 from __future__ import annotations
@@ -35,6 +37,10 @@ class Settings:
     rules_poll_s: float = 5.0
     watch_rules: bool = True
     shadow: bool = False
+    senders: int = 8
+    providers_file: Path | None = None
+    templates_dir: Path | None = None
+    claim_timeout_s: float = 30.0
 
     def with_overrides(self, **overrides: Any) -> Settings:
         """A copy with every override that is not None applied."""
@@ -56,6 +62,10 @@ _ENV = {
     "rules_poll_s": "SD_RULES_POLL_S",
     "watch_rules": "SD_WATCH_RULES",
     "shadow": "SD_SHADOW",
+    "senders": "SD_SENDERS",
+    "providers_file": "SD_PROVIDERS",
+    "templates_dir": "SD_TEMPLATES",
+    "claim_timeout_s": "SD_CLAIM_TIMEOUT_S",
 }
 
 
@@ -69,6 +79,8 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
         if raw is None or raw == "":
             continue
         current = getattr(defaults, f.name)
+        if current is None:  # optional paths
+            current = Path()
         try:
             values[f.name] = _parse(raw, current)
         except ValueError as exc:
@@ -76,7 +88,7 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
     return replace(defaults, **values)
 
 
-def _parse(raw: str, like: Any) -> Any:
+def _parse(raw: str, like: Any, name: str = "") -> Any:
     if isinstance(like, bool):
         return raw.lower() in ("1", "true", "yes")
     if isinstance(like, int):

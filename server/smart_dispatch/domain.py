@@ -128,3 +128,5 @@ class Decision:
     caps: tuple[CapState, ...]
     ruleset_version: str
     explanation: Explanation | None = None
+    #: seconds to wait for engagement after each step before the next (escalation), if any
+    escalate_after_s: float | None = None

@@ -5,6 +5,8 @@
     ├── InvalidRequestError       a request field is missing or wrong        (INVALID_ARGUMENT)
     ├── RuleFileError             a rule file is invalid; carries file and line
     ├── NotReadyError             no ruleset is loaded yet                     (UNAVAILABLE)
+    ├── NotFoundError             no such dispatch                             (NOT_FOUND)
+    ├── ConflictError             the operation does not fit the state        (FAILED_PRECONDITION)
     └── StoreError                the counter/list store failed
         └── StoreUnavailableError the store cannot be reached in time        (UNAVAILABLE)
 
@@ -45,6 +47,14 @@ class RuleFileError(SmartDispatchError):
 
 class NotReadyError(SmartDispatchError):
     """The server has no ruleset loaded (yet)."""
+
+
+class NotFoundError(SmartDispatchError):
+    """The named object (e.g. a dispatch) does not exist."""
+
+
+class ConflictError(SmartDispatchError):
+    """The object is in a state that does not allow the operation."""
 
 
 class StoreError(SmartDispatchError):

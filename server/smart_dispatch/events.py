@@ -40,9 +40,13 @@ class EventRecorder:
         await self._behaviour.record(event.user_id, event.kind, event.channel or None, event.at)
         if event.kind not in REFUNDING:
             return False
-        caps = list(self._rules.current().ruleset.caps.values())
-        await self._counters.refund(event.user_id, event.message_id, caps)
+        await self.refund(event.user_id, event.message_id)
         return True
+
+    async def refund(self, user_id: str, message_id: str) -> None:
+        """Release every cap `message_id` holds for `user_id` (a no-op for caps it never held)."""
+        caps = list(self._rules.current().ruleset.caps.values())
+        await self._counters.refund(user_id, message_id, caps)
 
 
 def validate_event(event: ReportedEvent) -> None:

@@ -26,7 +26,9 @@ from redis.backoff import NoBackoff
 
 from smart_dispatch.behaviour.redis import RedisBehaviourStore
 from smart_dispatch.counters.redis import RedisCounterStore
+from smart_dispatch.dispatch.redis_store import RedisDispatchStore
 from smart_dispatch.errors import ConfigurationError
+from smart_dispatch.inbox.redis import RedisInboxStore
 from smart_dispatch.lists.redis import RedisListStore
 from smart_dispatch.stores import StoreOptions, Stores
 
@@ -69,4 +71,8 @@ def redis_stores(url: str, options: StoreOptions) -> Stores:
         close_client=False,  # the counter store owns the shared client
     )
     behaviour = RedisBehaviourStore(client, prefix=options.prefix, timeout_s=options.timeout_s)
-    return Stores(counters=counters, lists=lists, behaviour=behaviour, url=url)
+    dispatches = RedisDispatchStore(
+        client, prefix=options.prefix, timeout_s=options.timeout_s, claim_timeout_s=options.claim_timeout_s
+    )
+    inbox = RedisInboxStore(client, prefix=options.prefix, timeout_s=options.timeout_s, close_client=False)
+    return Stores(counters, lists, behaviour, dispatches, inbox, url)

@@ -13,7 +13,9 @@ from urllib.parse import urlsplit
 
 from smart_dispatch.behaviour.base import BehaviourStore
 from smart_dispatch.counters.base import CounterStore
+from smart_dispatch.dispatch.store import DispatchStore
 from smart_dispatch.errors import ConfigurationError
+from smart_dispatch.inbox.base import InboxStore
 from smart_dispatch.lists.base import ListStore
 
 
@@ -23,6 +25,7 @@ class StoreOptions:
 
     timeout_s: float = 0.25
     prefix: str = "sd"
+    claim_timeout_s: float = 30.0
     allow: tuple[str, ...] = ()
     deny: tuple[str, ...] = ()
 
@@ -32,12 +35,13 @@ class Stores:
     counters: CounterStore
     lists: ListStore
     behaviour: BehaviourStore
+    dispatches: DispatchStore
+    inbox: InboxStore
     url: str
 
     async def close(self) -> None:
-        await self.counters.close()
-        await self.lists.close()
-        await self.behaviour.close()
+        for store in (self.counters, self.lists, self.behaviour, self.dispatches, self.inbox):
+            await store.close()
 
 
 SCHEMES: tuple[str, ...] = ("memory", "redis", "rediss", "redis+cluster")
@@ -50,9 +54,18 @@ def stores_from_url(url: str, options: StoreOptions | None = None) -> Stores:
     if scheme == "memory":
         from smart_dispatch.behaviour.memory import MemoryBehaviourStore
         from smart_dispatch.counters.memory import MemoryCounterStore
+        from smart_dispatch.dispatch.memory_store import MemoryDispatchStore
+        from smart_dispatch.inbox.memory import MemoryInboxStore
         from smart_dispatch.lists.memory import MemoryListStore
 
-        return Stores(MemoryCounterStore(), MemoryListStore(), MemoryBehaviourStore(), url)
+        return Stores(
+            MemoryCounterStore(),
+            MemoryListStore(),
+            MemoryBehaviourStore(),
+            MemoryDispatchStore(claim_timeout_s=options.claim_timeout_s),
+            MemoryInboxStore(),
+            url,
+        )
     if scheme in ("redis", "rediss", "redis+cluster"):
         from smart_dispatch.redis_stores import redis_stores
 

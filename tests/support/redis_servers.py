@@ -10,6 +10,7 @@ stopped and started again on the SAME port to simulate an outage.
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import signal
@@ -33,6 +34,17 @@ START_TIMEOUT_S = 10.0
 
 def available() -> bool:
     return REDIS_SERVER is not None and REDIS_CLI is not None
+
+
+def require_redis() -> None:
+    """Skip locally, FAIL under CI=true, when the redis binaries are missing."""
+    if available():
+        return
+    import pytest
+
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true but {MISSING_REASON}")
+    pytest.skip(MISSING_REASON)
 
 
 CLUSTER_BUS_OFFSET = 10000  # a cluster node also listens on port + 10000, so port <= 55535

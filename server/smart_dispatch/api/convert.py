@@ -71,17 +71,19 @@ def decide_response(decision: Decision) -> pb.DecideResponse:
         matched_rules=decision.matched_rules,
         ruleset_version=decision.ruleset_version,
     )
-    for step in decision.steps:
-        out.steps.add(channel=step.channel, address=step.address, send_at=_timestamp(step.send_at))
+    for index, step in enumerate(decision.steps):
+        added = out.steps.add(channel=step.channel, address=step.address, send_at=timestamp(step.send_at))
+        if decision.escalate_after_s and index + 1 < len(decision.steps):
+            added.escalate_after.CopyFrom(_duration(decision.escalate_after_s))
     if decision.send_at is not None:
-        out.send_at.CopyFrom(_timestamp(decision.send_at))
+        out.send_at.CopyFrom(timestamp(decision.send_at))
     for reason in decision.reasons:
         out.reasons.add(code=reason.code, rule=reason.rule, detail=reason.detail)
     for cap in decision.caps:
         state = out.caps.add(name=cap.name, limit=cap.limit, used=cap.used, remaining=cap.remaining)
         state.window.CopyFrom(_duration(cap.window_s))
         if cap.reset_at is not None:
-            state.reset_at.CopyFrom(_timestamp(cap.reset_at))
+            state.reset_at.CopyFrom(timestamp(cap.reset_at))
     if decision.explanation is not None:
         out.explanation.CopyFrom(_explanation(decision.explanation))
     return out
@@ -113,11 +115,11 @@ def rules_status(status: RulesStatus) -> pb.RulesStatus:
         failures_since_load=status.failures_since_load,
     )
     if status.loaded_at is not None:
-        out.loaded_at.CopyFrom(_timestamp(status.loaded_at))
+        out.loaded_at.CopyFrom(timestamp(status.loaded_at))
     if status.last_error is not None:
         error = status.last_error
         out.last_error.CopyFrom(
-            pb.RuleLoadError(file=error.file, line=error.line, message=error.message, at=_timestamp(error.at))
+            pb.RuleLoadError(file=error.file, line=error.line, message=error.message, at=timestamp(error.at))
         )
     return out
 
@@ -150,7 +152,7 @@ def _time(ts: timestamp_pb2.Timestamp, field: str) -> datetime:
         raise InvalidRequestError(field, f"timestamp out of range: {exc}") from exc
 
 
-def _timestamp(when: datetime) -> timestamp_pb2.Timestamp:
+def timestamp(when: datetime) -> timestamp_pb2.Timestamp:
     ts = timestamp_pb2.Timestamp()
     ts.FromDatetime(when)
     return ts

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -15,20 +16,32 @@ from smart_dispatch.api.convert import (
     decide_response,
     reported_event,
 )
-from smart_dispatch.api.status import grpc_errors
+from smart_dispatch.api.dispatch_convert import dispatch_status, inbox_item
+from smart_dispatch.api.status import grpc_errors, stream_errors
 from smart_dispatch.decide.pipeline import Decider
+from smart_dispatch.dispatch.service import Dispatcher
 from smart_dispatch.errors import InvalidRequestError
 from smart_dispatch.events import EventRecorder
+from smart_dispatch.inbox.base import InboxStore
 from smart_dispatch.lists.base import ListName, ListStore
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class SmartDispatchServicer(pb_grpc.SmartDispatchServiceServicer):
-    def __init__(self, decider: Decider, lists: ListStore, events: EventRecorder) -> None:
+    def __init__(
+        self,
+        decider: Decider,
+        lists: ListStore,
+        events: EventRecorder,
+        dispatcher: Dispatcher,
+        inbox: InboxStore,
+    ) -> None:
         self._decider = decider
         self._lists = lists
         self._events = events
+        self._dispatcher = dispatcher
+        self._inbox = inbox
 
     @grpc_errors
     async def Decide(self, request: pb.DecideRequest, context: Context) -> pb.DecideResponse:
@@ -36,8 +49,61 @@ class SmartDispatchServicer(pb_grpc.SmartDispatchServiceServicer):
         return decide_response(decision)
 
     @grpc_errors
+    async def Dispatch(self, request: pb.DispatchRequest, context: Context) -> pb.DispatchResponse:
+        decide = decide_request(pb.DecideRequest(message=request.message, recipient=request.recipient))
+        record, decision, duplicate = await self._dispatcher.dispatch(decide)
+        response = pb.DispatchResponse(
+            dispatch_id=record.dispatch_id, duplicate=duplicate, status=dispatch_status(record)
+        )
+        if decision is not None:
+            response.decision.CopyFrom(decide_response(decision))
+        return response
+
+    @grpc_errors
+    async def GetDispatch(self, request: pb.GetDispatchRequest, context: Context) -> pb.GetDispatchResponse:
+        record = await self._dispatcher.get(request.dispatch_id, request.message_id)
+        return pb.GetDispatchResponse(status=dispatch_status(record))
+
+    async def WatchDispatch(
+        self, request: pb.WatchDispatchRequest, context: Context
+    ) -> AsyncIterator[pb.WatchDispatchResponse]:
+        async for record in stream_errors(
+            self._dispatcher.watch(_required(request.dispatch_id, "dispatch_id")), context
+        ):
+            yield pb.WatchDispatchResponse(status=dispatch_status(record))
+
+    @grpc_errors
+    async def CancelDispatch(
+        self, request: pb.CancelDispatchRequest, context: Context
+    ) -> pb.CancelDispatchResponse:
+        record = await self._dispatcher.cancel(_required(request.dispatch_id, "dispatch_id"))
+        return pb.CancelDispatchResponse(status=dispatch_status(record))
+
+    @grpc_errors
+    async def RedriveDeadLetters(
+        self, request: pb.RedriveDeadLettersRequest, context: Context
+    ) -> pb.RedriveDeadLettersResponse:
+        if request.limit < 0:
+            raise InvalidRequestError("limit", "must not be negative")
+        redriven = await self._dispatcher.redrive(request.limit or 100, tuple(request.dispatch_ids))
+        return pb.RedriveDeadLettersResponse(redriven=[dispatch_status(r) for r in redriven])
+
+    @grpc_errors
+    async def ListInbox(self, request: pb.ListInboxRequest, context: Context) -> pb.ListInboxResponse:
+        items = await self._inbox.list(_required(request.inbox_id, "inbox_id"), request.limit or 50)
+        return pb.ListInboxResponse(items=[inbox_item(item) for item in items])
+
+    async def StreamInbox(
+        self, request: pb.StreamInboxRequest, context: Context
+    ) -> AsyncIterator[pb.StreamInboxResponse]:
+        async for item in stream_errors(self._inbox.watch(_required(request.inbox_id, "inbox_id")), context):
+            yield pb.StreamInboxResponse(item=inbox_item(item))
+
+    @grpc_errors
     async def ReportEvent(self, request: pb.ReportEventRequest, context: Context) -> pb.ReportEventResponse:
-        refunded = await self._events.report(reported_event(request))
+        event = reported_event(request)
+        refunded = await self._events.report(event)
+        await self._dispatcher.engaged(event)
         return pb.ReportEventResponse(refunded=refunded)
 
     @grpc_errors
@@ -70,6 +136,10 @@ def _list_name(kind: pb.ListKind.ValueType) -> ListName:
 
 
 def _user_id(user_id: str) -> str:
-    if not user_id.strip():
-        raise InvalidRequestError("user_id", "is required")
-    return user_id
+    return _required(user_id, "user_id")
+
+
+def _required(value: str, field: str) -> str:
+    if not value.strip():
+        raise InvalidRequestError(field, "is required")
+    return value

@@ -2,6 +2,7 @@
 
 InvalidRequestError -> INVALID_ARGUMENT (message names the field)
 NotReadyError, StoreUnavailableError -> UNAVAILABLE (clients may retry)
+NotFoundError -> NOT_FOUND
 any other SmartDispatchError -> FAILED_PRECONDITION with its message
 Anything else is a bug: logged with its traceback and answered INTERNAL without details.
 """
@@ -10,13 +11,14 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
 
 from smart_dispatch.errors import (
     InvalidRequestError,
+    NotFoundError,
     NotReadyError,
     SmartDispatchError,
     StoreUnavailableError,
@@ -31,6 +33,8 @@ def status_for(exc: SmartDispatchError) -> grpc.StatusCode:
         return grpc.StatusCode.INVALID_ARGUMENT
     if isinstance(exc, NotReadyError | StoreUnavailableError):
         return grpc.StatusCode.UNAVAILABLE
+    if isinstance(exc, NotFoundError):
+        return grpc.StatusCode.NOT_FOUND
     return grpc.StatusCode.FAILED_PRECONDITION
 
 
@@ -53,3 +57,19 @@ def grpc_errors(
         raise AssertionError("unreachable: context.abort raises")
 
     return wrapper
+
+
+async def stream_errors(
+    items: AsyncIterator[T], context: grpc.aio.ServicerContext[Any, Any]
+) -> AsyncIterator[T]:
+    """The same mapping as `grpc_errors`, for server-streaming methods."""
+    try:
+        async for item in items:
+            yield item
+    except SmartDispatchError as exc:
+        await context.abort(status_for(exc), str(exc))
+    except grpc.aio.AbortError:
+        raise
+    except Exception:
+        log.exception("unexpected error in a stream")
+        await context.abort(grpc.StatusCode.INTERNAL, "internal error (logged by the server)")

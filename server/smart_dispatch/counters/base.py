@@ -10,6 +10,10 @@ the caps that apply to it); the store, in ONE atomic step (one round trip when r
 2. Otherwise each option is checked in order; the first whose caps ALL have room at the planned
    instant is reserved (unless `dry_run`) and returned as `chosen`. Later options are not looked
    at. No option fits -> `chosen is None`, every option's `retry_at_s` says when it would fit.
+3. With `defer`, when no option fits, option 0 is reserved at its `retry_at_s` instead (the
+   earliest instant all its caps have room, found and taken in the same atomic step, so
+   concurrent deferrals never collide) unless that is after `not_after_s`: `chosen == 0`,
+   `deferred == True`, `reserved_at_s` the deferred instant. Not with `dry_run`.
 
 Counting at instant `t` includes every entry scored after `t - window_s`, also entries scheduled
 in the future, so a deferred send already occupies its slot. The earliest instant a full cap has
@@ -50,6 +54,8 @@ class ReserveRequest:
     options: tuple[tuple[CapSpec, ...], ...]
     at_s: float | None = None
     dry_run: bool = False
+    defer: bool = False
+    not_after_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +91,7 @@ class ReserveOutcome:
     options: tuple[OptionOutcome, ...]
     duplicate: bool
     reserved_at_s: float | None
+    deferred: bool = False
 
 
 class CounterStore(abc.ABC):
@@ -93,7 +100,8 @@ class CounterStore(abc.ABC):
 
     @abc.abstractmethod
     async def reserve(self, request: ReserveRequest) -> ReserveOutcome:
-        """Check (and unless `dry_run`, record) the first option whose caps all have room."""
+        """Check (and unless `dry_run`, record) the first option whose caps all have room, or
+        with `defer` option 0 at the earliest instant it has room (see the module docstring)."""
 
     @abc.abstractmethod
     async def refund(self, user_id: str, member: str, caps: Sequence[CapSpec]) -> None:

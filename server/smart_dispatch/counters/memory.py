@@ -70,6 +70,16 @@ class MemoryCounterStore(CounterStore):
             evaluated.append(OptionOutcome(True, _usages(option, sets[index], at_ms), None))
             reserved = None if request.dry_run else at_ms / 1000
             return ReserveOutcome(now_ms / 1000, index, tuple(evaluated), False, reserved)
+        if request.defer and not request.dry_run and evaluated:
+            retry_s = evaluated[0].retry_at_s
+            assert retry_s is not None
+            if request.not_after_s is None or retry_s <= request.not_after_s:
+                retry_ms = to_ms(retry_s)
+                for entries in sets[0]:
+                    entries[request.member] = retry_ms
+                usages = _usages(request.options[0], sets[0], retry_ms)
+                deferred = (OptionOutcome(False, usages, retry_s), *evaluated[1:])
+                return ReserveOutcome(now_ms / 1000, 0, deferred, False, retry_s, deferred=True)
         return ReserveOutcome(now_ms / 1000, None, tuple(evaluated), False, None)
 
     async def refund(self, user_id: str, member: str, caps: Sequence[CapSpec]) -> None:

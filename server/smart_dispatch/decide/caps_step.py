@@ -75,7 +75,7 @@ class CapStep:
         candidates = ranked if draft.on_cap == "next_channel" else ranked[:1]
         options = tuple(tuple(c for c in caps if c.applies_to(ch)) for ch in candidates)
         at_s = send_at.timestamp() if deferred else None
-        outcome = await self._reserve(request, options, at_s, trace)
+        outcome = await self._reserve(request, options, at_s, trace, defer=draft.on_cap == "defer")
         if outcome is None:  # store down, category fails open
             return Placement(ranked[0], send_at, deferred)
         trace.caps = cap_states(outcome)
@@ -84,13 +84,13 @@ class CapStep:
             if not option.allowed:
                 full = [u.cap.name for u in option.usages if u.used >= u.cap.limit]
                 trace.add(R.CAP_EXCEEDED, rule, f"{channel}: {', '.join(full)}")
-        if outcome.chosen is not None:
+        if outcome.chosen is not None and not outcome.deferred:
             return self._reserved(outcome, candidates, send_at, deferred, trace)
         if draft.on_cap != "defer":
             return Placement(None, None, False)
-        return await self._defer(request, draft, candidates[0], options[0], outcome, zone, trace)
+        return await self._deferred(request, draft, candidates[0], options[0], outcome, zone, trace)
 
-    async def _defer(
+    async def _deferred(
         self,
         request: DecideRequest,
         draft: PlanDraft,
@@ -100,28 +100,32 @@ class CapStep:
         zone: ZoneInfo,
         trace: Trace,
     ) -> Placement:
-        """Move the message to the earliest instant every cap (and quiet hours) allows."""
+        """The store deferred the message to the earliest instant its caps allow (or, for a dry
+        run or a deadline, only said when). If quiet hours forbid that instant, take the slot
+        back and reserve again from the end of the quiet window."""
+        rule = draft.source.get("on_cap", "")
         for _ in range(_DEFER_ATTEMPTS):
-            retry_s = outcome.options[0].retry_at_s
-            assert retry_s is not None, "a denied option always has a retry instant"
-            retry = datetime.fromtimestamp(retry_s, UTC)
-            trace.add(
-                R.DEFERRED_BY_CAP, draft.source.get("on_cap", ""), f"caps allow again at {retry.isoformat()}"
-            )
-            at = after_quiet_hours(retry, zone, draft, trace)
+            when_s = outcome.reserved_at_s if outcome.deferred else outcome.options[0].retry_at_s
+            assert when_s is not None, "a refused option always has a retry instant"
+            when = datetime.fromtimestamp(when_s, UTC)
+            trace.add(R.DEFERRED_BY_CAP, rule, f"caps allow again at {when.isoformat()}")
+            at = after_quiet_hours(when, zone, draft, trace)
+            if not outcome.deferred or at == when:  # nothing (more) to reserve
+                if at is None and outcome.deferred:
+                    await self._counters.refund(request.recipient.user_id, request.message.id, option)
+                return Placement(channel if at else None, at, True)
+            await self._counters.refund(request.recipient.user_id, request.message.id, option)
             if at is None:
                 return Placement(None, None, False)
-            not_after = request.message.not_after
-            if request.dry_run or (not_after is not None and at > not_after):
-                return Placement(channel, at, True)
-            again = await self._reserve(request, (option,), at.timestamp(), trace)
+            again = await self._reserve(request, (option,), at.timestamp(), trace, defer=True)
             if again is None:
                 return Placement(channel, at, True)
             trace.caps = cap_states(again)
-            if again.chosen is not None:
+            if again.chosen is not None and not again.deferred:
                 return self._reserved(again, [channel], at, True, trace)
             outcome = again
-        trace.add(R.CAP_EXCEEDED, detail="caps kept filling up while deferring; giving up")
+        trace.add(R.CAP_EXCEEDED, detail="no slot outside quiet hours found; giving up")
+        await self._counters.refund(request.recipient.user_id, request.message.id, option)
         return Placement(None, None, False)
 
     @staticmethod
@@ -145,9 +149,18 @@ class CapStep:
         options: tuple[tuple[CapSpec, ...], ...],
         at_s: float | None,
         trace: Trace,
+        *,
+        defer: bool,
     ) -> ReserveOutcome | None:
+        not_after = request.message.not_after
         reserve = ReserveRequest(
-            request.recipient.user_id, request.message.id, options, at_s, request.dry_run
+            request.recipient.user_id,
+            request.message.id,
+            options,
+            at_s,
+            request.dry_run,
+            defer=defer,
+            not_after_s=None if not_after is None else not_after.timestamp(),
         )
         try:
             return await self._counters.reserve(reserve)

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from smart_dispatch.behaviour.base import Behaviour, BehaviourStore
@@ -38,13 +38,17 @@ from smart_dispatch.domain import (
     RuleEvaluation,
     Verdict,
 )
-from smart_dispatch.errors import StoreUnavailableError
+from smart_dispatch.errors import InvalidRequestError, StoreUnavailableError
 from smart_dispatch.lists.base import ListStore
 from smart_dispatch.rules.active import ActiveRules, RulesVersion
 from smart_dispatch.rules.model import Rule
 
-__all__ = ["Decider", "FailurePolicy"]
+__all__ = ["Decider", "FailurePolicy", "TemplateCatalog"]
 log = logging.getLogger(__name__)
+
+
+class TemplateCatalog(Protocol):
+    def has(self, template: str, channel: str) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +87,7 @@ class Decider:
         failure_policy: FailurePolicy | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         shadow_all: bool = False,
+        templates: TemplateCatalog | None = None,
     ) -> None:
         self._rules = rules
         self._lists = lists
@@ -91,6 +96,7 @@ class Decider:
         self._caps = CapStep(counters, self._failure)
         self._clock = clock
         self._shadow_all = shadow_all
+        self._templates = templates
 
     async def decide(self, request: DecideRequest) -> Decision:
         with self._rules.lease() as version:
@@ -124,7 +130,9 @@ class Decider:
     async def _outcome(self, case: _Case, rules: list[Rule], trace: Trace, *, shadow: bool) -> _Outcome:
         request, recipient = case.request, case.request.recipient
         draft = fold(rules)
-        ranked = rank_channels(case.reachable, draft, recipient.preferred, case.behaviour)
+        ranked = self._with_templates(
+            request, rank_channels(case.reachable, draft, recipient.preferred, case.behaviour)
+        )
         suppressed = _Outcome(Verdict.SUPPRESS, trace=trace, draft=draft, ranked=ranked)
         if draft.suppress is not None:
             trace.add(R.SUPPRESSED_BY_RULE, draft.source["suppress"], draft.suppress)
@@ -160,6 +168,18 @@ class Decider:
         steps = [PlanStep(c, recipient.addresses[c], placed.send_at) for c in channels]
         verdict = Verdict.DEFER if placed.deferred else Verdict.SEND
         return _Outcome(verdict, steps, placed.send_at, trace, draft, ranked)
+
+    def _with_templates(self, request: DecideRequest, ranked: list[str]) -> list[str]:
+        """Channels the message's template can be rendered for. The best-ranked channel lacking
+        a variant is an error now, not a failed send later; later channels lacking one drop out."""
+        template = request.message.template
+        if not template or self._templates is None or not ranked:
+            return ranked
+        if not self._templates.has(template, ranked[0]):
+            raise InvalidRequestError(
+                "message.template", f"template {template!r} has no {ranked[0]!r} variant (the chosen channel)"
+            )
+        return [channel for channel in ranked if self._templates.has(template, channel)]
 
     async def _user_state(self, request: DecideRequest, trace: Trace) -> tuple[frozenset[str], Behaviour]:
         """List memberships and behaviour, read concurrently (one round-trip time)."""

@@ -40,7 +40,7 @@ _RULE_KEYS = frozenset({"name", "priority", "when", "then", "shadow", "descripti
 _CHANNEL_LIST_EFFECTS = ("prefer", "deny", "only", "fallback")
 _BOOL_EFFECTS = ("bypass_caps", "bypass_quiet_hours")
 EFFECT_NAMES = frozenset(
-    {*_CHANNEL_LIST_EFFECTS, *_BOOL_EFFECTS, "caps", "on_cap", "quiet_hours", "suppress"}
+    {*_CHANNEL_LIST_EFFECTS, *_BOOL_EFFECTS, "caps", "on_cap", "quiet_hours", "suppress", "escalate_after"}
 )
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d|w)$")
@@ -187,6 +187,10 @@ class _Builder:
             if not isinstance(then["suppress"], str) or not then["suppress"]:
                 raise fail(then.line_of("suppress"), "suppress takes a reason string")
             values["suppress"] = then["suppress"]
+        if "escalate_after" in then:
+            values["escalate_after"] = parse_duration(
+                then["escalate_after"], then.line_of("escalate_after"), fail
+            )
         return Effects(**values)
 
     def build(self, version: str, files: tuple[str, ...]) -> Ruleset:

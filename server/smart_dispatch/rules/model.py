@@ -37,6 +37,8 @@ class Effects:
     bypass_caps: bool | None = None
     bypass_quiet_hours: bool | None = None
     suppress: str | None = None
+    #: seconds to wait for engagement (opened/clicked) after a step before the next one goes
+    escalate_after: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

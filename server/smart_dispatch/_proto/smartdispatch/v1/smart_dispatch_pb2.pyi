@@ -48,6 +48,52 @@ VERDICT_SUPPRESS: Verdict.ValueType  # 3
 """Do not send; reasons say why."""
 Global___Verdict: _TypeAlias = Verdict  # noqa: Y015
 
+class _DispatchState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DispatchStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DispatchState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DISPATCH_STATE_UNSPECIFIED: _DispatchState.ValueType  # 0
+    DISPATCH_STATE_QUEUED: _DispatchState.ValueType  # 1
+    """Waiting for a sender."""
+    DISPATCH_STATE_SCHEDULED: _DispatchState.ValueType  # 2
+    """Waiting for its time (deferred, a retry or an escalation)."""
+    DISPATCH_STATE_SENDING: _DispatchState.ValueType  # 3
+    """A provider call is in flight."""
+    DISPATCH_STATE_WAITING_ENGAGEMENT: _DispatchState.ValueType  # 4
+    """Delivered; waiting for an open or click before escalating to the next step."""
+    DISPATCH_STATE_DELIVERED: _DispatchState.ValueType  # 5
+    DISPATCH_STATE_FAILED: _DispatchState.ValueType  # 6
+    """Every channel failed; the dispatch is a dead letter."""
+    DISPATCH_STATE_CANCELLED: _DispatchState.ValueType  # 7
+    DISPATCH_STATE_EXPIRED: _DispatchState.ValueType  # 8
+    """The deadline (not_after) passed first."""
+    DISPATCH_STATE_SUPPRESSED: _DispatchState.ValueType  # 9
+    """The rules decided not to send."""
+
+class DispatchState(_DispatchState, metaclass=_DispatchStateEnumTypeWrapper):
+    """DispatchState is where a dispatch is."""
+
+DISPATCH_STATE_UNSPECIFIED: DispatchState.ValueType  # 0
+DISPATCH_STATE_QUEUED: DispatchState.ValueType  # 1
+"""Waiting for a sender."""
+DISPATCH_STATE_SCHEDULED: DispatchState.ValueType  # 2
+"""Waiting for its time (deferred, a retry or an escalation)."""
+DISPATCH_STATE_SENDING: DispatchState.ValueType  # 3
+"""A provider call is in flight."""
+DISPATCH_STATE_WAITING_ENGAGEMENT: DispatchState.ValueType  # 4
+"""Delivered; waiting for an open or click before escalating to the next step."""
+DISPATCH_STATE_DELIVERED: DispatchState.ValueType  # 5
+DISPATCH_STATE_FAILED: DispatchState.ValueType  # 6
+"""Every channel failed; the dispatch is a dead letter."""
+DISPATCH_STATE_CANCELLED: DispatchState.ValueType  # 7
+DISPATCH_STATE_EXPIRED: DispatchState.ValueType  # 8
+"""The deadline (not_after) passed first."""
+DISPATCH_STATE_SUPPRESSED: DispatchState.ValueType  # 9
+"""The rules decided not to send."""
+Global___DispatchState: _TypeAlias = DispatchState  # noqa: Y015
+
 class _EventKind:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -458,20 +504,28 @@ class PlanStep(_message.Message):
     CHANNEL_FIELD_NUMBER: _builtins.int
     ADDRESS_FIELD_NUMBER: _builtins.int
     SEND_AT_FIELD_NUMBER: _builtins.int
+    ESCALATE_AFTER_FIELD_NUMBER: _builtins.int
     channel: _builtins.str
     address: _builtins.str
     @_builtins.property
     def send_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def escalate_after(self) -> _duration_pb2.Duration:
+        """Escalation: after this step is delivered, the next step goes only if the message was not
+        opened or clicked within this duration. Unset: the next step is a fallback on failure only.
+        """
+
     def __init__(
         self,
         *,
         channel: _builtins.str = ...,
         address: _builtins.str = ...,
         send_at: _timestamp_pb2.Timestamp | None = ...,
+        escalate_after: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["send_at", b"send_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["escalate_after", b"escalate_after", "send_at", b"send_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "channel", b"channel", "send_at", b"send_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "channel", b"channel", "escalate_after", b"escalate_after", "send_at", b"send_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -711,6 +765,520 @@ class AppliedEffect(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AppliedEffect: _TypeAlias = AppliedEffect  # noqa: Y015
+
+@_typing.final
+class DispatchRequest(_message.Message):
+    """DispatchRequest asks to deliver one message."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    RECIPIENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def message(self) -> Global___Message: ...
+    @_builtins.property
+    def recipient(self) -> Global___Recipient: ...
+    def __init__(
+        self,
+        *,
+        message: Global___Message | None = ...,
+        recipient: Global___Recipient | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "recipient", b"recipient"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "recipient", b"recipient"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DispatchRequest: _TypeAlias = DispatchRequest  # noqa: Y015
+
+@_typing.final
+class DispatchResponse(_message.Message):
+    """DispatchResponse acknowledges a persisted dispatch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DISPATCH_ID_FIELD_NUMBER: _builtins.int
+    DUPLICATE_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    DECISION_FIELD_NUMBER: _builtins.int
+    dispatch_id: _builtins.str
+    duplicate: _builtins.bool
+    """True when the message id was dispatched before: this is the first dispatch."""
+    @_builtins.property
+    def status(self) -> Global___DispatchStatus: ...
+    @_builtins.property
+    def decision(self) -> Global___DecideResponse:
+        """The decision taken now; unset for a duplicate."""
+
+    def __init__(
+        self,
+        *,
+        dispatch_id: _builtins.str = ...,
+        duplicate: _builtins.bool = ...,
+        status: Global___DispatchStatus | None = ...,
+        decision: Global___DecideResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "status", b"status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "dispatch_id", b"dispatch_id", "duplicate", b"duplicate", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DispatchResponse: _TypeAlias = DispatchResponse  # noqa: Y015
+
+@_typing.final
+class DispatchStatus(_message.Message):
+    """DispatchStatus is a dispatch with its plan and history."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DISPATCH_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    STEP_INDEX_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    HISTORY_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    SEND_AT_FIELD_NUMBER: _builtins.int
+    DEAD_LETTERED_FIELD_NUMBER: _builtins.int
+    RULESET_VERSION_FIELD_NUMBER: _builtins.int
+    REASONS_FIELD_NUMBER: _builtins.int
+    dispatch_id: _builtins.str
+    message_id: _builtins.str
+    user_id: _builtins.str
+    state: Global___DispatchState.ValueType
+    step_index: _builtins.int
+    """Index into steps of the current (or last) step."""
+    dead_lettered: _builtins.bool
+    ruleset_version: _builtins.str
+    @_builtins.property
+    def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlanStep]: ...
+    @_builtins.property
+    def attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeliveryAttempt]: ...
+    @_builtins.property
+    def history(self) -> _containers.RepeatedCompositeFieldContainer[Global___StatusChange]: ...
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def send_at(self) -> _timestamp_pb2.Timestamp:
+        """When the next action is due (send, retry or escalation)."""
+
+    @_builtins.property
+    def reasons(self) -> _containers.RepeatedCompositeFieldContainer[Global___Reason]: ...
+    def __init__(
+        self,
+        *,
+        dispatch_id: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        state: Global___DispatchState.ValueType = ...,
+        steps: _abc.Iterable[Global___PlanStep] | None = ...,
+        step_index: _builtins.int = ...,
+        attempts: _abc.Iterable[Global___DeliveryAttempt] | None = ...,
+        history: _abc.Iterable[Global___StatusChange] | None = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        send_at: _timestamp_pb2.Timestamp | None = ...,
+        dead_lettered: _builtins.bool = ...,
+        ruleset_version: _builtins.str = ...,
+        reasons: _abc.Iterable[Global___Reason] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "send_at", b"send_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "created_at", b"created_at", "dead_lettered", b"dead_lettered", "dispatch_id", b"dispatch_id", "history", b"history", "message_id", b"message_id", "reasons", b"reasons", "ruleset_version", b"ruleset_version", "send_at", b"send_at", "state", b"state", "step_index", b"step_index", "steps", b"steps", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DispatchStatus: _TypeAlias = DispatchStatus  # noqa: Y015
+
+@_typing.final
+class DeliveryAttempt(_message.Message):
+    """DeliveryAttempt is one provider call."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STEP_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    NUMBER_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    PROVIDER_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    step: _builtins.int
+    channel: _builtins.str
+    provider: _builtins.str
+    number: _builtins.int
+    """1 for the first attempt of a step."""
+    outcome: _builtins.str
+    """"delivered", "retryable_error" or "permanent_error"."""
+    error: _builtins.str
+    idempotency_key: _builtins.str
+    """The same for every attempt of one step."""
+    provider_message_id: _builtins.str
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        step: _builtins.int = ...,
+        channel: _builtins.str = ...,
+        provider: _builtins.str = ...,
+        number: _builtins.int = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+        outcome: _builtins.str = ...,
+        error: _builtins.str = ...,
+        idempotency_key: _builtins.str = ...,
+        provider_message_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "channel", b"channel", "error", b"error", "idempotency_key", b"idempotency_key", "number", b"number", "outcome", b"outcome", "provider", b"provider", "provider_message_id", b"provider_message_id", "step", b"step"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeliveryAttempt: _TypeAlias = DeliveryAttempt  # noqa: Y015
+
+@_typing.final
+class StatusChange(_message.Message):
+    """StatusChange is one entry of a dispatch's history."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AT_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    state: Global___DispatchState.ValueType
+    detail: _builtins.str
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        at: _timestamp_pb2.Timestamp | None = ...,
+        state: Global___DispatchState.ValueType = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "detail", b"detail", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StatusChange: _TypeAlias = StatusChange  # noqa: Y015
+
+@_typing.final
+class GetDispatchRequest(_message.Message):
+    """GetDispatchRequest names a dispatch by id or by message id."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DISPATCH_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    dispatch_id: _builtins.str
+    message_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        dispatch_id: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dispatch_id", b"dispatch_id", "message_id", b"message_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDispatchRequest: _TypeAlias = GetDispatchRequest  # noqa: Y015
+
+@_typing.final
+class GetDispatchResponse(_message.Message):
+    """GetDispatchResponse carries the status."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def status(self) -> Global___DispatchStatus: ...
+    def __init__(
+        self,
+        *,
+        status: Global___DispatchStatus | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDispatchResponse: _TypeAlias = GetDispatchResponse  # noqa: Y015
+
+@_typing.final
+class WatchDispatchRequest(_message.Message):
+    """WatchDispatchRequest names the dispatch to watch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DISPATCH_ID_FIELD_NUMBER: _builtins.int
+    dispatch_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        dispatch_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dispatch_id", b"dispatch_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchDispatchRequest: _TypeAlias = WatchDispatchRequest  # noqa: Y015
+
+@_typing.final
+class WatchDispatchResponse(_message.Message):
+    """WatchDispatchResponse is one status change."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def status(self) -> Global___DispatchStatus: ...
+    def __init__(
+        self,
+        *,
+        status: Global___DispatchStatus | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchDispatchResponse: _TypeAlias = WatchDispatchResponse  # noqa: Y015
+
+@_typing.final
+class CancelDispatchRequest(_message.Message):
+    """CancelDispatchRequest names the dispatch to cancel."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DISPATCH_ID_FIELD_NUMBER: _builtins.int
+    dispatch_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        dispatch_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dispatch_id", b"dispatch_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelDispatchRequest: _TypeAlias = CancelDispatchRequest  # noqa: Y015
+
+@_typing.final
+class CancelDispatchResponse(_message.Message):
+    """CancelDispatchResponse carries the cancelled status."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def status(self) -> Global___DispatchStatus: ...
+    def __init__(
+        self,
+        *,
+        status: Global___DispatchStatus | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelDispatchResponse: _TypeAlias = CancelDispatchResponse  # noqa: Y015
+
+@_typing.final
+class RedriveDeadLettersRequest(_message.Message):
+    """RedriveDeadLettersRequest selects dead letters: the given ids, or the oldest `limit`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIMIT_FIELD_NUMBER: _builtins.int
+    DISPATCH_IDS_FIELD_NUMBER: _builtins.int
+    limit: _builtins.int
+    @_builtins.property
+    def dispatch_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        limit: _builtins.int = ...,
+        dispatch_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dispatch_ids", b"dispatch_ids", "limit", b"limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RedriveDeadLettersRequest: _TypeAlias = RedriveDeadLettersRequest  # noqa: Y015
+
+@_typing.final
+class RedriveDeadLettersResponse(_message.Message):
+    """RedriveDeadLettersResponse lists the re-driven dispatches."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REDRIVEN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def redriven(self) -> _containers.RepeatedCompositeFieldContainer[Global___DispatchStatus]: ...
+    def __init__(
+        self,
+        *,
+        redriven: _abc.Iterable[Global___DispatchStatus] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["redriven", b"redriven"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RedriveDeadLettersResponse: _TypeAlias = RedriveDeadLettersResponse  # noqa: Y015
+
+@_typing.final
+class InboxItem(_message.Message):
+    """InboxItem is one message in a person's in-app inbox."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    DISPATCH_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    TITLE_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    dispatch_id: _builtins.str
+    message_id: _builtins.str
+    title: _builtins.str
+    text: _builtins.str
+    @_builtins.property
+    def data(self) -> _struct_pb2.Struct: ...
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        dispatch_id: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+        title: _builtins.str = ...,
+        text: _builtins.str = ...,
+        data: _struct_pb2.Struct | None = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "data", b"data"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "data", b"data", "dispatch_id", b"dispatch_id", "id", b"id", "message_id", b"message_id", "text", b"text", "title", b"title"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InboxItem: _TypeAlias = InboxItem  # noqa: Y015
+
+@_typing.final
+class ListInboxRequest(_message.Message):
+    """ListInboxRequest names the inbox (the recipient's in_app address)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INBOX_ID_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    inbox_id: _builtins.str
+    limit: _builtins.int
+    """At most this many items; 0 means 50."""
+    def __init__(
+        self,
+        *,
+        inbox_id: _builtins.str = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["inbox_id", b"inbox_id", "limit", b"limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListInboxRequest: _TypeAlias = ListInboxRequest  # noqa: Y015
+
+@_typing.final
+class ListInboxResponse(_message.Message):
+    """ListInboxResponse lists items, newest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___InboxItem]: ...
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[Global___InboxItem] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListInboxResponse: _TypeAlias = ListInboxResponse  # noqa: Y015
+
+@_typing.final
+class StreamInboxRequest(_message.Message):
+    """StreamInboxRequest names the inbox to stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INBOX_ID_FIELD_NUMBER: _builtins.int
+    inbox_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        inbox_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["inbox_id", b"inbox_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamInboxRequest: _TypeAlias = StreamInboxRequest  # noqa: Y015
+
+@_typing.final
+class StreamInboxResponse(_message.Message):
+    """StreamInboxResponse is one new item."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEM_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def item(self) -> Global___InboxItem: ...
+    def __init__(
+        self,
+        *,
+        item: Global___InboxItem | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamInboxResponse: _TypeAlias = StreamInboxResponse  # noqa: Y015
 
 @_typing.final
 class ReportEventRequest(_message.Message):

@@ -41,6 +41,41 @@ class SmartDispatchServiceStub:
                 request_serializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.DecideRequest.SerializeToString,
                 response_deserializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.DecideResponse.FromString,
                 _registered_method=True)
+        self.Dispatch = channel.unary_unary(
+                '/smartdispatch.v1.SmartDispatchService/Dispatch',
+                request_serializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.DispatchRequest.SerializeToString,
+                response_deserializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.DispatchResponse.FromString,
+                _registered_method=True)
+        self.GetDispatch = channel.unary_unary(
+                '/smartdispatch.v1.SmartDispatchService/GetDispatch',
+                request_serializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.GetDispatchRequest.SerializeToString,
+                response_deserializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.GetDispatchResponse.FromString,
+                _registered_method=True)
+        self.WatchDispatch = channel.unary_stream(
+                '/smartdispatch.v1.SmartDispatchService/WatchDispatch',
+                request_serializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.WatchDispatchRequest.SerializeToString,
+                response_deserializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.WatchDispatchResponse.FromString,
+                _registered_method=True)
+        self.CancelDispatch = channel.unary_unary(
+                '/smartdispatch.v1.SmartDispatchService/CancelDispatch',
+                request_serializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.CancelDispatchRequest.SerializeToString,
+                response_deserializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.CancelDispatchResponse.FromString,
+                _registered_method=True)
+        self.RedriveDeadLetters = channel.unary_unary(
+                '/smartdispatch.v1.SmartDispatchService/RedriveDeadLetters',
+                request_serializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.RedriveDeadLettersRequest.SerializeToString,
+                response_deserializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.RedriveDeadLettersResponse.FromString,
+                _registered_method=True)
+        self.ListInbox = channel.unary_unary(
+                '/smartdispatch.v1.SmartDispatchService/ListInbox',
+                request_serializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.ListInboxRequest.SerializeToString,
+                response_deserializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.ListInboxResponse.FromString,
+                _registered_method=True)
+        self.StreamInbox = channel.unary_stream(
+                '/smartdispatch.v1.SmartDispatchService/StreamInbox',
+                request_serializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.StreamInboxRequest.SerializeToString,
+                response_deserializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.StreamInboxResponse.FromString,
+                _registered_method=True)
         self.ReportEvent = channel.unary_unary(
                 '/smartdispatch.v1.SmartDispatchService/ReportEvent',
                 request_serializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.ReportEventRequest.SerializeToString,
@@ -71,6 +106,57 @@ class SmartDispatchServiceServicer:
     def Decide(self, request, context):
         """Decide returns the channel plan for one message. Unless dry_run is set, the decision
         reserves its frequency caps, keyed by message id: repeating a message id consumes once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Dispatch(self, request, context):
+        """Dispatch decides, persists and acknowledges; the sender pool delivers asynchronously.
+        A message id dispatched before returns the first dispatch (duplicate = true), never a
+        second send.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDispatch(self, request, context):
+        """GetDispatch returns a dispatch's status and full history, by dispatch id or message id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchDispatch(self, request, context):
+        """WatchDispatch streams the status now and after every change, until a final state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelDispatch(self, request, context):
+        """CancelDispatch stops a queued, scheduled or escalating dispatch.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RedriveDeadLetters(self, request, context):
+        """RedriveDeadLetters decides dead letters again through the current rules and queues them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListInbox(self, request, context):
+        """ListInbox returns a person's in-app inbox, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamInbox(self, request, context):
+        """StreamInbox streams new in-app inbox items as they arrive.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -112,6 +198,41 @@ def add_SmartDispatchServiceServicer_to_server(servicer, server):
                     servicer.Decide,
                     request_deserializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.DecideRequest.FromString,
                     response_serializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.DecideResponse.SerializeToString,
+            ),
+            'Dispatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.Dispatch,
+                    request_deserializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.DispatchRequest.FromString,
+                    response_serializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.DispatchResponse.SerializeToString,
+            ),
+            'GetDispatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDispatch,
+                    request_deserializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.GetDispatchRequest.FromString,
+                    response_serializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.GetDispatchResponse.SerializeToString,
+            ),
+            'WatchDispatch': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchDispatch,
+                    request_deserializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.WatchDispatchRequest.FromString,
+                    response_serializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.WatchDispatchResponse.SerializeToString,
+            ),
+            'CancelDispatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelDispatch,
+                    request_deserializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.CancelDispatchRequest.FromString,
+                    response_serializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.CancelDispatchResponse.SerializeToString,
+            ),
+            'RedriveDeadLetters': grpc.unary_unary_rpc_method_handler(
+                    servicer.RedriveDeadLetters,
+                    request_deserializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.RedriveDeadLettersRequest.FromString,
+                    response_serializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.RedriveDeadLettersResponse.SerializeToString,
+            ),
+            'ListInbox': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListInbox,
+                    request_deserializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.ListInboxRequest.FromString,
+                    response_serializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.ListInboxResponse.SerializeToString,
+            ),
+            'StreamInbox': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamInbox,
+                    request_deserializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.StreamInboxRequest.FromString,
+                    response_serializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.StreamInboxResponse.SerializeToString,
             ),
             'ReportEvent': grpc.unary_unary_rpc_method_handler(
                     servicer.ReportEvent,
@@ -163,6 +284,195 @@ class SmartDispatchService:
             '/smartdispatch.v1.SmartDispatchService/Decide',
             smartdispatch_dot_v1_dot_smart__dispatch__pb2.DecideRequest.SerializeToString,
             smartdispatch_dot_v1_dot_smart__dispatch__pb2.DecideResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Dispatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/smartdispatch.v1.SmartDispatchService/Dispatch',
+            smartdispatch_dot_v1_dot_smart__dispatch__pb2.DispatchRequest.SerializeToString,
+            smartdispatch_dot_v1_dot_smart__dispatch__pb2.DispatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDispatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/smartdispatch.v1.SmartDispatchService/GetDispatch',
+            smartdispatch_dot_v1_dot_smart__dispatch__pb2.GetDispatchRequest.SerializeToString,
+            smartdispatch_dot_v1_dot_smart__dispatch__pb2.GetDispatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchDispatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/smartdispatch.v1.SmartDispatchService/WatchDispatch',
+            smartdispatch_dot_v1_dot_smart__dispatch__pb2.WatchDispatchRequest.SerializeToString,
+            smartdispatch_dot_v1_dot_smart__dispatch__pb2.WatchDispatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelDispatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/smartdispatch.v1.SmartDispatchService/CancelDispatch',
+            smartdispatch_dot_v1_dot_smart__dispatch__pb2.CancelDispatchRequest.SerializeToString,
+            smartdispatch_dot_v1_dot_smart__dispatch__pb2.CancelDispatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RedriveDeadLetters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/smartdispatch.v1.SmartDispatchService/RedriveDeadLetters',
+            smartdispatch_dot_v1_dot_smart__dispatch__pb2.RedriveDeadLettersRequest.SerializeToString,
+            smartdispatch_dot_v1_dot_smart__dispatch__pb2.RedriveDeadLettersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListInbox(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/smartdispatch.v1.SmartDispatchService/ListInbox',
+            smartdispatch_dot_v1_dot_smart__dispatch__pb2.ListInboxRequest.SerializeToString,
+            smartdispatch_dot_v1_dot_smart__dispatch__pb2.ListInboxResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamInbox(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/smartdispatch.v1.SmartDispatchService/StreamInbox',
+            smartdispatch_dot_v1_dot_smart__dispatch__pb2.StreamInboxRequest.SerializeToString,
+            smartdispatch_dot_v1_dot_smart__dispatch__pb2.StreamInboxResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,6 +39,23 @@ class SmartDispatchServiceStub:
     """Decide returns the channel plan for one message. Unless dry_run is set, the decision
     reserves its frequency caps, keyed by message id: repeating a message id consumes once.
     """
+    Dispatch: _grpc.UnaryUnaryMultiCallable[_smart_dispatch_pb2.DispatchRequest, _smart_dispatch_pb2.DispatchResponse]
+    """Dispatch decides, persists and acknowledges; the sender pool delivers asynchronously.
+    A message id dispatched before returns the first dispatch (duplicate = true), never a
+    second send.
+    """
+    GetDispatch: _grpc.UnaryUnaryMultiCallable[_smart_dispatch_pb2.GetDispatchRequest, _smart_dispatch_pb2.GetDispatchResponse]
+    """GetDispatch returns a dispatch's status and full history, by dispatch id or message id."""
+    WatchDispatch: _grpc.UnaryStreamMultiCallable[_smart_dispatch_pb2.WatchDispatchRequest, _smart_dispatch_pb2.WatchDispatchResponse]
+    """WatchDispatch streams the status now and after every change, until a final state."""
+    CancelDispatch: _grpc.UnaryUnaryMultiCallable[_smart_dispatch_pb2.CancelDispatchRequest, _smart_dispatch_pb2.CancelDispatchResponse]
+    """CancelDispatch stops a queued, scheduled or escalating dispatch."""
+    RedriveDeadLetters: _grpc.UnaryUnaryMultiCallable[_smart_dispatch_pb2.RedriveDeadLettersRequest, _smart_dispatch_pb2.RedriveDeadLettersResponse]
+    """RedriveDeadLetters decides dead letters again through the current rules and queues them."""
+    ListInbox: _grpc.UnaryUnaryMultiCallable[_smart_dispatch_pb2.ListInboxRequest, _smart_dispatch_pb2.ListInboxResponse]
+    """ListInbox returns a person's in-app inbox, newest first."""
+    StreamInbox: _grpc.UnaryStreamMultiCallable[_smart_dispatch_pb2.StreamInboxRequest, _smart_dispatch_pb2.StreamInboxResponse]
+    """StreamInbox streams new in-app inbox items as they arrive."""
     ReportEvent: _grpc.UnaryUnaryMultiCallable[_smart_dispatch_pb2.ReportEventRequest, _smart_dispatch_pb2.ReportEventResponse]
     """ReportEvent feeds delivery receipts and engagement back: it updates the person's behaviour
     (engagement per channel, last activity) and refunds the caps of a bounced or failed message.
@@ -61,6 +78,23 @@ class SmartDispatchServiceAsyncStub(SmartDispatchServiceStub):
     """Decide returns the channel plan for one message. Unless dry_run is set, the decision
     reserves its frequency caps, keyed by message id: repeating a message id consumes once.
     """
+    Dispatch: _aio.UnaryUnaryMultiCallable[_smart_dispatch_pb2.DispatchRequest, _smart_dispatch_pb2.DispatchResponse]  # type: ignore[assignment]
+    """Dispatch decides, persists and acknowledges; the sender pool delivers asynchronously.
+    A message id dispatched before returns the first dispatch (duplicate = true), never a
+    second send.
+    """
+    GetDispatch: _aio.UnaryUnaryMultiCallable[_smart_dispatch_pb2.GetDispatchRequest, _smart_dispatch_pb2.GetDispatchResponse]  # type: ignore[assignment]
+    """GetDispatch returns a dispatch's status and full history, by dispatch id or message id."""
+    WatchDispatch: _aio.UnaryStreamMultiCallable[_smart_dispatch_pb2.WatchDispatchRequest, _smart_dispatch_pb2.WatchDispatchResponse]  # type: ignore[assignment]
+    """WatchDispatch streams the status now and after every change, until a final state."""
+    CancelDispatch: _aio.UnaryUnaryMultiCallable[_smart_dispatch_pb2.CancelDispatchRequest, _smart_dispatch_pb2.CancelDispatchResponse]  # type: ignore[assignment]
+    """CancelDispatch stops a queued, scheduled or escalating dispatch."""
+    RedriveDeadLetters: _aio.UnaryUnaryMultiCallable[_smart_dispatch_pb2.RedriveDeadLettersRequest, _smart_dispatch_pb2.RedriveDeadLettersResponse]  # type: ignore[assignment]
+    """RedriveDeadLetters decides dead letters again through the current rules and queues them."""
+    ListInbox: _aio.UnaryUnaryMultiCallable[_smart_dispatch_pb2.ListInboxRequest, _smart_dispatch_pb2.ListInboxResponse]  # type: ignore[assignment]
+    """ListInbox returns a person's in-app inbox, newest first."""
+    StreamInbox: _aio.UnaryStreamMultiCallable[_smart_dispatch_pb2.StreamInboxRequest, _smart_dispatch_pb2.StreamInboxResponse]  # type: ignore[assignment]
+    """StreamInbox streams new in-app inbox items as they arrive."""
     ReportEvent: _aio.UnaryUnaryMultiCallable[_smart_dispatch_pb2.ReportEventRequest, _smart_dispatch_pb2.ReportEventResponse]  # type: ignore[assignment]
     """ReportEvent feeds delivery receipts and engagement back: it updates the person's behaviour
     (engagement per channel, last activity) and refunds the caps of a bounced or failed message.
@@ -86,6 +120,65 @@ class SmartDispatchServiceServicer(metaclass=_abc_1.ABCMeta):
         """Decide returns the channel plan for one message. Unless dry_run is set, the decision
         reserves its frequency caps, keyed by message id: repeating a message id consumes once.
         """
+
+    @_abc_1.abstractmethod
+    def Dispatch(
+        self,
+        request: _smart_dispatch_pb2.DispatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_smart_dispatch_pb2.DispatchResponse, _abc.Awaitable[_smart_dispatch_pb2.DispatchResponse]]:
+        """Dispatch decides, persists and acknowledges; the sender pool delivers asynchronously.
+        A message id dispatched before returns the first dispatch (duplicate = true), never a
+        second send.
+        """
+
+    @_abc_1.abstractmethod
+    def GetDispatch(
+        self,
+        request: _smart_dispatch_pb2.GetDispatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_smart_dispatch_pb2.GetDispatchResponse, _abc.Awaitable[_smart_dispatch_pb2.GetDispatchResponse]]:
+        """GetDispatch returns a dispatch's status and full history, by dispatch id or message id."""
+
+    @_abc_1.abstractmethod
+    def WatchDispatch(
+        self,
+        request: _smart_dispatch_pb2.WatchDispatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_smart_dispatch_pb2.WatchDispatchResponse], _abc.AsyncIterator[_smart_dispatch_pb2.WatchDispatchResponse]]:
+        """WatchDispatch streams the status now and after every change, until a final state."""
+
+    @_abc_1.abstractmethod
+    def CancelDispatch(
+        self,
+        request: _smart_dispatch_pb2.CancelDispatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_smart_dispatch_pb2.CancelDispatchResponse, _abc.Awaitable[_smart_dispatch_pb2.CancelDispatchResponse]]:
+        """CancelDispatch stops a queued, scheduled or escalating dispatch."""
+
+    @_abc_1.abstractmethod
+    def RedriveDeadLetters(
+        self,
+        request: _smart_dispatch_pb2.RedriveDeadLettersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_smart_dispatch_pb2.RedriveDeadLettersResponse, _abc.Awaitable[_smart_dispatch_pb2.RedriveDeadLettersResponse]]:
+        """RedriveDeadLetters decides dead letters again through the current rules and queues them."""
+
+    @_abc_1.abstractmethod
+    def ListInbox(
+        self,
+        request: _smart_dispatch_pb2.ListInboxRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_smart_dispatch_pb2.ListInboxResponse, _abc.Awaitable[_smart_dispatch_pb2.ListInboxResponse]]:
+        """ListInbox returns a person's in-app inbox, newest first."""
+
+    @_abc_1.abstractmethod
+    def StreamInbox(
+        self,
+        request: _smart_dispatch_pb2.StreamInboxRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_smart_dispatch_pb2.StreamInboxResponse], _abc.AsyncIterator[_smart_dispatch_pb2.StreamInboxResponse]]:
+        """StreamInbox streams new in-app inbox items as they arrive."""
 
     @_abc_1.abstractmethod
     def ReportEvent(

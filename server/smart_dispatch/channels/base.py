@@ -1,0 +1,91 @@
+"""The channel-provider contract: one attempt to hand one message to one provider.
+
+A provider speaks a real protocol (SMTP, an HTTP API, the in-app inbox in the store) and
+classifies every failure as retryable (timeouts, connection errors, 5xx, 429 with Retry-After)
+or permanent (invalid address, other 4xx, provider error codes meaning "will never work").
+The sender pool owns retries, backoff, circuit breaking and fallback; a provider makes exactly
+one attempt per `send` call.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from smart_dispatch.errors import SmartDispatchError
+
+
+@dataclass(frozen=True, slots=True)
+class Content:
+    """A message rendered for one channel. Which fields are set depends on the channel:
+    sms/in_app: `text`; email: `subject`, `text`, `html`; push: `title`, `text` (body);
+    wechat: `template_id` + `fields` (template data); webhook: `fields` (JSON payload) + `text`."""
+
+    text: str = ""
+    subject: str = ""
+    html: str = ""
+    title: str = ""
+    template_id: str = ""
+    url: str = ""
+    fields: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One attempt. `idempotency_key` is the same for every attempt of one plan step, so a
+    provider that deduplicates never delivers a retried step twice."""
+
+    dispatch_id: str
+    message_id: str
+    user_id: str
+    channel: str
+    address: str
+    content: Content
+    idempotency_key: str
+    attempt: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    provider: str
+    provider_message_id: str = ""
+
+
+class ProviderError(SmartDispatchError):
+    """A failed attempt. `retryable` decides retry vs. fallback; `retry_after_s` is the
+    provider's own hint (Retry-After), None when it gave none; `code` is the provider's error
+    code or HTTP status as text."""
+
+    def __init__(
+        self,
+        problem: str,
+        *,
+        provider: str,
+        channel: str,
+        retryable: bool,
+        retry_after_s: float | None = None,
+        code: str = "",
+    ) -> None:
+        super().__init__(f"{provider}: {problem}")
+        self.provider = provider
+        self.channel = channel
+        self.retryable = retryable
+        self.retry_after_s = retry_after_s
+        self.code = code
+
+
+class Provider(abc.ABC):
+    """Sends on one channel. `name` identifies the provider in attempts, metrics and breakers."""
+
+    channel: str
+    name: str
+
+    @abc.abstractmethod
+    async def send(self, delivery: Delivery) -> SendResult:
+        """Make one attempt. Raises `ProviderError` (never anything else) on failure."""
+
+    async def close(self) -> None:
+        """Release connections. Default: nothing to release."""
+        return None

@@ -1,0 +1,280 @@
+"""Providers from configuration: one provider per channel, chosen by `type`, secrets from env.
+
+A providers file maps channels to provider settings; every key below is optional unless marked
+*required*. Secrets are never in the file: a `*_env` key names the environment variable holding
+the secret. Every provider also takes `name` (default: its type), naming it in attempts, metrics
+and circuit breakers.
+
+    email:   {type: smtp, host*, port*, from*, starttls: false, tls: false, username: "",
+              password_env (required when username is set), timeout_s: 10, validate_certs: true}
+    sms:     {type: http_sms, url*, token_env, timeout_s: 5, max_connections: 100}
+    wechat:  {type: wechat, appid*, secret_env*, api_base: https://api.weixin.qq.com,
+              token_margin_s: 300, timeout_s: 5, max_connections: 100}
+    push:    {type: fcm, project*, token_env*, api_base: https://fcm.googleapis.com,
+              timeout_s: 5, max_connections: 100}
+    webhook: {type: webhook, secret_env*, timeout_s: 5, max_connections: 100}
+    in_app:  {type: inbox}
+    <any>:   {type: stub, delay_s: 0}             records deliveries in memory, sends nothing
+
+Channels must be known (`smart_dispatch.domain.KNOWN_CHANNELS`); a channel absent from the file
+has no provider. Unknown types, channels or keys, a missing required key, a wrong value type and
+an unset environment variable raise `ProviderConfigError` (a `ConfigurationError`) naming the
+file, channel and key. New types are added with `@register("name")`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from smart_dispatch.channels import push_fcm, wechat
+from smart_dispatch.channels.base import Provider
+from smart_dispatch.channels.email_smtp import SmtpConfig, SmtpProvider, mailbox
+from smart_dispatch.channels.http_common import HttpOptions
+from smart_dispatch.channels.in_app import InboxProvider
+from smart_dispatch.channels.push_fcm import FcmConfig, FcmProvider
+from smart_dispatch.channels.sms_http import SmsGatewayConfig, SmsGatewayProvider
+from smart_dispatch.channels.stub import StubProvider
+from smart_dispatch.channels.webhook import WebhookConfig, WebhookProvider
+from smart_dispatch.channels.wechat import WeChatConfig, WeChatProvider
+from smart_dispatch.domain import KNOWN_CHANNELS
+from smart_dispatch.errors import ConfigurationError
+from smart_dispatch.inbox.base import InboxStore
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+ProviderFactory = Callable[["Section"], Provider]
+_FACTORIES: dict[str, ProviderFactory] = {}
+_COMMON_KEYS = frozenset({"type", "name"})
+
+
+class ProviderConfigError(ConfigurationError):
+    """A provider setting is wrong. `key` is "" when the problem is the whole entry or file."""
+
+    def __init__(self, file: str, channel: str, key: str, problem: str) -> None:
+        where = ".".join(part for part in (channel, key) if part)
+        super().__init__(f"{file}: {where + ': ' if where else ''}{problem}")
+        self.file = file
+        self.channel = channel
+        self.key = key
+        self.problem = problem
+
+
+def register(type_name: str) -> Callable[[ProviderFactory], ProviderFactory]:
+    """Register a factory building a provider of `type_name` from its `Section`."""
+
+    def add(factory: ProviderFactory) -> ProviderFactory:
+        _FACTORIES[type_name] = factory
+        return factory
+
+    return add
+
+
+def provider_types() -> tuple[str, ...]:
+    return tuple(sorted(_FACTORIES))
+
+
+@dataclass
+class Section:
+    """One channel's settings, read key by key with type checks; remembers what was read so
+    that unknown (misspelt) keys are reported."""
+
+    file: str
+    channel: str
+    values: Mapping[str, Any]
+    env: Mapping[str, str]
+    inbox: InboxStore
+    read: set[str] = field(default_factory=lambda: set(_COMMON_KEYS))
+
+    def error(self, key: str, problem: str) -> ProviderConfigError:
+        return ProviderConfigError(self.file, self.channel, key, problem)
+
+    def _get(self, key: str, kind: type[T], default: T | None) -> T:
+        self.read.add(key)
+        if key not in self.values or self.values[key] is None:
+            if default is None:
+                raise self.error(key, "required key is missing")
+            return default
+        value = self.values[key]
+        # bool is an int in Python: a `port: true` must not pass as 1.
+        if kind in (int, float) and isinstance(value, int | float) and not isinstance(value, bool):
+            return kind(value)  # type: ignore[call-arg]
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            raise self.error(key, f"must be {kind.__name__}, got {value!r}")
+        return value
+
+    def text(self, key: str, default: str | None = None) -> str:
+        return self._get(key, str, default)
+
+    def flag(self, key: str, default: bool) -> bool:
+        return self._get(key, bool, default)
+
+    def number(self, key: str, default: float, *, allow_zero: bool = False) -> float:
+        value = self._get(key, float, default)
+        if not (value >= 0 if allow_zero else value > 0) or value == float("inf"):
+            raise self.error(
+                key, f"must be a {'non-negative' if allow_zero else 'positive'} number, got {value!r}"
+            )
+        return value
+
+    def integer(self, key: str, default: int | None = None) -> int:
+        value = self._get(key, float, None if default is None else float(default))
+        if value != int(value) or value <= 0:
+            raise self.error(key, f"must be a positive whole number, got {value!r}")
+        return int(value)
+
+    def secret(self, key: str, *, required: bool = True) -> str:
+        """The value of the environment variable named by `key` ("" when optional and unset)."""
+        variable = self.text(key, None if required else "")
+        if not variable:
+            return ""
+        if variable not in self.env:
+            raise self.error(key, f"environment variable {variable} is not set")
+        return self.env[variable]
+
+    def http_options(self) -> HttpOptions:
+        return HttpOptions(self.number("timeout_s", 5.0), self.integer("max_connections", 100))
+
+    def name(self, type_name: str) -> str:
+        return self.text("name", type_name)
+
+
+@register("smtp")
+def _smtp(section: Section) -> Provider:
+    username = section.text("username", "")
+    sender = section.text("from")
+    if mailbox(sender) is None:
+        raise section.error("from", f"{sender!r} is not an e-mail address")
+    starttls, tls = section.flag("starttls", False), section.flag("tls", False)
+    if starttls and tls:
+        raise section.error("tls", "choose starttls or tls (implicit TLS), not both")
+    config = SmtpConfig(
+        host=section.text("host"),
+        port=section.integer("port"),
+        sender=sender,
+        starttls=starttls,
+        tls=tls,
+        username=username,
+        password=section.secret("password_env", required=bool(username)),
+        timeout_s=section.number("timeout_s", 10.0),
+        validate_certs=section.flag("validate_certs", True),
+    )
+    return SmtpProvider(config, channel=section.channel, name=section.name("smtp"))
+
+
+@register("http_sms")
+def _http_sms(section: Section) -> Provider:
+    config = SmsGatewayConfig(url=section.text("url"), token=section.secret("token_env", required=False))
+    return SmsGatewayProvider(
+        config, options=section.http_options(), channel=section.channel, name=section.name("http_sms")
+    )
+
+
+@register("wechat")
+def _wechat(section: Section) -> Provider:
+    config = WeChatConfig(
+        appid=section.text("appid"),
+        secret=section.secret("secret_env"),
+        api_base=section.text("api_base", wechat.DEFAULT_API_BASE),
+        token_margin_s=section.number("token_margin_s", wechat.DEFAULT_TOKEN_MARGIN_S),
+    )
+    return WeChatProvider(
+        config, options=section.http_options(), channel=section.channel, name=section.name("wechat")
+    )
+
+
+@register("fcm")
+def _fcm(section: Section) -> Provider:
+    config = FcmConfig(
+        project=section.text("project"),
+        token=section.secret("token_env"),
+        api_base=section.text("api_base", push_fcm.DEFAULT_API_BASE),
+    )
+    return FcmProvider(
+        config, options=section.http_options(), channel=section.channel, name=section.name("fcm")
+    )
+
+
+@register("webhook")
+def _webhook(section: Section) -> Provider:
+    config = WebhookConfig(secret=section.secret("secret_env"))
+    return WebhookProvider(
+        config, options=section.http_options(), channel=section.channel, name=section.name("webhook")
+    )
+
+
+@register("inbox")
+def _inbox(section: Section) -> Provider:
+    return InboxProvider(section.inbox, channel=section.channel, name=section.name("inbox"))
+
+
+@register("stub")
+def _stub(section: Section) -> Provider:
+    delay_s = section.number("delay_s", 0.0, allow_zero=True)
+    return StubProvider(section.channel, name=section.name("stub"), delay_s=delay_s)
+
+
+def providers_from_config(
+    config: Mapping[str, Any], env: Mapping[str, str], inbox: InboxStore, *, file: str = "<providers>"
+) -> dict[str, Provider]:
+    """channel → provider for each entry of `config`; `file` names the source in errors.
+    Raises `ProviderConfigError` (see the module docstring)."""
+    if not isinstance(config, Mapping):
+        raise ProviderConfigError(file, "", "", "must be a mapping of channel to provider settings")
+    providers: dict[str, Provider] = {}
+    for channel, values in config.items():
+        if channel not in KNOWN_CHANNELS:
+            raise ProviderConfigError(
+                file, str(channel), "", f"unknown channel; known: {', '.join(KNOWN_CHANNELS)}"
+            )
+        if not isinstance(values, Mapping):
+            raise ProviderConfigError(file, channel, "", "must be a mapping with a `type`")
+        section = Section(file, channel, values, env, inbox)
+        type_name = section.text("type")
+        factory = _FACTORIES.get(type_name)
+        if factory is None:
+            raise section.error(
+                "type", f"unknown provider type {type_name!r}; known: {', '.join(provider_types())}"
+            )
+        provider = factory(section)
+        unknown = sorted(str(key) for key in values if key not in section.read)
+        if unknown:
+            known = ", ".join(sorted(section.read))
+            raise section.error(unknown[0], f"unknown key for type {type_name}; known: {known}")
+        providers[channel] = provider
+    return providers
+
+
+def load_providers_file(path: str | Path, env: Mapping[str, str], inbox: InboxStore) -> dict[str, Provider]:
+    """`providers_from_config` for the YAML file at `path`. An unreadable file or invalid YAML
+    raises `ProviderConfigError` naming the file (and line)."""
+    file = str(path)
+    try:
+        text = Path(path).read_text("utf-8")
+    except OSError as exc:
+        raise ProviderConfigError(file, "", "", f"cannot read: {exc.strerror or exc}") from exc
+    try:
+        config = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{file}:{mark.line + 1}" if mark is not None else file
+        raise ProviderConfigError(where, "", "", f"invalid YAML: {getattr(exc, 'problem', exc)}") from exc
+    return providers_from_config(config if config is not None else {}, env, inbox, file=file)
+
+
+def default_providers(inbox: InboxStore) -> dict[str, Provider]:
+    """Without a providers file: in_app delivers to `inbox`, every other channel to a stub that
+    records the delivery and sends nothing (logged as a warning)."""
+    stubbed = [channel for channel in KNOWN_CHANNELS if channel != "in_app"]
+    log.warning(
+        "no providers file: channels %s use stub providers (nothing is really sent)", ", ".join(stubbed)
+    )
+    providers: dict[str, Provider] = {channel: StubProvider(channel) for channel in stubbed}
+    providers["in_app"] = InboxProvider(inbox)
+    return providers

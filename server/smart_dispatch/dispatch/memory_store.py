@@ -1,0 +1,143 @@
+"""The embedded dispatch store (`memory://`): an in-process queue and schedule.
+
+NOT durable: accepted dispatches that are not delivered yet are lost when the process stops
+(`serve` says so at start). Same contract as the Redis store otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import datetime
+
+from smart_dispatch.dispatch.model import DispatchRecord
+from smart_dispatch.dispatch.store import Claim, DispatchStore, Watch
+
+
+class MemoryDispatchStore(DispatchStore):
+    durable = False
+
+    def __init__(self, claim_timeout_s: float = 30.0) -> None:
+        self._records: dict[str, DispatchRecord] = {}
+        self._by_message: dict[str, str] = {}
+        self._ready: list[tuple[str, int]] = []
+        self._scheduled: list[tuple[float, int, str, int]] = []
+        self._pending: dict[str, tuple[Claim, float]] = {}
+        self._dead: dict[str, float] = {}
+        self._watchers: dict[str, list[asyncio.Queue[DispatchRecord]]] = {}
+        self._wakeup = asyncio.Event()
+        self._seq = itertools.count()
+        self._claim_timeout_s = claim_timeout_s
+
+    async def create(self, record: DispatchRecord) -> tuple[DispatchRecord, bool]:
+        existing = self._by_message.get(record.message.id)
+        if existing is not None:
+            return self._records[existing], False
+        stored = replace(record, version=1)
+        self._records[stored.dispatch_id] = stored
+        self._by_message[stored.message.id] = stored.dispatch_id
+        self._queue(stored, stored.send_at)
+        return stored, True
+
+    async def get(self, dispatch_id: str) -> DispatchRecord | None:
+        return self._records.get(dispatch_id)
+
+    async def get_by_message(self, message_id: str) -> DispatchRecord | None:
+        dispatch_id = self._by_message.get(message_id)
+        return None if dispatch_id is None else self._records[dispatch_id]
+
+    async def update(
+        self,
+        record: DispatchRecord,
+        expected_version: int,
+        *,
+        run_at: datetime | None = None,
+        unschedule: bool = False,
+    ) -> DispatchRecord | None:
+        current = self._records.get(record.dispatch_id)
+        if current is None or current.version != expected_version:
+            return None
+        stored = replace(record, version=expected_version + 1)
+        self._records[stored.dispatch_id] = stored
+        if run_at is not None:
+            self._queue(stored, run_at)
+        for queue in self._watchers.get(stored.dispatch_id, ()):
+            queue.put_nowait(stored)
+        return stored
+
+    def _queue(self, record: DispatchRecord, run_at: datetime | None) -> None:
+        when = time.time() if run_at is None else run_at.timestamp()
+        if when <= time.time():
+            self._ready.append((record.dispatch_id, record.version))
+        else:
+            heapq.heappush(self._scheduled, (when, next(self._seq), record.dispatch_id, record.version))
+        self._wakeup.set()
+
+    async def claim(self, consumer: str, count: int, wait_s: float) -> list[Claim]:
+        deadline = time.monotonic() + wait_s
+        while True:
+            self._promote()
+            if self._ready:
+                taken, self._ready = self._ready[:count], self._ready[count:]
+                claims = [Claim(i, token, f"{consumer}:{next(self._seq)}") for i, token in taken]
+                for claim in claims:
+                    self._pending[claim.receipt] = (claim, time.monotonic() + self._claim_timeout_s)
+                return claims
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return []
+            next_due = self._scheduled[0][0] - time.time() if self._scheduled else remaining
+            self._wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout=max(0.001, min(remaining, next_due)))
+
+    def _promote(self) -> None:
+        now = time.time()
+        while self._scheduled and self._scheduled[0][0] <= now:
+            _, _, dispatch_id, token = heapq.heappop(self._scheduled)
+            self._ready.append((dispatch_id, token))
+        expired = [r for r, (_, deadline) in self._pending.items() if deadline <= time.monotonic()]
+        for receipt in expired:
+            claim, _ = self._pending.pop(receipt)
+            self._ready.append((claim.dispatch_id, claim.token))
+
+    async def ack(self, claim: Claim) -> None:
+        self._pending.pop(claim.receipt, None)
+
+    def watch(self, dispatch_id: str) -> Watch:
+        return _MemoryWatch(self._watchers, dispatch_id)
+
+    async def dead_letters(self, limit: int) -> list[str]:
+        return [i for i, _ in sorted(self._dead.items(), key=lambda item: item[1])][:limit]
+
+    async def set_dead_letter(self, dispatch_id: str, dead: bool) -> None:
+        if dead:
+            self._dead.setdefault(dispatch_id, time.time())
+        else:
+            self._dead.pop(dispatch_id, None)
+
+
+class _MemoryWatch(Watch):
+    def __init__(self, watchers: dict[str, list[asyncio.Queue[DispatchRecord]]], dispatch_id: str) -> None:
+        self._watchers = watchers
+        self._id = dispatch_id
+        self._queue: asyncio.Queue[DispatchRecord] = asyncio.Queue()
+
+    async def subscribe(self) -> None:
+        self._watchers.setdefault(self._id, []).append(self._queue)
+
+    async def changes(self) -> AsyncIterator[DispatchRecord]:
+        while True:
+            yield await self._queue.get()
+
+    async def unsubscribe(self) -> None:
+        queues = self._watchers.get(self._id, [])
+        if self._queue in queues:
+            queues.remove(self._queue)
+        if not queues:
+            self._watchers.pop(self._id, None)

@@ -1,0 +1,330 @@
+"""The sender pool: workers that carry dispatches out.
+
+Each worker claims one ready dispatch at a time and moves it one stage on:
+
+- deferred (decided DEFER): decide again now, against the rules, lists and caps as they are now;
+- send the current plan step through its channel's provider (one attempt, bounded by the
+  retry policy's `timeout_s`), the step's idempotency key on every attempt;
+- retryable failure (timeout, 5xx, 429): try again after a jittered backoff (never sooner than
+  Retry-After) until the step's attempts are used up; permanent failure, exhausted retries or an
+  open circuit breaker: next plan step (fallback), the reason recorded;
+- all steps failed: FAILED, dead-lettered with the full history, caps refunded;
+- delivered with an escalation window: wait for engagement, then the next step unless opened.
+
+A record is marked SENDING (one version after the claim) before the provider call; a worker that
+dies mid-send leaves it so, and the reclaimed claim resumes it with the same idempotency key:
+at-least-once towards providers, exactly-once effect at providers that honour the key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+from smart_dispatch.channels.base import Content, Delivery, Provider, ProviderError
+from smart_dispatch.decide.pipeline import Decider
+from smart_dispatch.dispatch.model import Attempt, DispatchRecord, DispatchState
+from smart_dispatch.dispatch.resilience import CircuitBreaker, RetryPolicy, compute_backoff
+from smart_dispatch.dispatch.store import Claim, DispatchStore
+from smart_dispatch.domain import DecideRequest, Verdict
+from smart_dispatch.errors import SmartDispatchError, StoreUnavailableError
+from smart_dispatch.events import EventRecorder, ReportedEvent
+
+log = logging.getLogger(__name__)
+_IDLE_WAIT_S = 0.5
+
+
+class ContentRenderer(Protocol):
+    def render(self, template: str, channel: str, data: Mapping[str, object]) -> Content: ...
+
+
+class SenderPool:
+    """`concurrency` workers in this process. `start()` / `stop()` (stop lets in-flight work
+    finish). Several pools (processes) may share one durable store."""
+
+    def __init__(
+        self,
+        store: DispatchStore,
+        providers: Mapping[str, Provider],
+        decider: Decider,
+        events: EventRecorder,
+        *,
+        renderer: ContentRenderer | None = None,
+        retry: RetryPolicy | None = None,
+        retry_by_channel: Mapping[str, RetryPolicy] | None = None,
+        concurrency: int = 8,
+        consumer: str | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._store = store
+        self._providers = providers
+        self._decider = decider
+        self._events = events
+        self._renderer = renderer
+        self._retry = retry or RetryPolicy()
+        self._retry_by_channel = dict(retry_by_channel or {})
+        self._breakers = {p.name: CircuitBreaker() for p in providers.values()}
+        self._concurrency = concurrency
+        self._consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
+        self._clock = clock
+        self._stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._stopping.clear()
+        self._tasks = [
+            asyncio.create_task(self._run(f"{self._consumer}-{i}"), name=f"sender-{i}")
+            for i in range(self._concurrency)
+        ]
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    async def _run(self, consumer: str) -> None:
+        while not self._stopping.is_set():
+            try:
+                claims = await self._claim_unless_stopping(consumer)
+                for claim in claims:
+                    await self.process(claim)
+            except StoreUnavailableError as exc:
+                log.warning("dispatch store unavailable (%s); retrying", exc)
+                await asyncio.sleep(_IDLE_WAIT_S)
+            except Exception:
+                # the claim stays unacked and is handed out again after the claim timeout
+                log.exception("sender %s failed on a claim", consumer)
+                await asyncio.sleep(_IDLE_WAIT_S)
+
+    async def _claim_unless_stopping(self, consumer: str) -> list[Claim]:
+        """Wait for work, but give up at once when the pool stops (an entry read just then stays
+        pending in a durable store and is handed out again after the claim timeout)."""
+        claiming = asyncio.ensure_future(self._store.claim(consumer, 1, _IDLE_WAIT_S))
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        await asyncio.wait({claiming, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if claiming.done():
+            return claiming.result()
+        claiming.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await claiming
+        return []
+
+    async def process(self, claim: Claim) -> None:
+        """Move the claimed dispatch one stage on, then ack the claim."""
+        record = await self._store.get(claim.dispatch_id)
+        if record is not None:
+            resumed = record.state is DispatchState.SENDING and record.version == claim.token + 1
+            if resumed or (record.version == claim.token and not record.state.terminal):
+                await self._advance(record, resumed)
+        await self._store.ack(claim)
+
+    async def _advance(self, record: DispatchRecord, resumed: bool) -> None:
+        if not resumed:
+            now = self._clock()
+            not_after = record.message.not_after
+            if not_after is not None and now > not_after:
+                await self._finish(record, DispatchState.EXPIRED, "not_after passed before it could go out")
+                return
+            if record.state is DispatchState.WAITING_ENGAGEMENT:
+                record = record.moved(
+                    DispatchState.QUEUED,
+                    now,
+                    "not engaged within the escalation window: next step",
+                    step_index=record.step_index + 1,
+                )
+            if record.redecide:
+                redecided = await self._redecide(record, now)
+                if redecided is None:
+                    return
+                record = redecided
+            # The only store write before the provider call (see the module docstring).
+            sending = await self._store.update(record.moved(DispatchState.SENDING, now), record.version)
+            if sending is None:
+                return  # changed meanwhile (e.g. cancelled)
+            record = sending
+        await self._send_step(record)
+
+    async def _redecide(self, record: DispatchRecord, now: datetime) -> DispatchRecord | None:
+        decision = await self._decider.decide(DecideRequest(record.message, record.recipient))
+        if decision.verdict is Verdict.SUPPRESS:
+            detail = ", ".join(r.code for r in decision.reasons)
+            await self._finish(record, DispatchState.SUPPRESSED, f"decided again: {detail}")
+            return None
+        if decision.send_at is not None and decision.send_at > now + timedelta(seconds=1):
+            later = record.moved(
+                DispatchState.SCHEDULED, now, "decided again: deferred", send_at=decision.send_at
+            )
+            await self._store.update(later, record.version, run_at=decision.send_at)
+            return None
+        return replace(
+            record,
+            steps=decision.steps,
+            step_index=0,
+            redecide=False,
+            decision_id=decision.decision_id,
+            ruleset_version=decision.ruleset_version,
+        )
+
+    async def _send_step(self, record: DispatchRecord) -> None:
+        step = record.current_step
+        assert step is not None
+        provider = self._providers.get(step.channel)
+        number = record.attempts_in_step() + 1
+        key = f"{record.dispatch_id}:{record.step_index}"
+        policy = self._retry_by_channel.get(step.channel, self._retry)
+        now = self._clock()
+        if provider is None:
+            error = ProviderError(
+                f"no provider configured for channel {step.channel!r}",
+                provider="none",
+                channel=step.channel,
+                retryable=False,
+            )
+        elif not self._breakers[provider.name].allow():
+            error = ProviderError(
+                "circuit open", provider=provider.name, channel=step.channel, retryable=True
+            )
+        else:
+            failure = await self._call(provider, record, key, number, policy)
+            if failure is None:
+                return
+            error = failure
+        attempt = Attempt(
+            record.step_index, step.channel, error.provider, number, now, _outcome(error), str(error), key
+        )
+        record = replace(record, attempts=(*record.attempts, attempt))
+        circuit_open = str(error).endswith("circuit open")
+        can_fall_back = record.step_index + 1 < len(record.steps)
+        if error.retryable and number < policy.max_attempts and not (circuit_open and can_fall_back):
+            delay = compute_backoff(number, policy, error.retry_after_s)
+            run_at = now + timedelta(seconds=delay)
+            later = record.moved(
+                DispatchState.SCHEDULED, now, f"retry in {delay:.2f}s: {error}", send_at=run_at
+            )
+            await self._store.update(later, record.version, run_at=run_at)
+            return
+        await self._next_step_or_fail(record, str(error))
+
+    async def _call(
+        self, provider: Provider, record: DispatchRecord, key: str, number: int, policy: RetryPolicy
+    ) -> ProviderError | None:
+        step = record.current_step
+        assert step is not None
+        breaker = self._breakers[provider.name]
+        try:
+            delivery = Delivery(
+                record.dispatch_id,
+                record.message.id,
+                record.recipient.user_id,
+                step.channel,
+                step.address,
+                self._content(record, step.channel),
+                key,
+                number,
+            )
+            result = await asyncio.wait_for(provider.send(delivery), timeout=policy.timeout_s)
+        except ProviderError as exc:
+            breaker.record_failure()
+            return exc
+        except TimeoutError:
+            breaker.record_failure()
+            return ProviderError(
+                f"no answer within {policy.timeout_s}s",
+                provider=provider.name,
+                channel=step.channel,
+                retryable=True,
+            )
+        except SmartDispatchError as exc:  # e.g. a template that fails to render: never retryable
+            return ProviderError(str(exc), provider=provider.name, channel=step.channel, retryable=False)
+        breaker.record_success()
+        now = self._clock()
+        attempt = Attempt(
+            record.step_index,
+            step.channel,
+            result.provider,
+            number,
+            now,
+            "delivered",
+            "",
+            key,
+            result.provider_message_id,
+        )
+        done = replace(record, attempts=(*record.attempts, attempt))
+        await self._record_event(done, "delivered", step.channel)
+        if record.escalate_after_s and record.step_index + 1 < len(record.steps):
+            run_at = now + timedelta(seconds=record.escalate_after_s)
+            waiting = done.moved(
+                DispatchState.WAITING_ENGAGEMENT,
+                now,
+                f"delivered by {step.channel}; waiting for engagement",
+                send_at=run_at,
+            )
+            await self._store.update(waiting, record.version, run_at=run_at)
+        else:
+            await self._store.update(
+                done.moved(DispatchState.DELIVERED, now, f"delivered by {step.channel}"), record.version
+            )
+        return None
+
+    async def _next_step_or_fail(self, record: DispatchRecord, reason: str) -> None:
+        now = self._clock()
+        if record.step_index + 1 < len(record.steps):
+            following = record.steps[record.step_index + 1].channel
+            moved = record.moved(
+                DispatchState.QUEUED,
+                now,
+                f"fallback to {following}: {reason}",
+                step_index=record.step_index + 1,
+            )
+            await self._store.update(moved, record.version, run_at=now)
+            return
+        await self._finish(
+            record, DispatchState.FAILED, f"every channel failed; last: {reason}", dead_letter=True
+        )
+
+    async def _finish(
+        self, record: DispatchRecord, state: DispatchState, detail: str, *, dead_letter: bool = False
+    ) -> None:
+        """A terminal state other than DELIVERED: the message's caps are given back."""
+        final = record.moved(state, self._clock(), detail, dead_lettered=dead_letter)
+        if await self._store.update(final, record.version, unschedule=True) is None:
+            return
+        if dead_letter:
+            await self._store.set_dead_letter(record.dispatch_id, True)
+            log.warning("dispatch %s dead-lettered: %s", record.dispatch_id, detail)
+            step = record.current_step
+            await self._record_event(record, "failed", step.channel if step else "")
+        else:
+            try:
+                await self._events.refund(record.recipient.user_id, record.message.id)
+            except SmartDispatchError as exc:
+                log.warning("could not refund caps of dispatch %s: %s", record.dispatch_id, exc)
+
+    async def _record_event(self, record: DispatchRecord, kind: str, channel: str) -> None:
+        event = ReportedEvent(record.recipient.user_id, kind, self._clock(), record.message.id, channel)  # type: ignore[arg-type]
+        try:
+            await self._events.report(event)
+        except SmartDispatchError as exc:  # behaviour/caps bookkeeping must never fail a send
+            log.warning("could not record %s for dispatch %s: %s", kind, record.dispatch_id, exc)
+
+    def _content(self, record: DispatchRecord, channel: str) -> Content:
+        message = record.message
+        if message.template and self._renderer is not None:
+            return self._renderer.render(message.template, channel, message.data)
+        data = dict(message.data)
+        text = str(data.get("text") or f"{message.category} message {message.id}")
+        return Content(
+            text=text, subject=str(data.get("subject", "")), title=str(data.get("title", "")), fields=data
+        )
+
+
+def _outcome(error: ProviderError) -> str:
+    return "retryable_error" if error.retryable else "permanent_error"

@@ -1,0 +1,85 @@
+"""Retry policy with jittered exponential backoff, and a per-provider circuit breaker. Pure."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """`max_attempts` per plan step (the first try included); delays in seconds;
+    `timeout_s` bounds one provider call."""
+
+    max_attempts: int = 3
+    base_s: float = 0.5
+    max_s: float = 60.0
+    multiplier: float = 2.0
+    timeout_s: float = 10.0
+
+
+def compute_backoff(
+    failures: int,
+    policy: RetryPolicy,
+    retry_after_s: float | None = None,
+    rand: Callable[[], float] = random.random,
+) -> float:
+    """Seconds to wait before the next attempt after `failures` failed attempts (>= 1):
+    "full jitter" (uniform in [0, min(max, base * multiplier^(failures-1))]), but never less
+    than the provider's Retry-After."""
+    ceiling = min(policy.max_s, policy.base_s * policy.multiplier ** max(0, failures - 1))
+    delay = rand() * ceiling
+    return max(delay, retry_after_s or 0.0)
+
+
+class CircuitBreaker:
+    """Opens after `failure_threshold` consecutive failures; while open, calls are refused for
+    `reset_after_s`; then one trial call is let through (half-open): success closes it, failure
+    opens it again."""
+
+    def __init__(
+        self,
+        failure_threshold: int = 5,
+        reset_after_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.failure_threshold = failure_threshold
+        self.reset_after_s = reset_after_s
+        self._clock = clock
+        self._failures = 0
+        self._opened_at: float | None = None
+        self._trial_running = False
+
+    @property
+    def state(self) -> str:
+        if self._opened_at is None:
+            return "closed"
+        return "half_open" if self._clock() - self._opened_at >= self.reset_after_s else "open"
+
+    def allow(self) -> bool:
+        state = self.state
+        if state == "closed":
+            return True
+        if state == "half_open" and not self._trial_running:
+            self._trial_running = True
+            return True
+        return False
+
+    def record_success(self) -> None:
+        self._failures = 0
+        self._opened_at = None
+        self._trial_running = False
+
+    def record_failure(self) -> None:
+        self._failures += 1
+        if self._trial_running or self._failures >= self.failure_threshold:
+            self._opened_at = self._clock()
+        self._trial_running = False
+
+    def retry_in_s(self) -> float:
+        """Seconds until a trial call will be allowed (0 when closed)."""
+        if self._opened_at is None:
+            return 0.0
+        return max(0.0, self.reset_after_s - (self._clock() - self._opened_at))

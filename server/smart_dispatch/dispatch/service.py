@@ -1,0 +1,153 @@
+"""Dispatch operations behind the RPCs: accept, look up, watch, cancel, re-drive, engagement."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+
+from smart_dispatch.decide.pipeline import Decider
+from smart_dispatch.dispatch.model import DispatchRecord, DispatchState
+from smart_dispatch.dispatch.store import DispatchStore
+from smart_dispatch.domain import DecideRequest, Decision, Verdict
+from smart_dispatch.errors import ConflictError, InvalidRequestError, NotFoundError
+from smart_dispatch.events import EventRecorder, ReportedEvent
+
+_CANCELLABLE = frozenset({DispatchState.QUEUED, DispatchState.SCHEDULED, DispatchState.WAITING_ENGAGEMENT})
+_UPDATE_TRIES = 5
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        store: DispatchStore,
+        decider: Decider,
+        events: EventRecorder,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._store = store
+        self._decider = decider
+        self._events = events
+        self._clock = clock
+
+    async def dispatch(self, request: DecideRequest) -> tuple[DispatchRecord, Decision | None, bool]:
+        """Decide, persist and queue. Returns (record, decision, duplicate): a message id that was
+        dispatched before returns the first dispatch (decision None, duplicate True)."""
+        if request.message.id and (existing := await self._store.get_by_message(request.message.id)):
+            return existing, None, True
+        decision = await self._decider.decide(DecideRequest(request.message, request.recipient))
+        now = self._clock()
+        state = {
+            Verdict.SEND: DispatchState.QUEUED,
+            Verdict.DEFER: DispatchState.SCHEDULED,
+            Verdict.SUPPRESS: DispatchState.SUPPRESSED,
+        }[decision.verdict]
+        detail = ", ".join(r.code for r in decision.reasons)
+        record = DispatchRecord(
+            dispatch_id=uuid.uuid4().hex,
+            message=request.message,
+            recipient=request.recipient,
+            state=DispatchState.QUEUED,
+            steps=decision.steps,
+            created_at=now,
+            send_at=decision.send_at,
+            decision_id=decision.decision_id,
+            ruleset_version=decision.ruleset_version,
+            reasons=decision.reasons,
+            escalate_after_s=decision.escalate_after_s,
+            redecide=decision.verdict is Verdict.DEFER,
+        ).moved(state, now, f"accepted: {decision.verdict.value} ({detail})")
+        stored, created = await self._store.create(record)
+        return stored, (decision if created else None), not created
+
+    async def get(self, dispatch_id: str = "", message_id: str = "") -> DispatchRecord:
+        if dispatch_id:
+            record = await self._store.get(dispatch_id)
+        elif message_id:
+            record = await self._store.get_by_message(message_id)
+        else:
+            raise InvalidRequestError("dispatch_id", "dispatch_id or message_id is required")
+        if record is None:
+            raise NotFoundError(f"no dispatch {dispatch_id or 'for message ' + repr(message_id)}")
+        return record
+
+    async def watch(self, dispatch_id: str) -> AsyncIterator[DispatchRecord]:
+        """The current record, then every change, until a terminal state."""
+        async with self._store.watch(dispatch_id) as changes:
+            current = await self.get(dispatch_id)
+            yield current
+            if current.state.terminal:
+                return
+            async for record in changes:
+                if record.version <= current.version:
+                    continue
+                current = record
+                yield record
+                if record.state.terminal:
+                    return
+
+    async def cancel(self, dispatch_id: str) -> DispatchRecord:
+        """Cancel a queued, scheduled or escalating dispatch; it will not go out (further)."""
+        for _ in range(_UPDATE_TRIES):
+            record = await self.get(dispatch_id)
+            if record.state is DispatchState.CANCELLED:
+                return record
+            if record.state not in _CANCELLABLE:
+                raise ConflictError(f"dispatch {dispatch_id} is {record.state.value}; it cannot be cancelled")
+            cancelled = record.moved(DispatchState.CANCELLED, self._clock(), "cancelled by request")
+            stored = await self._store.update(cancelled, record.version, unschedule=True)
+            if stored is not None:
+                if not any(a.outcome == "delivered" for a in record.attempts):
+                    await self._events.refund(record.recipient.user_id, record.message.id)
+                return stored
+        raise ConflictError(f"dispatch {dispatch_id} kept changing; try again")
+
+    async def redrive(self, limit: int, dispatch_ids: tuple[str, ...] = ()) -> list[DispatchRecord]:
+        """Decide dead letters again through the CURRENT rules and queue them."""
+        ids = list(dispatch_ids) or await self._store.dead_letters(limit)
+        redriven = []
+        for dispatch_id in ids[:limit] if limit > 0 else ids:
+            record = await self.get(dispatch_id)
+            if not record.dead_lettered or record.state is not DispatchState.FAILED:
+                raise ConflictError(f"dispatch {dispatch_id} is not a dead letter")
+            decision = await self._decider.decide(DecideRequest(record.message, record.recipient))
+            now = self._clock()
+            if decision.verdict is Verdict.SUPPRESS:
+                state, run_at = DispatchState.SUPPRESSED, None
+            else:
+                state = DispatchState.QUEUED if decision.verdict is Verdict.SEND else DispatchState.SCHEDULED
+                run_at = decision.send_at or now
+            again = record.moved(
+                state,
+                now,
+                f"re-driven: {decision.verdict.value} under rules {decision.ruleset_version}",
+                steps=decision.steps,
+                step_index=0,
+                send_at=decision.send_at,
+                decision_id=decision.decision_id,
+                ruleset_version=decision.ruleset_version,
+                reasons=decision.reasons,
+                escalate_after_s=decision.escalate_after_s,
+                redecide=decision.verdict is Verdict.DEFER,
+                dead_lettered=False,
+            )
+            stored = await self._store.update(again, record.version, run_at=run_at)
+            if stored is None:
+                raise ConflictError(f"dispatch {dispatch_id} changed while re-driving; try again")
+            await self._store.set_dead_letter(dispatch_id, False)
+            redriven.append(stored)
+        return redriven
+
+    async def engaged(self, event: ReportedEvent) -> None:
+        """An open or click ends an escalation: the dispatch is delivered, no further step."""
+        if event.kind not in ("opened", "clicked") or not event.message_id:
+            return
+        for _ in range(_UPDATE_TRIES):
+            record = await self._store.get_by_message(event.message_id)
+            if record is None or record.state is not DispatchState.WAITING_ENGAGEMENT:
+                return
+            done = record.moved(
+                DispatchState.DELIVERED, self._clock(), f"{event.kind} on {event.channel}: escalation stopped"
+            )
+            if await self._store.update(done, record.version, unschedule=True) is not None:
+                return

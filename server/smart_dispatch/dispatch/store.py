@@ -1,0 +1,99 @@
+"""Where dispatches live between `Dispatch` and delivery: the contract of every dispatch store.
+
+- `create` persists a record (accepted = persisted) and queues it: due now -> the ready queue,
+  later -> the schedule. A message id already dispatched returns the first record instead.
+- Workers `claim` ready work (a claimed item not acked within `claim_timeout_s` is handed to
+  another worker: a crashed worker loses nothing), then `ack` it once its record is updated.
+- `update` stores a new version of a record only if nobody stored another one since
+  (`expected_version`), optionally scheduling it again; every update is published to `watch`.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+
+from smart_dispatch.dispatch.model import DispatchRecord
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A unit of ready work: `token` is the record version it was queued for (stale tokens
+    are skipped); `receipt` is the store's handle for `ack`."""
+
+    dispatch_id: str
+    token: int
+    receipt: str
+
+
+class Watch(abc.ABC):
+    """A subscription to one record's changes; subscribed on `__aenter__`."""
+
+    async def __aenter__(self) -> AsyncIterator[DispatchRecord]:
+        await self.subscribe()
+        return self.changes()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.unsubscribe()
+
+    @abc.abstractmethod
+    async def subscribe(self) -> None: ...
+
+    @abc.abstractmethod
+    def changes(self) -> AsyncIterator[DispatchRecord]: ...
+
+    @abc.abstractmethod
+    async def unsubscribe(self) -> None: ...
+
+
+class DispatchStore(abc.ABC):
+    durable: bool = False
+
+    @abc.abstractmethod
+    async def create(self, record: DispatchRecord) -> tuple[DispatchRecord, bool]:
+        """Persist and queue `record` (version 1); (existing record, False) when its message id
+        was dispatched before."""
+
+    @abc.abstractmethod
+    async def get(self, dispatch_id: str) -> DispatchRecord | None: ...
+
+    @abc.abstractmethod
+    async def get_by_message(self, message_id: str) -> DispatchRecord | None: ...
+
+    @abc.abstractmethod
+    async def update(
+        self,
+        record: DispatchRecord,
+        expected_version: int,
+        *,
+        run_at: datetime | None = None,
+        unschedule: bool = False,
+    ) -> DispatchRecord | None:
+        """Store `record` as version `expected_version + 1` if the stored version is still
+        `expected_version`; queue it to run at `run_at` (now or later); `unschedule` drops a
+        pending scheduled run. Returns the stored record, None when the version was stale."""
+
+    @abc.abstractmethod
+    async def claim(self, consumer: str, count: int, wait_s: float) -> list[Claim]:
+        """Up to `count` ready items, waiting up to `wait_s` for one. Includes items another
+        consumer claimed but did not ack within the claim timeout."""
+
+    @abc.abstractmethod
+    async def ack(self, claim: Claim) -> None: ...
+
+    @abc.abstractmethod
+    def watch(self, dispatch_id: str) -> Watch:
+        """Subscribe to every version of the record stored from now on. Use as
+        `async with store.watch(id) as changes: ... async for record in changes`."""
+
+    @abc.abstractmethod
+    async def dead_letters(self, limit: int) -> list[str]:
+        """Dispatch ids of dead letters, oldest first."""
+
+    @abc.abstractmethod
+    async def set_dead_letter(self, dispatch_id: str, dead: bool) -> None: ...
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,197 @@
+"""Inboxes in Redis: one stream per inbox, shared by every sidecar on the same Redis.
+
+Keys (the `{inbox:<id>}` hash tag keeps one inbox's keys in one Redis Cluster slot):
+
+    <prefix>:{inbox:<id>}:items          stream; fields dispatch_id, message_id, text, title,
+                                         data (JSON), created_at (ISO 8601, UTC)
+    <prefix>:{inbox:<id>}:key:<key>      idempotency marker holding the item id; expires after
+                                         `idempotency_ttl_s`
+
+Operations: `append` is one XADD with ``MAXLEN ~ max_items`` (or, with an idempotency key, one
+script that checks the marker, XADDs and sets the marker atomically); `list` is one XREVRANGE;
+`watch` repeats ``XREAD BLOCK`` from the last id seen.
+
+Blocking reads and the short socket timeout: the store's client has `socket_timeout` =
+`timeout_s` (tight, so decisions fail fast). `watch` therefore blocks in slices of half of
+`timeout_s` on that client, or, when a `watch_client` is given (one whose socket timeout exceeds
+`watch_block_s`), in slices of `watch_block_s`: fewer round trips per idle watcher. Each watcher
+holds one pooled connection while it blocks.
+
+Failure modes: `StoreUnavailableError` when Redis cannot answer within `timeout_s`, `StoreError`
+for other Redis errors (see `smart_dispatch._redis_guard`). A timed-out `append` may have been
+applied; repeating it with the same idempotency key is safe.
+"""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+import json
+from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import NoScriptError
+from redis.utils import str_if_bytes
+
+from smart_dispatch._redis_guard import guarded
+from smart_dispatch.errors import ConfigurationError
+from smart_dispatch.inbox.base import (
+    MAX_ITEMS,
+    InboxItem,
+    InboxStore,
+    check_inbox_id,
+    check_limit,
+    parse_item_id,
+)
+
+# Embedded rather than a package-data .lua file: the package data list does not include inbox/.
+# KEYS[1] the items stream, KEYS[2] the idempotency marker.
+# ARGV[1] MAXLEN (approximate), ARGV[2] marker TTL in ms, ARGV[3..] the item's field/value pairs.
+# Returns the id of the item: the new one, or the one the marker already names.
+APPEND_ONCE_LUA = """
+local existing = redis.call('GET', KEYS[2])
+if existing then return existing end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 3))
+redis.call('SET', KEYS[2], id, 'PX', ARGV[2])
+return id
+"""
+APPEND_ONCE_SHA = hashlib.sha1(APPEND_ONCE_LUA.encode()).hexdigest()
+WATCH_BATCH = 100
+
+
+class RedisInboxStore(InboxStore):
+    """`InboxStore` over `redis.asyncio` (one server or a Cluster; the client is passed in)."""
+
+    def __init__(
+        self,
+        client: Redis | RedisCluster,
+        *,
+        prefix: str = "sd",
+        timeout_s: float = 0.25,
+        max_items: int = MAX_ITEMS,
+        idempotency_ttl_s: float = 86400.0,
+        watch_client: Redis | RedisCluster | None = None,
+        watch_block_s: float = 5.0,
+        close_client: bool = True,
+    ) -> None:
+        if "{" in prefix or "}" in prefix:
+            raise ConfigurationError(f"store prefix {prefix!r} must not contain braces (hash tags)")
+        self._client = client
+        self._prefix = prefix
+        self._timeout_s = timeout_s
+        self._max_items = max_items
+        self._idempotency_ttl_ms = max(1, int(idempotency_ttl_s * 1000))
+        self._watch_client = watch_client or client
+        self._watch_block_s = watch_block_s if watch_client is not None else timeout_s / 2
+        self._close_client = close_client
+        self._script_sha: str | None = None
+
+    def items_key(self, inbox_id: str) -> str:
+        return f"{self._prefix}:{{inbox:{inbox_id}}}:items"
+
+    def marker_key(self, inbox_id: str, idempotency_key: str) -> str:
+        return f"{self._prefix}:{{inbox:{inbox_id}}}:key:{idempotency_key}"
+
+    async def append(self, inbox_id: str, item: InboxItem, *, idempotency_key: str = "") -> str:
+        check_inbox_id(inbox_id)
+        fields = _encode(item)
+        async with guarded(self._timeout_s):
+            if not idempotency_key:
+                new_id = await self._client.xadd(
+                    self.items_key(inbox_id),
+                    fields,  # type: ignore[arg-type]
+                    maxlen=self._max_items,
+                    approximate=True,
+                )
+                return str(str_if_bytes(new_id))
+            keys = [self.items_key(inbox_id), self.marker_key(inbox_id, idempotency_key)]
+            args: list[str | int] = [self._max_items, self._idempotency_ttl_ms]
+            for name, value in fields.items():
+                args += [name, value]
+            return str(str_if_bytes(await self._append_once(keys, args)))
+
+    async def _append_once(self, keys: list[str], args: list[str | int]) -> Any:
+        if isinstance(self._client, RedisCluster):
+            await self._client.initialize()  # discover the topology once before scripting
+        if self._script_sha is not None:
+            try:
+                return await self._client.evalsha(self._script_sha, len(keys), *keys, *args)
+            except NoScriptError:  # the server restarted or flushed its script cache
+                pass
+        # EVAL caches the script on the node that runs it; later calls use EVALSHA.
+        result = await self._client.eval(APPEND_ONCE_LUA, len(keys), *keys, *args)
+        self._script_sha = APPEND_ONCE_SHA
+        return result
+
+    async def list(
+        self, inbox_id: str, limit: int = 50, before_id: str | None = None
+    ) -> builtins.list[InboxItem]:
+        check_inbox_id(inbox_id)
+        limit = check_limit(limit)
+        newest = "+"
+        if before_id:
+            parse_item_id(before_id, "before_id")
+            newest = f"({before_id}"
+        async with guarded(self._timeout_s):
+            entries: Any = await self._client.xrevrange(self.items_key(inbox_id), newest, "-", count=limit)
+        return [_decode(entry_id, fields) for entry_id, fields in entries or ()]
+
+    async def watch(self, inbox_id: str, *, after_id: str | None = None) -> AsyncIterator[InboxItem]:
+        check_inbox_id(inbox_id)
+        key = self.items_key(inbox_id)
+        if after_id is not None:
+            parse_item_id(after_id, "after_id")
+            last = after_id
+        else:
+            async with guarded(self._timeout_s):
+                newest: Any = await self._client.xrevrange(key, "+", "-", count=1)
+            last = str(str_if_bytes(newest[0][0])) if newest else "0-0"
+        block_ms = max(1, int(self._watch_block_s * 1000))
+        while True:
+            async with guarded(self._timeout_s + self._watch_block_s):
+                reply = await self._watch_client.xread({key: last}, count=WATCH_BATCH, block=block_ms)
+            items = [_decode(entry_id, fields) for entry_id, fields in _stream_entries(reply)]
+            for item in items:  # yielded outside the guard: consumer time is not Redis time
+                last = item.id
+                yield item
+
+    async def close(self) -> None:
+        if self._close_client:
+            await self._client.aclose()
+            if self._watch_client is not self._client:
+                await self._watch_client.aclose()
+
+
+def _encode(item: InboxItem) -> dict[str, str]:
+    return {
+        "dispatch_id": item.dispatch_id,
+        "message_id": item.message_id,
+        "text": item.text,
+        "title": item.title,
+        "data": json.dumps(dict(item.data), separators=(",", ":"), default=str),
+        "created_at": item.created_at.astimezone(UTC).isoformat(),
+    }
+
+
+def _decode(entry_id: Any, raw: Mapping[Any, Any]) -> InboxItem:
+    fields = {str(str_if_bytes(k)): str(str_if_bytes(v)) for k, v in raw.items()}
+    return InboxItem(
+        id=str(str_if_bytes(entry_id)),
+        dispatch_id=fields.get("dispatch_id", ""),
+        message_id=fields.get("message_id", ""),
+        text=fields.get("text", ""),
+        title=fields.get("title", ""),
+        data=json.loads(fields.get("data") or "{}"),
+        created_at=datetime.fromisoformat(fields["created_at"]) if "created_at" in fields else _EPOCH,
+    )
+
+
+def _stream_entries(reply: Any) -> Sequence[tuple[Any, Mapping[Any, Any]]]:
+    """The entries of an XREAD reply: ``[[stream, [(id, fields), ...]], ...]``, empty on timeout."""
+    return [entry for _stream, entries in reply or () for entry in entries]
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

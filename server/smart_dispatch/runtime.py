@@ -1,0 +1,98 @@
+"""Everything a sidecar or a worker process runs on, built once from the settings.
+
+    rules -> stores -> providers, templates -> decider -> events, dispatcher -> sender pool
+
+`serve` (app.py) puts the gRPC server in front; `worker` (worker.py) runs only the sender pool.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+from smart_dispatch.channels.base import Provider
+from smart_dispatch.config import Settings
+from smart_dispatch.decide.pipeline import Decider, FailurePolicy
+from smart_dispatch.dispatch.pool import SenderPool
+from smart_dispatch.dispatch.service import Dispatcher
+from smart_dispatch.events import EventRecorder
+from smart_dispatch.rules.active import ActiveRules
+from smart_dispatch.stores import StoreOptions, Stores, stores_from_url
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    rules: ActiveRules
+    stores: Stores
+    providers: dict[str, Provider]
+    decider: Decider
+    events: EventRecorder
+    dispatcher: Dispatcher
+    pool: SenderPool | None
+
+    @classmethod
+    async def build(cls, settings: Settings, rules: ActiveRules) -> Runtime:
+        """Load rules (failing fast on invalid files) and connect everything; the sender pool
+        is created (not started) when `settings.senders > 0`."""
+        rules.load()
+        s = settings
+        options = StoreOptions(s.store_timeout_s, s.key_prefix, s.claim_timeout_s, s.allow_list, s.deny_list)
+        stores = stores_from_url(s.store_url, options)
+        try:
+            for user in options.allow:
+                await stores.lists.add("allow", user)
+            for user in options.deny:
+                await stores.lists.add("deny", user)
+            providers = _providers(settings, stores)
+        except BaseException:
+            await stores.close()
+            raise
+        if not stores.dispatches.durable:
+            log.warning(
+                "store is %s: caps, lists and accepted dispatches live in this process only", s.store_url
+            )
+        renderer = _renderer(settings)
+        decider = Decider(
+            rules,
+            stores.counters,
+            stores.lists,
+            behaviour=stores.behaviour,
+            failure_policy=FailurePolicy(fail_open=s.fail_open_categories),
+            shadow_all=s.shadow,
+            templates=renderer,
+        )
+        events = EventRecorder(rules, stores.counters, stores.behaviour)
+        dispatcher = Dispatcher(stores.dispatches, decider, events)
+        pool = None
+        if s.senders > 0:
+            pool = SenderPool(
+                stores.dispatches, providers, decider, events, renderer=renderer, concurrency=s.senders
+            )
+        return cls(settings, rules, stores, providers, decider, events, dispatcher, pool)
+
+    async def close(self) -> None:
+        if self.pool is not None:
+            await self.pool.stop()
+        for provider in self.providers.values():
+            await provider.close()
+        await self.stores.close()
+
+
+def _providers(settings: Settings, stores: Stores) -> dict[str, Provider]:
+    from smart_dispatch.channels.registry import default_providers, load_providers_file
+
+    if settings.providers_file is None:
+        return default_providers(stores.inbox)
+    return load_providers_file(settings.providers_file, os.environ, stores.inbox)
+
+
+def _renderer(settings: Settings):  # type: ignore[no-untyped-def]
+    if settings.templates_dir is None:
+        return None
+    from smart_dispatch.templates import TemplateRenderer
+
+    return TemplateRenderer(settings.templates_dir)
