@@ -18,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="smart-dispatch", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run the gRPC sidecar")
+    serve = sub.add_parser("serve", help="run the gRPC sidecar (with in-process senders)")
     serve.add_argument("--host", help="bind address (default 127.0.0.1, env SD_HOST)")
     serve.add_argument("--port", type=int, help="port, 0 for any free one (default 50051, env SD_PORT)")
     serve.add_argument("--rules", type=Path, dest="rules_dir", help="rules directory (default rules/)")
@@ -29,6 +29,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--shadow", action="store_const", const=True, help="evaluate and report every rule, enforce none"
     )
+    worker = sub.add_parser("worker", help="run only a sender pool on a shared (Redis) store")
+    for command in (serve, worker):
+        command.add_argument("--senders", type=int, help="concurrent senders in this process (default 8)")
+        command.add_argument("--providers", type=Path, dest="providers_file", help="providers file (YAML)")
+        command.add_argument("--templates", type=Path, dest="templates_dir", help="template directory")
+    worker.add_argument("--rules", type=Path, dest="rules_dir", help="rules directory (default rules/)")
+    worker.add_argument("--store", dest="store_url", help="redis://, rediss:// or redis+cluster://")
+    worker.add_argument("--log-level", dest="log_level", help="DEBUG, INFO (default), WARNING")
 
     rules = sub.add_parser("rules", help="work with rule files")
     rules_sub = rules.add_subparsers(dest="rules_command", required=True)
@@ -46,8 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "serve":
-            return _serve(args)
+        if args.command in ("serve", "worker"):
+            return _run(args)
         if args.rules_command == "test":
             return _rules_test(args.directory, args.tests, args.require_coverage)
         return _rules_check(args.directory)
@@ -56,21 +64,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace) -> int:
     pin_malloc_thresholds()
-    from smart_dispatch.app import App
-
     settings = settings_from_env().with_overrides(
-        host=args.host,
-        port=args.port,
-        rules_dir=args.rules_dir,
-        store_url=args.store_url,
-        log_level=args.log_level,
+        **{
+            name: getattr(args, name, None)
+            for name in (
+                "host",
+                "port",
+                "rules_dir",
+                "store_url",
+                "log_level",
+                "shadow",
+                "senders",
+                "providers_file",
+                "templates_dir",
+            )
+        }
     )
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    asyncio.run(App(settings).run_until_signal())
+    if args.command == "worker":
+        from smart_dispatch.worker import run_worker
+
+        asyncio.run(run_worker(settings))
+    else:
+        from smart_dispatch.app import App
+
+        asyncio.run(App(settings).run_until_signal())
     return 0
 
 

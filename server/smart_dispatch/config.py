@@ -7,7 +7,9 @@ Environment variables (all optional):
     SD_RULES_POLL_S (backstop content check of the rules directory), SD_WATCH_RULES (true/false),
     SD_SHADOW (true: evaluate and report every rule, enforce none), SD_SENDERS (sender workers
     in this process, 0 for none), SD_PROVIDERS (providers file), SD_TEMPLATES (template
-    directory), SD_CLAIM_TIMEOUT_S (a claimed dispatch not finished in this time is re-sent).
+    directory), SD_CLAIM_TIMEOUT_S (a claimed dispatch not finished in this time is re-sent),
+    SD_RETRY_ATTEMPTS / SD_RETRY_BASE_S / SD_RETRY_MAX_S (per plan step: attempts, backoff base
+    and ceiling), SD_SEND_TIMEOUT_S (one provider call).
 """
 
 from __future__ import annotations
@@ -41,6 +43,10 @@ class Settings:
     providers_file: Path | None = None
     templates_dir: Path | None = None
     claim_timeout_s: float = 30.0
+    retry_attempts: int = 3
+    retry_base_s: float = 0.5
+    retry_max_s: float = 60.0
+    send_timeout_s: float = 10.0
 
     def with_overrides(self, **overrides: Any) -> Settings:
         """A copy with every override that is not None applied."""
@@ -66,6 +72,10 @@ _ENV = {
     "providers_file": "SD_PROVIDERS",
     "templates_dir": "SD_TEMPLATES",
     "claim_timeout_s": "SD_CLAIM_TIMEOUT_S",
+    "retry_attempts": "SD_RETRY_ATTEMPTS",
+    "retry_base_s": "SD_RETRY_BASE_S",
+    "retry_max_s": "SD_RETRY_MAX_S",
+    "send_timeout_s": "SD_SEND_TIMEOUT_S",
 }
 
 

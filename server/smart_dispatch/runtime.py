@@ -15,6 +15,7 @@ from smart_dispatch.channels.base import Provider
 from smart_dispatch.config import Settings
 from smart_dispatch.decide.pipeline import Decider, FailurePolicy
 from smart_dispatch.dispatch.pool import SenderPool
+from smart_dispatch.dispatch.resilience import RetryPolicy
 from smart_dispatch.dispatch.service import Dispatcher
 from smart_dispatch.events import EventRecorder
 from smart_dispatch.rules.active import ActiveRules
@@ -69,8 +70,15 @@ class Runtime:
         dispatcher = Dispatcher(stores.dispatches, decider, events)
         pool = None
         if s.senders > 0:
+            retry = RetryPolicy(s.retry_attempts, s.retry_base_s, s.retry_max_s, timeout_s=s.send_timeout_s)
             pool = SenderPool(
-                stores.dispatches, providers, decider, events, renderer=renderer, concurrency=s.senders
+                stores.dispatches,
+                providers,
+                decider,
+                events,
+                renderer=renderer,
+                retry=retry,
+                concurrency=s.senders,
             )
         return cls(settings, rules, stores, providers, decider, events, dispatcher, pool)
 

@@ -6,7 +6,7 @@ Layout: one directory per template, one file per part:
                            email.subject, email.txt        email: subject, text
                            email.html          (optional)  email: HTML (autoescaped)
                            push.txt, push.title (optional) push: body, title
-                           in_app.txt, in_app.title (opt.) in_app: text, title
+                           in_app.txt, in_app.title (opt.) in_app: text, title; fields = the data
                            wechat.yaml                     wechat: template_id, url, fields
                            webhook.txt         (optional)  webhook: text; fields = the data
 
@@ -113,8 +113,10 @@ class TemplateRenderer:
             return Content(
                 subject=part.line("email.subject"), text=part.text("email.txt"), html=part.text("email.html")
             )
-        if channel in ("push", "in_app"):
-            return Content(title=part.line(f"{channel}.title"), text=part.text(f"{channel}.txt"))
+        if channel == "push":
+            return Content(title=part.line("push.title"), text=part.text("push.txt"))
+        if channel == "in_app":  # the data travels with the inbox item (links, ids for the app)
+            return Content(title=part.line("in_app.title"), text=part.text("in_app.txt"), fields=dict(data))
         if channel == "webhook":
             return Content(text=part.text("webhook.txt"), fields=dict(data))
         spec = self._wechat_spec(template)

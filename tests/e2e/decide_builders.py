@@ -41,11 +41,17 @@ def decide_request(
     channels: tuple[str, ...] = (),
     not_after: datetime | None = None,
     dry_run: bool = False,
+    data: dict[str, Any] | None = None,
+    template: str = "",
 ) -> pb.DecideRequest:
     """A request for a recipient awake at noon local time, reachable by SMS, e-mail and in-app."""
     attrs = struct_pb2.Struct()
     attrs.update(attributes or {})
-    message = pb.Message(id=message_id or f"msg-{next(_ids)}", category=category, channels=list(channels))
+    message = pb.Message(
+        id=message_id or f"msg-{next(_ids)}", category=category, channels=list(channels), template=template
+    )
+    if data:
+        message.data.update(data)
     if not_after is not None:
         message.not_after.FromDatetime(not_after)
     recipient = pb.Recipient(

@@ -18,8 +18,8 @@ Classification (the error `code` is the SMTP reply code, or one of the words bel
     4xx reply (mailbox busy, greylisting, 421 service not available)              retryable
     connection refused / dropped, timeouts (``connection``, ``timeout``)           retryable
     invalid recipient address (``invalid_address``), unusable content
-    (``invalid_content``), TLS/AUTH not offered or TLS failure (``not_supported``,
-    ``tls``)                                                                       permanent
+    (``invalid_content``), STARTTLS/AUTH required but not offered
+    (``not_supported``), TLS handshake or certificate failure (``tls``)           permanent
 """
 
 from __future__ import annotations
@@ -101,13 +101,15 @@ def classify(exc: BaseException) -> tuple[bool, str]:
         return all(400 <= code < 500 for code in codes), ",".join(map(str, codes))
     if isinstance(exc, aiosmtplib.SMTPResponseException):
         return not 500 <= exc.code < 600, str(exc.code)
-    if isinstance(exc, aiosmtplib.SMTPNotSupported):
-        return False, "not_supported"
-    if isinstance(exc, ssl.SSLError):
-        return False, "tls"
-    if isinstance(exc, TimeoutError):  # includes aiosmtplib's timeout errors
+    if isinstance(exc, TimeoutError):  # includes aiosmtplib's connect / read timeouts
         return True, "timeout"
-    return True, "connection"  # disconnects, refused connections, other SMTP trouble
+    if isinstance(exc, ssl.SSLError):  # certificate or protocol mismatch: retrying cannot help
+        return False, "tls"
+    if isinstance(exc, OSError):  # refused, reset, dropped (aiosmtplib's connect/disconnect errors)
+        return True, "connection"
+    # What remains are capability mismatches found before any reply code: STARTTLS or AUTH
+    # required by our settings but not offered by the server.
+    return False, "not_supported"
 
 
 class SmtpProvider(Provider):

@@ -11,17 +11,23 @@ Classification (`HttpProvider.check`):
 
 Transport failures (`HttpProvider.request`): the attempt exceeding `timeout_s` (connect, write,
 read and the whole exchange) → retryable, code ``timeout``; connection refused / reset, protocol
-errors → retryable, code ``connection``; a malformed or non-HTTP URL → permanent, code
-``invalid_url``. The original exception stays attached as `__cause__`.
+errors → retryable, code ``connection``; a reply that cannot be decoded → retryable, code
+``protocol``; a malformed or non-HTTP URL → permanent, code ``invalid_url``. The original
+exception stays attached as `__cause__`.
 
 Reply bodies are read up to `MAX_BODY_BYTES`: providers only need a small JSON answer, and a
 webhook receiver must not be able to make us buffer an unbounded body.
+
+httpx logs every request URL at INFO. Some APIs take secrets in the query string (WeChat's
+`secret` and `access_token`), so the first provider installs `RedactQuery` on the ``httpx``
+logger: logged URLs lose their query string.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -99,6 +105,24 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     return max(0.0, seconds)
 
 
+class RedactQuery(logging.Filter):
+    """Drops the query string of every `httpx.URL` in a log record's arguments (it may carry
+    secrets). Never rejects a record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(isinstance(arg, httpx.URL) for arg in record.args):
+            record.args = tuple(
+                arg.copy_with(query=None) if isinstance(arg, httpx.URL) else arg for arg in record.args
+            )
+        return True
+
+
+def _redact_httpx_logs() -> None:
+    logger = logging.getLogger("httpx")
+    if not any(isinstance(existing, RedactQuery) for existing in logger.filters):
+        logger.addFilter(RedactQuery())
+
+
 def bearer(token: str) -> dict[str, str]:
     """An Authorization header for `token`; no header when the token is empty."""
     return {"Authorization": f"Bearer {token}"} if token else {}
@@ -122,6 +146,7 @@ class HttpProvider(Provider):
         self.channel = channel
         self.name = name
         self.options = options
+        _redact_httpx_logs()
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(options.timeout_s),
             limits=httpx.Limits(
@@ -178,6 +203,10 @@ class HttpProvider(Provider):
         except httpx.TransportError as exc:
             raise self.error(
                 f"connection failed: {type(exc).__name__}: {exc}", retryable=True, code="connection"
+            ) from exc
+        except httpx.RequestError as exc:  # e.g. a reply body that does not decode
+            raise self.error(
+                f"bad reply: {type(exc).__name__}: {exc}", retryable=True, code="protocol"
             ) from exc
 
     async def post_json(

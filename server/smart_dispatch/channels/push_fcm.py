@@ -7,9 +7,9 @@
                  "notification": {"title": "<content.title>", "body": "<content.text>"},
                  "data": {"<field>": "<text>", ..., "sd_message_id": "...", "sd_dispatch_id": "..."}}}
 
-FCM `data` values must be strings: text fields pass through, other values are sent as JSON. The
-`sd_message_id` / `sd_dispatch_id` entries let the app report `opened` / `clicked` with
-`ReportEvent`.
+An empty title or body is left out of `notification`. FCM `data` values must be strings: text
+fields pass through, other values are sent as JSON. The `sd_message_id` / `sd_dispatch_id`
+entries let the app report `opened` / `clicked` with `ReportEvent`.
 
 The bearer token is taken as configured (an OAuth2 access token minted outside Smart Dispatch, or
 whatever a compatible gateway expects). FCM itself has no idempotency key; the header is sent for
@@ -91,11 +91,10 @@ class FcmProvider(HttpProvider):
         content = delivery.content
         data = data_strings(content.fields)
         data.update(sd_message_id=delivery.message_id, sd_dispatch_id=delivery.dispatch_id)
-        message = {
-            "token": delivery.address,
-            "notification": {"title": content.title, "body": content.text},
-            "data": data,
+        notification = {
+            key: value for key, value in (("title", content.title), ("body", content.text)) if value
         }
+        message = {"token": delivery.address, "notification": notification, "data": data}
         headers = {"Idempotency-Key": delivery.idempotency_key, **bearer(self.config.token)}
         reply = await self.post_json(self._url, {"message": message}, headers=headers)
         if not reply.ok:

@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -129,6 +130,14 @@ class Section:
             raise self.error(key, f"must be a positive whole number, got {value!r}")
         return int(value)
 
+    def url(self, key: str, default: str | None = None) -> str:
+        """An http(s) URL with a host."""
+        value = self.text(key, default)
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise self.error(key, f"must be an http(s) URL, got {value!r}")
+        return value
+
     def secret(self, key: str, *, required: bool = True) -> str:
         """The value of the environment variable named by `key` ("" when optional and unset)."""
         variable = self.text(key, None if required else "")
@@ -152,6 +161,11 @@ def _smtp(section: Section) -> Provider:
     if mailbox(sender) is None:
         raise section.error("from", f"{sender!r} is not an e-mail address")
     starttls, tls = section.flag("starttls", False), section.flag("tls", False)
+    password = ""
+    if username:
+        password = section.secret("password_env")
+    else:
+        section.read.add("password_env")  # allowed (and unread) without a username
     if starttls and tls:
         raise section.error("tls", "choose starttls or tls (implicit TLS), not both")
     config = SmtpConfig(
@@ -161,7 +175,7 @@ def _smtp(section: Section) -> Provider:
         starttls=starttls,
         tls=tls,
         username=username,
-        password=section.secret("password_env", required=bool(username)),
+        password=password,
         timeout_s=section.number("timeout_s", 10.0),
         validate_certs=section.flag("validate_certs", True),
     )
@@ -170,7 +184,7 @@ def _smtp(section: Section) -> Provider:
 
 @register("http_sms")
 def _http_sms(section: Section) -> Provider:
-    config = SmsGatewayConfig(url=section.text("url"), token=section.secret("token_env", required=False))
+    config = SmsGatewayConfig(url=section.url("url"), token=section.secret("token_env", required=False))
     return SmsGatewayProvider(
         config, options=section.http_options(), channel=section.channel, name=section.name("http_sms")
     )
@@ -181,7 +195,7 @@ def _wechat(section: Section) -> Provider:
     config = WeChatConfig(
         appid=section.text("appid"),
         secret=section.secret("secret_env"),
-        api_base=section.text("api_base", wechat.DEFAULT_API_BASE),
+        api_base=section.url("api_base", wechat.DEFAULT_API_BASE),
         token_margin_s=section.number("token_margin_s", wechat.DEFAULT_TOKEN_MARGIN_S),
     )
     return WeChatProvider(
@@ -194,7 +208,7 @@ def _fcm(section: Section) -> Provider:
     config = FcmConfig(
         project=section.text("project"),
         token=section.secret("token_env"),
-        api_base=section.text("api_base", push_fcm.DEFAULT_API_BASE),
+        api_base=section.url("api_base", push_fcm.DEFAULT_API_BASE),
     )
     return FcmProvider(
         config, options=section.http_options(), channel=section.channel, name=section.name("fcm")

@@ -76,9 +76,10 @@ class MemoryInboxStore(InboxStore):
     ) -> builtins.list[InboxItem]:
         limit = check_limit(limit)
         before = parse_item_id(before_id, "before_id") if before_id else None
-        inbox = self._inbox(inbox_id)
+        check_inbox_id(inbox_id)
+        inbox = self._inboxes.get(inbox_id)  # reading an unknown inbox must not create it
         page: builtins.list[InboxItem] = []
-        for item in reversed(inbox.items):
+        for item in reversed(inbox.items) if inbox else ():
             if before is not None and parse_item_id(item.id, "id") >= before:
                 continue
             page.append(item)

@@ -12,10 +12,14 @@ script that checks the marker, XADDs and sets the marker atomically); `list` is 
 `watch` repeats ``XREAD BLOCK`` from the last id seen.
 
 Blocking reads and the short socket timeout: the store's client has `socket_timeout` =
-`timeout_s` (tight, so decisions fail fast). `watch` therefore blocks in slices of half of
-`timeout_s` on that client, or, when a `watch_client` is given (one whose socket timeout exceeds
-`watch_block_s`), in slices of `watch_block_s`: fewer round trips per idle watcher. Each watcher
-holds one pooled connection while it blocks.
+`timeout_s` (tight, so decisions fail fast), and Redis ends a BLOCK only on its server tick
+(100 ms at the default `hz 10`), so a read blocks for up to ~150 ms longer than asked. Without a
+`watch_client`, `watch` therefore blocks in slices of `min(timeout_s / 2, timeout_s - 0.15 s)`
+(at least 10 ms), and takes a socket timeout of such a read as an empty slice up to
+`WATCH_READ_MISSES` times in a row (re-reading from the last id seen loses nothing). With a
+`watch_client` whose socket timeout exceeds `watch_block_s`, it blocks in slices of
+`watch_block_s`: fewer round trips per idle watcher. Each watcher holds one pooled connection
+while it blocks.
 
 Failure modes: `StoreUnavailableError` when Redis cannot answer within `timeout_s`, `StoreError`
 for other Redis errors (see `smart_dispatch._redis_guard`). A timed-out `append` may have been
@@ -31,13 +35,14 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 from redis.utils import str_if_bytes
 
 from smart_dispatch._redis_guard import guarded
-from smart_dispatch.errors import ConfigurationError
+from smart_dispatch.errors import ConfigurationError, StoreUnavailableError
 from smart_dispatch.inbox.base import (
     MAX_ITEMS,
     InboxItem,
@@ -60,6 +65,8 @@ return id
 """
 APPEND_ONCE_SHA = hashlib.sha1(APPEND_ONCE_LUA.encode()).hexdigest()
 WATCH_BATCH = 100
+WATCH_READ_MISSES = 3
+REDIS_TICK_MARGIN_S = 0.15  # how much later than asked Redis may end a BLOCK (server tick)
 
 
 class RedisInboxStore(InboxStore):
@@ -85,7 +92,11 @@ class RedisInboxStore(InboxStore):
         self._max_items = max_items
         self._idempotency_ttl_ms = max(1, int(idempotency_ttl_s * 1000))
         self._watch_client = watch_client or client
-        self._watch_block_s = watch_block_s if watch_client is not None else timeout_s / 2
+        self._watch_block_s = (
+            watch_block_s
+            if watch_client is not None
+            else max(0.01, min(timeout_s / 2, timeout_s - REDIS_TICK_MARGIN_S))
+        )
         self._close_client = close_client
         self._script_sha: str | None = None
 
@@ -150,9 +161,17 @@ class RedisInboxStore(InboxStore):
                 newest: Any = await self._client.xrevrange(key, "+", "-", count=1)
             last = str(str_if_bytes(newest[0][0])) if newest else "0-0"
         block_ms = max(1, int(self._watch_block_s * 1000))
+        misses = 0
         while True:
-            async with guarded(self._timeout_s + self._watch_block_s):
-                reply = await self._watch_client.xread({key: last}, count=WATCH_BATCH, block=block_ms)
+            try:
+                async with guarded(self._timeout_s + self._watch_block_s):
+                    reply = await self._watch_client.xread({key: last}, count=WATCH_BATCH, block=block_ms)
+            except StoreUnavailableError as exc:
+                if not isinstance(exc.__cause__, redis_errors.TimeoutError) or misses >= WATCH_READ_MISSES:
+                    raise
+                misses += 1  # the socket timed out before Redis ended the BLOCK: read again
+                continue
+            misses = 0
             items = [_decode(entry_id, fields) for entry_id, fields in _stream_entries(reply)]
             for item in items:  # yielded outside the guard: consumer time is not Redis time
                 last = item.id

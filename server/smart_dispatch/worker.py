@@ -1,0 +1,45 @@
+"""`smart-dispatch worker`: a sender pool in its own process, sharing a durable store.
+
+Runs no gRPC server; claims dispatches from the store (Redis) like the in-process senders of
+`serve` do. SIGTERM / SIGINT: stop claiming, finish in-flight sends, exit. SIGHUP reloads rules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from smart_dispatch.config import Settings
+from smart_dispatch.errors import ConfigurationError
+from smart_dispatch.rules.active import ActiveRules
+from smart_dispatch.rules.watch import RulesWatcher
+from smart_dispatch.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+async def run_worker(settings: Settings) -> None:
+    if settings.senders < 1:
+        raise ConfigurationError("a worker needs --senders >= 1")
+    rules = ActiveRules(settings.rules_dir)
+    watcher = RulesWatcher(rules, poll_s=settings.rules_poll_s)
+    runtime = await Runtime.build(settings, rules)
+    if not runtime.stores.dispatches.durable:
+        await runtime.close()
+        raise ConfigurationError("a separate worker needs a shared store: use --store redis://…")
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, watcher.reload_now)
+    assert runtime.pool is not None
+    runtime.pool.start()
+    if settings.watch_rules:
+        watcher.start()
+    print(f"smart-dispatch worker running {settings.senders} senders on {settings.store_url}", flush=True)
+    await stop.wait()
+    log.info("signal received: finishing in-flight sends")
+    await watcher.stop()
+    await runtime.close()
+    rules.close()
