@@ -7,7 +7,6 @@ every node is flushed before each test, so each test starts from empty stores. W
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -17,20 +16,10 @@ from smart_dispatch.lists.base import ListStore
 from smart_dispatch.stores import StoreOptions, stores_from_url
 
 from tests.contract.helpers import Backend
-from tests.support import redis_servers
-from tests.support.redis_servers import RedisCluster, RedisServer
+from tests.support.redis_servers import RedisCluster, RedisServer, require_redis
 
 TIMEOUT_S = 2.0  # generous: a loaded CI machine must not turn into flaky timeouts
 PREFIX = "t"
-
-
-def require_redis() -> None:
-    """Skip locally, fail in CI, when the redis binaries are missing."""
-    if redis_servers.available():
-        return
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"CI=true but {redis_servers.MISSING_REASON}")
-    pytest.skip(redis_servers.MISSING_REASON)
 
 
 @pytest.fixture(scope="session")

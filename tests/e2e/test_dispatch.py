@@ -15,6 +15,7 @@ from smart_dispatch._proto.smartdispatch.v1 import smart_dispatch_pb2 as pb
 from smart_dispatch._proto.smartdispatch.v1 import smart_dispatch_pb2_grpc as pb_grpc
 
 from tests.support.sinks import HttpSink, Mailbox, start_smtp
+from tests.support.waiting import eventually
 
 RULES = """
 categories: [otp, promo, nudge, event]
@@ -35,6 +36,7 @@ rules:
     then: {prefer: [webhook]}
 """
 S = pb.DispatchState
+_MOVING = (S.DISPATCH_STATE_QUEUED, S.DISPATCH_STATE_SCHEDULED, S.DISPATCH_STATE_SENDING)
 
 
 class World:
@@ -260,9 +262,11 @@ async def test_escalation_stops_when_the_in_app_message_is_opened(world: World):
 async def test_escalation_sends_the_next_step_when_not_opened(world: World):
     accepted = await world.dispatch("nudge", message_id="nudge-ignored")
     await world.settled(accepted.dispatch_id)
-    deadline = time.monotonic() + 10
-    while not world.sms_sent() and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
+
+    async def sms_went_out() -> list[str]:
+        return world.sms_sent()
+
+    await eventually(sms_went_out, 10, "the escalation SMS")
     final = await world.settled(accepted.dispatch_id)
 
     assert final.state == S.DISPATCH_STATE_DELIVERED

@@ -1,0 +1,224 @@
+"""Providers from a providers file: types, env secrets, and errors naming file, channel and key."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from smart_dispatch.channels.base import Provider
+from smart_dispatch.channels.email_smtp import SmtpProvider
+from smart_dispatch.channels.in_app import InboxProvider
+from smart_dispatch.channels.push_fcm import FcmProvider
+from smart_dispatch.channels.registry import (
+    ProviderConfigError,
+    Section,
+    default_providers,
+    load_providers_file,
+    providers_from_config,
+    register,
+)
+from smart_dispatch.channels.sms_http import SmsGatewayProvider
+from smart_dispatch.channels.stub import StubProvider
+from smart_dispatch.channels.webhook import WebhookProvider
+from smart_dispatch.channels.wechat import WeChatProvider
+from smart_dispatch.errors import ConfigurationError
+from smart_dispatch.inbox.memory import MemoryInboxStore
+
+EXAMPLE = """\
+email: {type: smtp, host: 127.0.0.1, port: 1025, from: "Smart Dispatch <noreply@example.com>",
+        starttls: false, username: "", password_env: SMTP_PASSWORD, timeout_s: 5}
+sms: {type: http_sms, url: "http://127.0.0.1:9000/sms", token_env: SMS_TOKEN, timeout_s: 3}
+wechat: {type: wechat, api_base: "https://api.weixin.qq.com", appid: wx123, secret_env: WECHAT_SECRET}
+push: {type: fcm, api_base: "https://fcm.googleapis.com", project: my-project, token_env: FCM_TOKEN}
+webhook: {type: webhook, secret_env: WEBHOOK_SECRET, timeout_s: 3}
+in_app: {type: inbox}
+"""
+ENV = {"SMS_TOKEN": "sms-tok", "WECHAT_SECRET": "wx-sec", "FCM_TOKEN": "fcm-tok", "WEBHOOK_SECRET": "wh-sec"}
+
+
+@pytest.fixture
+async def closing() -> AsyncIterator[list[dict[str, Provider]]]:
+    """Providers put here are closed after the test."""
+    built: list[dict[str, Provider]] = []
+    yield built
+    for providers in built:
+        for provider in providers.values():
+            await provider.close()
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "providers.yaml"
+    path.write_text(text)
+    return path
+
+
+async def test_example_file_builds_every_provider_with_secrets_from_env(tmp_path: Path, closing) -> None:
+    inbox = MemoryInboxStore()
+
+    providers = load_providers_file(write(tmp_path, EXAMPLE), ENV, inbox)
+    closing.append(providers)
+
+    kinds = {channel: type(p) for channel, p in providers.items()}
+    assert kinds == {
+        "email": SmtpProvider,
+        "sms": SmsGatewayProvider,
+        "wechat": WeChatProvider,
+        "push": FcmProvider,
+        "webhook": WebhookProvider,
+        "in_app": InboxProvider,
+    }
+    assert {channel: p.channel for channel, p in providers.items()} == {c: c for c in providers}
+    email, sms, wechat = providers["email"], providers["sms"], providers["wechat"]
+    assert (
+        isinstance(email, SmtpProvider)
+        and isinstance(sms, SmsGatewayProvider)
+        and isinstance(wechat, WeChatProvider)
+    )
+    assert (email.config.port, email.config.starttls, email.config.password, email.config.timeout_s) == (
+        1025,
+        False,
+        "",
+        5.0,
+    )
+    assert (sms.config.token, sms.options.timeout_s) == ("sms-tok", 3.0)
+    assert (wechat.config.appid, wechat.config.secret) == ("wx123", "wx-sec")
+    assert providers["in_app"].inbox is inbox  # type: ignore[attr-defined]
+
+
+async def test_name_can_be_set_and_defaults_to_the_type(closing) -> None:
+    providers = providers_from_config(
+        {
+            "sms": {"type": "http_sms", "url": "http://x/sms", "name": "gateway-eu"},
+            "in_app": {"type": "inbox"},
+        },
+        {},
+        MemoryInboxStore(),
+    )
+    closing.append(providers)
+
+    assert (providers["sms"].name, providers["in_app"].name) == ("gateway-eu", "inbox")
+
+
+@pytest.mark.parametrize(
+    ("text", "channel", "key", "words"),
+    [
+        (
+            "sms: {type: carrier-pigeon}",
+            "sms",
+            "type",
+            "known: fcm, http_sms, inbox, smtp, stub, webhook, wechat",
+        ),
+        ("sms: {url: 'http://x'}", "sms", "type", "required key is missing"),
+        ("sms: {type: http_sms}", "sms", "url", "required key is missing"),
+        ("sms: {type: http_sms, url: 'gateway:9000/sms'}", "sms", "url", "must be an http(s) URL"),
+        (
+            "push: {type: fcm, project: p, token_env: FCM_TOKEN, api_base: fcm}",
+            "push",
+            "api_base",
+            "http(s) URL",
+        ),
+        (
+            "wechat: {type: wechat, appid: wx1, secret_env: NOT_SET}",
+            "wechat",
+            "secret_env",
+            "NOT_SET is not set",
+        ),
+        ("push: {type: fcm, project: p}", "push", "token_env", "required key is missing"),
+        (
+            "email: {type: smtp, host: h, port: 25, from: a@b.c, startls: true}",
+            "email",
+            "startls",
+            "unknown key",
+        ),
+        ("email: {type: smtp, host: h, port: twenty-five, from: a@b.c}", "email", "port", "must be float"),
+        ("email: {type: smtp, host: h, port: 25, from: nobody}", "email", "from", "not an e-mail address"),
+        (
+            "email: {type: smtp, host: h, port: 25, from: a@b.c, username: u}",
+            "email",
+            "password_env",
+            "missing",
+        ),
+        (
+            "email: {type: smtp, host: h, port: 25, from: a@b.c, starttls: true, tls: true}",
+            "email",
+            "tls",
+            "not both",
+        ),
+        ("sms: {type: http_sms, url: 'http://x', timeout_s: 0}", "sms", "timeout_s", "positive"),
+        (
+            "sms: {type: http_sms, url: 'http://x', max_connections: 1.5}",
+            "sms",
+            "max_connections",
+            "whole number",
+        ),
+        ("fax: {type: stub}", "fax", "", "unknown channel; known: sms, email"),
+        ("sms: [http_sms]", "sms", "", "must be a mapping"),
+    ],
+    ids=lambda value: value if isinstance(value, str) and " " not in value else None,
+)
+def test_errors_name_file_channel_and_key(
+    tmp_path: Path, text: str, channel: str, key: str, words: str
+) -> None:
+    path = write(tmp_path, text)
+
+    with pytest.raises(ProviderConfigError) as caught:
+        load_providers_file(path, ENV, MemoryInboxStore())
+
+    error = caught.value
+    assert isinstance(error, ConfigurationError)
+    assert (error.file, error.channel, error.key) == (str(path), channel, key)
+    assert str(path) in str(error) and words in str(error)
+
+
+def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "sms:\n  type: http_sms\n  url: [unclosed\n")
+
+    with pytest.raises(ProviderConfigError) as caught:
+        load_providers_file(path, {}, MemoryInboxStore())
+
+    assert f"{path}:" in str(caught.value) and "invalid YAML" in str(caught.value)
+
+
+def test_missing_file_is_a_configuration_error(tmp_path: Path) -> None:
+    with pytest.raises(ProviderConfigError, match="cannot read"):
+        load_providers_file(tmp_path / "nope.yaml", {}, MemoryInboxStore())
+
+
+def test_empty_file_configures_no_provider(tmp_path: Path) -> None:
+    assert load_providers_file(write(tmp_path, "# nothing yet\n"), {}, MemoryInboxStore()) == {}
+
+
+def test_stub_type_with_delay(tmp_path: Path) -> None:
+    providers = load_providers_file(
+        write(tmp_path, "sms: {type: stub, delay_s: 0.01}"), {}, MemoryInboxStore()
+    )
+
+    stub = providers["sms"]
+    assert isinstance(stub, StubProvider) and (stub.channel, stub.delay_s) == ("sms", 0.01)
+
+
+def test_new_provider_types_can_be_registered() -> None:
+    @register("test-loopback")
+    def _loopback(section: Section) -> StubProvider:
+        return StubProvider(section.channel, name=section.text("label"))
+
+    providers = providers_from_config(
+        {"sms": {"type": "test-loopback", "label": "lb"}}, {}, MemoryInboxStore()
+    )
+
+    assert providers["sms"].name == "lb"
+
+
+def test_default_providers_stub_everything_but_the_inbox(caplog: pytest.LogCaptureFixture) -> None:
+    inbox = MemoryInboxStore()
+
+    with caplog.at_level(logging.WARNING):
+        providers = default_providers(inbox)
+
+    assert isinstance(providers["in_app"], InboxProvider) and providers["in_app"].inbox is inbox
+    stubs = {channel for channel, p in providers.items() if isinstance(p, StubProvider)}
+    assert stubs == {"sms", "email", "wechat", "push", "webhook"}
+    assert all(providers[channel].channel == channel for channel in providers)
+    assert "stub" in caplog.text and "sms" in caplog.text
