@@ -1,6 +1,7 @@
 --[[ reserve.lua: check every cap of the candidate options and reserve the first option whose caps
-all have room, in one atomic step (Redis runs a script without interleaving other commands).
-The semantics are those of counters/base.py; counters/memory.py is the reference.
+all have room, or with defer option 1 at the earliest instant it has room, in one atomic step
+(Redis runs a script without interleaving other commands). The semantics are those of
+counters/base.py; counters/memory.py is the reference.
 
 Clock and units
   Every instant, score and window is a whole number of MILLISECONDS (epoch ms for instants), as in
@@ -14,42 +15,55 @@ Key schema (names built by counters/redis.py; <prefix> is configurable, {..} is 
   <prefix>:{g}:ctr:<cap>             HASH   sliding-window counter of a high-volume global cap:
                                             field = bucket floor(t / window), value = count
   <prefix>:{g}:ctr:<cap>:m:<member>  STRING "<bucket> <score>": this message is counted in bucket
-  Sorted sets drop entries scored <= now - window and expire a window after their latest score
-  (PEXPIRE window + max(0, latest - now)), so an idle user's keys vanish. Counter buckets drop
-  once they stop weighing (2 windows after they start); hash and marker expire at that instant.
+  An entry scored <= now - window counts nowhere (MemoryCounterStore drops it): counting at t uses
+  scores > max(t, now) - window, so stale entries are only removed when a call records into the set
+  (and only if there are some). A sorted set expires when its latest entry leaves the window
+  (PEXPIREAT latest + window, set only when a record moves the latest entry later; the expiry is
+  never earlier than that). Counter buckets drop once they stop weighing (2 windows after they
+  start); hash and marker expire at that instant.
 
 Sliding-window counter (approximate, like `limits`' sliding window counter): at instant t in
   bucket b with fraction f = t / window - b, the count is count[b-1] * (1 - f) + count[>= b].
   `used` is its ceiling, the cap is full when used >= limit, retry_at solves the weighted count for
   the first instant (rounded up to a ms) it drops to limit - 1. reset_at is when the oldest
-  weighing bucket stops weighing.
+  weighing bucket stops weighing. A deferred entry is counted in the bucket of its instant.
+
+Cost: a small sorted-set cap (limit <= SMALL_LIMIT holding <= MAX_ROWS entries) is read with ONE
+  ZRANGE; everything (count, retry instant, repeat, usages, stale entries, latest entry) is derived
+  from those rows. Recording adds ZADD, plus PEXPIREAT / ZREMRANGEBYSCORE only when needed. Larger
+  sets use ZCOUNT / ZSCORE / ZRANGEBYSCORE ... LIMIT (bounded work, whatever the set size).
 
 KEYS  every key the call may touch, each once; caps name them by 1-based index.
 ARGV
   1  member     message id
   2  at         planned send instant (ms); "" means now
-  3  dry_run    "1" check only, "0" record
-  4  mode       "F" repeat check, then evaluate: the whole contract in one call
-                "C" tell which options hold the member in all their caps (with score and usages);
-                    when none does and ARGV[5] is "1", evaluate like "F"
-                "D" repeat check only: never evaluates
-                "E" evaluate only: no repeat check
-                "U" undo the reservation of the single option given (cluster: the other slot group
-                    refused it): restore each cap's previous score (extra ARGV after the options,
-                    one per cap: the score, or "" = the member was absent) and report usages
-  5  eval_ok    see mode "C"
-  6  n_options  then per option: eligible ("1" may be chosen, "0" reported only: never chosen,
-                never recorded), n_caps, and 5 fields per cap: kind ("z" sorted set, "c" counter),
-                key index, limit, window (ms), marker key index ("0" for "z")
+  3  ctl        char 1 mode, char 2 dry_run ("1" check only), char 3 eval_ok (mode "C"), then one
+                char per option: "1" may be chosen, "0" reported only (never chosen nor recorded
+                by the evaluation); no char = "1"
+  4  spec       space-separated: n_options, then per option n_caps and 5 fields per cap: kind
+                ("z" sorted set, "c" counter), key index, limit, window (ms), marker key index ("0")
+  5  defer      optional: "" none; "a" when no option is chosen, record option 1 at its retry_at;
+                "m<floor>" record option 1 at the earliest instant >= floor all its caps have room;
+                "s<floor>" the same but only AT floor (else report the earliest instant)
+  6  not_after  optional: "" or the latest instant (ms) a deferral may take
+  7+ restore    mode "U": one per cap of option 1, its former score ("" = the member was absent)
+  modes  "F" repeat check, then evaluate (then defer): the whole contract in one call
+         "C" tell which options hold the member in all their caps (with score and usages); when none
+             does and eval_ok, evaluate like "F" (then defer)
+         "D" repeat check only: never evaluates      "E" evaluate only (then defer)
+         "M" defer only (no repeat check, no evaluation)
+         "U" undo (cluster: the other slot group refused): restore option 1's former scores
 
-Reply  { now, at, kind, chosen, reserved_at, entries, previous }   instants in ms, false = absent
-  kind 0  evaluated: chosen is the 0-based option index or -1; entries are the evaluated options
-          in order up to and including the chosen one: { allowed 0|1, retry_at, usages }
-  kind 1  repeat: chosen holds the member everywhere; entries = { its { 1, false, usages } }
-  kind 2  candidates (mode "C"): one entry per option: { holds 0|1, score of its first cap, usages }
-  usages  one { used, reset_at } per cap of the option, in order
-  previous  when this call recorded an option: each of its caps' score before (false = absent),
-            the input of a later mode "U"; else {}
+Reply  a flat array: now, at, kind, chosen, reserved_at, defer_state, defer_at, then
+  kind 0 evaluated  (chosen 0-based or -1): the evaluated options in order, up to and including the
+                    chosen one, each: allowed 0|1, retry_at, then used, reset_at per cap
+  kind 1 repeat     chosen holds the member everywhere: its 1, false, usages
+  kind 2 candidates (mode "C") per option: holds 0|1, score of its first cap, usages if it holds
+  then n_previous, previous...: when this call recorded an option, each of its caps' score before
+    (false = absent), the input of a later mode "U"
+  then, when defer_state is 1 (option 1 recorded at defer_at), option 1's usages at defer_at.
+  defer_state 0 = no deferral asked or possible, 1 = recorded, 2 = refused (defer_at is the
+  earliest instant, after not_after or, for "s", after floor). Instants in ms, false = absent.
 ]]
 
 local member = ARGV[1]
@@ -59,9 +73,16 @@ local at = now
 if ARGV[2] ~= '' then
   at = tonumber(ARGV[2])
 end
-local dry_run = ARGV[3] == '1'
-local mode = ARGV[4]
-local eval_ok = ARGV[5] == '1'
+local ctl = ARGV[3]
+local mode = string.sub(ctl, 1, 1)
+local dry_run = string.sub(ctl, 2, 2) == '1'
+local eval_ok = string.sub(ctl, 3, 3) == '1'
+local defer = ARGV[5] or ''
+local not_after = nil
+if ARGV[6] and ARGV[6] ~= '' then
+  not_after = tonumber(ARGV[6])
+end
+local SMALL_LIMIT, MAX_ROWS = 32, 64
 local EPSILON = 1e-9 -- absorbs rounding in the counter's weighted sum (a count)
 local MS_EPSILON = 1e-6 -- and in an instant computed from a fraction of a window (ms)
 
@@ -70,40 +91,187 @@ local function int(x)
   return string.format('%d', x)
 end
 
--- A reply value: Redis turns false into a nil reply (a nil would end the array).
-local function maybe(x)
-  if x == nil then
-    return false
-  end
-  return x
+local spec, n = {}, 0
+for token in string.gmatch(ARGV[4], '%S+') do
+  n = n + 1
+  spec[n] = token
 end
-
-local function ttl(ms)
-  return int(math.max(1, math.ceil(ms)))
-end
-
 local options = {}
-local a = 7
-for o = 1, tonumber(ARGV[6]) do
-  local option = { eligible = ARGV[a] == '1', caps = {} }
-  local n_caps = tonumber(ARGV[a + 1])
-  a = a + 2
-  for c = 1, n_caps do
-    local marker = tonumber(ARGV[a + 4])
-    if tonumber(ARGV[a + 2]) < 1 then
+local a = 2
+for o = 1, tonumber(spec[1]) do
+  local caps = {}
+  for c = 1, tonumber(spec[a]) do
+    local limit, marker = tonumber(spec[a + 3]), tonumber(spec[a + 5])
+    if limit < 1 then
       return redis.error_reply('cap limit must be >= 1')
     end
-    option.caps[c] = {
-      kind = ARGV[a],
-      key = KEYS[tonumber(ARGV[a + 1])],
-      limit = tonumber(ARGV[a + 2]),
-      window = tonumber(ARGV[a + 3]),
+    caps[c] = {
+      kind = spec[a + 1],
+      key = KEYS[tonumber(spec[a + 2])],
+      limit = limit,
+      window = tonumber(spec[a + 4]),
       marker = marker > 0 and KEYS[marker] or nil,
     }
     a = a + 5
   end
-  options[o] = option
+  a = a + 1
+  options[o] = { caps = caps, eligible = string.sub(ctl, 3 + o, 3 + o) ~= '0' }
 end
+
+-- Sorted sets ---------------------------------------------------------------------------------
+
+-- The whole set of a small cap, ascending: { m = members, s = scores }; false = read with commands.
+local views = {}
+local function view(cap)
+  local v = views[cap.key]
+  if v == nil then
+    v = false
+    if cap.limit <= SMALL_LIMIT then
+      local flat = redis.call('ZRANGE', cap.key, 0, MAX_ROWS, 'WITHSCORES')
+      if #flat <= 2 * MAX_ROWS then
+        local ms, ss = {}, {}
+        for i = 2, #flat, 2 do
+          ms[i / 2] = flat[i - 1]
+          ss[i / 2] = tonumber(flat[i])
+        end
+        v = { m = ms, s = ss }
+      end
+    end
+    views[cap.key] = v
+  end
+  return v
+end
+
+local owns = {} -- key -> the member's score there (maybe stale), false = absent
+local recorded = {} -- key -> true once this call recorded the member there
+local function own_score(cap)
+  local s = owns[cap.key]
+  if s == nil then
+    s = false
+    local v = view(cap)
+    if v then
+      for i = 1, #v.m do
+        if v.m[i] == member then
+          s = v.s[i]
+          break
+        end
+      end
+    else
+      local z = redis.call('ZSCORE', cap.key, member)
+      if z then
+        s = tonumber(z)
+      end
+    end
+    owns[cap.key] = s
+  end
+  return s
+end
+
+-- First instant >= t the cap has room for the member (counts.py `retry_at_ms`), nil = at t.
+local function z_refusal(cap, t)
+  local low = math.max(t, now) - cap.window
+  local v = view(cap)
+  if v then
+    local others, c = {}, 0
+    for i = 1, #v.s do
+      if v.s[i] > low and v.m[i] ~= member then
+        c = c + 1
+        others[c] = v.s[i]
+      end
+    end
+    if c < cap.limit then
+      return nil
+    end
+    return others[c - cap.limit + 1] + cap.window
+  end
+  local bound = '(' .. int(low)
+  local counted = redis.call('ZCOUNT', cap.key, bound, '+inf')
+  local own = own_score(cap)
+  local own_in = own and own > low
+  if own_in then
+    counted = counted - 1
+  end
+  if counted < cap.limit then
+    return nil
+  end
+  -- the (counted - limit)-th (0-based) score but the member's: rows k and k + 1 of all of them
+  local rows = redis.call('ZRANGEBYSCORE', cap.key, bound, '+inf', 'WITHSCORES', 'LIMIT', counted - cap.limit, 2)
+  if own_in and (rows[1] == member or (rows[3] ~= member and own <= tonumber(rows[2]))) then
+    return tonumber(rows[4]) + cap.window
+  end
+  return tonumber(rows[2]) + cap.window
+end
+
+-- used, reset_at at t: entries scored after max(t, now) - window, and what this call recorded.
+local function z_usage(cap, t)
+  local low = math.max(t, now) - cap.window
+  local mine = recorded[cap.key]
+  local v = view(cap)
+  local used, first = 0, nil
+  if v then
+    for i = 1, #v.s do
+      local s = v.s[i]
+      if s > low or (mine and v.m[i] == member) then
+        used = used + 1
+        if first == nil or s < first then
+          first = s
+        end
+      end
+    end
+  else
+    local bound = '(' .. int(low)
+    used = redis.call('ZCOUNT', cap.key, bound, '+inf')
+    local row = redis.call('ZRANGEBYSCORE', cap.key, bound, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+    first = row[2] and tonumber(row[2])
+    if mine then
+      local own = owns[cap.key]
+      if own <= low then
+        used = used + 1
+      end
+      if first == nil or own < first then
+        first = own
+      end
+    end
+  end
+  return used, first and first + cap.window or false
+end
+
+local function z_record(cap, t)
+  local stale = now - cap.window
+  local v = view(cap)
+  local latest
+  if v then
+    local ms, ss = v.m, v.s
+    if ss[1] and ss[1] <= stale then -- drop what left every window (MemoryCounterStore._live)
+      redis.call('ZREMRANGEBYSCORE', cap.key, '-inf', int(stale))
+    end
+    latest = ss[#ss]
+    local keep_m, keep_s, placed = {}, {}, false
+    for i = 1, #ss do
+      if ss[i] > stale and ms[i] ~= member then
+        if not placed and ss[i] > t then
+          keep_m[#keep_m + 1], keep_s[#keep_s + 1], placed = member, t, true
+        end
+        keep_m[#keep_m + 1], keep_s[#keep_s + 1] = ms[i], ss[i]
+      end
+    end
+    if not placed then
+      keep_m[#keep_m + 1], keep_s[#keep_s + 1] = member, t
+    end
+    v.m, v.s = keep_m, keep_s
+  else
+    redis.call('ZREMRANGEBYSCORE', cap.key, '-inf', int(stale))
+    local top = redis.call('ZRANGE', cap.key, -1, -1, 'WITHSCORES')
+    latest = top[2] and tonumber(top[2])
+  end
+  redis.call('ZADD', cap.key, int(t), member)
+  if latest == nil or t > latest then -- else the key already lives past t + window
+    redis.call('PEXPIREAT', cap.key, int(math.max(t + cap.window, now + 1)))
+  end
+  owns[cap.key], recorded[cap.key] = t, true
+end
+
+-- Sliding-window counters ---------------------------------------------------------------------
 
 -- Counter state, loaded once per key (dropping buckets that no longer weigh): bucket -> count.
 local counters = {}
@@ -149,11 +317,101 @@ local function marker_of(cap)
   return nil, nil
 end
 
+-- Weighted counter at t, leaving one entry out of bucket `skip`; also the oldest weighing bucket.
+local function weighted(cap, t, skip)
+  local b = math.floor(t / cap.window)
+  local f = t / cap.window - b
+  local total, oldest = 0, nil
+  for k, count in pairs(counter(cap)) do
+    if k == skip then
+      count = count - 1
+    end
+    if count > 0 and k >= b - 1 then
+      total = total + (k == b - 1 and count * (1 - f) or count)
+      if oldest == nil or k < oldest then
+        oldest = k
+      end
+    end
+  end
+  return total, oldest
+end
+
+-- First instant >= t where the weighted count (without `skip`) is at most limit - 1. The count is
+-- continuous and non-increasing in time, linear inside a bucket: walk buckets until it fits.
+local function counter_retry_at(cap, t, skip)
+  local counts, later = {}, 0
+  local b = math.floor(t / cap.window)
+  for k, count in pairs(counter(cap)) do
+    if k == skip then
+      count = count - 1
+    end
+    if count > 0 then
+      counts[k] = count
+      if k >= b then
+        later = later + count
+      end
+    end
+  end
+  local room = cap.limit - 1
+  while later > room do
+    later = later - (counts[b] or 0)
+    b = b + 1
+  end
+  local previous = counts[b - 1] or 0
+  local f = 0
+  if previous > 0 then
+    f = math.max(0, 1 - (room - later) / previous)
+  end
+  return math.max(t, b * cap.window + math.ceil(f * cap.window - MS_EPSILON))
+end
+
+local function c_refusal(cap, t)
+  local skip = marker_of(cap)
+  if math.ceil(weighted(cap, t, skip) - EPSILON) < cap.limit then
+    return nil
+  end
+  return counter_retry_at(cap, t, skip)
+end
+
+local function c_usage(cap, t)
+  local total, oldest = weighted(cap, t, nil)
+  return math.max(0, math.ceil(total - EPSILON)), oldest and (oldest + 2) * cap.window or false
+end
+
+local function c_record(cap, t)
+  local state = counter(cap)
+  local old = marker_of(cap)
+  if old and state[old] then -- counted before (a partial record): move it, never count it twice
+    state[old] = state[old] - 1
+    if state[old] <= 0 then
+      state[old] = nil
+      redis.call('HDEL', cap.key, int(old))
+    else
+      redis.call('HINCRBY', cap.key, int(old), -1)
+    end
+  end
+  local b = math.floor(t / cap.window)
+  state[b] = (state[b] or 0) + 1
+  redis.call('HINCRBY', cap.key, int(b), 1)
+  redis.call('SET', cap.marker, int(b) .. ' ' .. int(t), 'PX', int(math.max(1, (b + 2) * cap.window - now)))
+  markers[cap.marker] = { b, t }
+  local last = b
+  for k in pairs(state) do
+    if k > last then
+      last = k
+    end
+  end
+  redis.call('PEXPIRE', cap.key, int(math.max(1, (last + 2) * cap.window - now)))
+end
+
+-- Both kinds -------------------------------------------------------------------------------------
+
+-- The member's score in a cap if it counts there (nil when absent or stale).
 local function score_of(cap)
   if cap.kind == 'z' then
-    local score = redis.call('ZSCORE', cap.key, member)
-    if score then
-      return tonumber(score)
+    local s = own_score(cap)
+    if s and s > now - cap.window then
+      return s
     end
     return nil
   end
@@ -173,229 +431,164 @@ local function holds(option)
   return true
 end
 
--- Weighted counter at `at`, leaving one entry out of bucket `skip`; also the oldest weighing bucket.
-local function weighted(cap, skip)
-  local b = math.floor(at / cap.window)
-  local f = at / cap.window - b
-  local total, oldest = 0, nil
-  for k, n in pairs(counter(cap)) do
-    if k == skip then
-      n = n - 1
-    end
-    if n > 0 and k >= b - 1 then
-      total = total + (k == b - 1 and n * (1 - f) or n)
-      if oldest == nil or k < oldest then
-        oldest = k
-      end
-    end
-  end
-  return total, oldest
-end
-
--- First instant >= at where the weighted count (without `skip`) is at most limit - 1. The count is
--- continuous and non-increasing in time, linear inside a bucket: walk buckets until it fits.
-local function counter_retry_at(cap, skip)
-  local counts, later = {}, 0
-  local b = math.floor(at / cap.window)
-  for k, n in pairs(counter(cap)) do
-    if k == skip then
-      n = n - 1
-    end
-    if n > 0 then
-      counts[k] = n
-      if k >= b then
-        later = later + n
-      end
-    end
-  end
-  local room = cap.limit - 1
-  while later > room do
-    later = later - (counts[b] or 0)
-    b = b + 1
-  end
-  local previous = counts[b - 1] or 0
-  local f = 0
-  if previous > 0 then
-    f = math.max(0, 1 - (room - later) / previous)
-  end
-  return math.max(at, b * cap.window + math.ceil(f * cap.window - MS_EPSILON))
-end
-
--- nil when the cap has room for the member at `at`, else the instant it will have room.
-local function refusal(cap)
-  if cap.kind == 'c' then
-    local skip = marker_of(cap)
-    local total = weighted(cap, skip)
-    if math.ceil(total - EPSILON) < cap.limit then
-      return nil
-    end
-    return counter_retry_at(cap, skip)
-  end
-  local low = '(' .. int(at - cap.window)
-  local counted = redis.call('ZCOUNT', cap.key, low, '+inf')
-  local own = score_of(cap)
-  if own and own > at - cap.window then
-    counted = counted - 1
-  end
-  if counted < cap.limit then
-    return nil
-  end
-  -- base.retry_at: the (counted - limit)-th (0-based) counted score, the member left out
-  local wanted = counted - cap.limit + 1
-  local rows = redis.call('ZRANGEBYSCORE', cap.key, low, '+inf', 'WITHSCORES', 'LIMIT', 0, wanted + 1)
-  local seen = 0
-  for i = 1, #rows, 2 do
-    if rows[i] ~= member then
-      seen = seen + 1
-      if seen == wanted then
-        return tonumber(rows[i + 1]) + cap.window
-      end
-    end
-  end
-  return at + cap.window -- unreachable: ZCOUNT said there are enough rows
-end
-
-local function usage(cap)
-  if cap.kind == 'c' then
-    local total, oldest = weighted(cap, nil)
-    local reset = nil
-    if oldest then
-      reset = (oldest + 2) * cap.window
-    end
-    return { math.max(0, math.ceil(total - EPSILON)), maybe(reset) }
-  end
-  local low = '(' .. int(at - cap.window)
-  local used = redis.call('ZCOUNT', cap.key, low, '+inf')
-  local first = redis.call('ZRANGEBYSCORE', cap.key, low, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
-  local reset = nil
-  if first[2] then
-    reset = tonumber(first[2]) + cap.window
-  end
-  return { used, maybe(reset) }
-end
-
-local function usages(option)
-  local result = {}
-  for c, cap in ipairs(option.caps) do
-    result[c] = usage(cap)
-  end
-  return result
-end
-
-local function record(cap)
+local function refusal(cap, t)
   if cap.kind == 'z' then
-    redis.call('ZADD', cap.key, int(at), member)
-    local latest = tonumber(redis.call('ZRANGE', cap.key, -1, -1, 'WITHSCORES')[2])
-    redis.call('PEXPIRE', cap.key, ttl(cap.window + math.max(0, latest - now)))
-    return
+    return z_refusal(cap, t)
   end
-  local state = counter(cap)
-  local old = marker_of(cap)
-  if old and state[old] then -- counted before (a partial record): move it, never count it twice
-    state[old] = state[old] - 1
-    if state[old] <= 0 then
-      state[old] = nil
-      redis.call('HDEL', cap.key, int(old))
-    else
-      redis.call('HINCRBY', cap.key, int(old), -1)
-    end
-  end
-  local b = math.floor(at / cap.window)
-  state[b] = (state[b] or 0) + 1
-  redis.call('HINCRBY', cap.key, int(b), 1)
-  redis.call('SET', cap.marker, int(b) .. ' ' .. int(at), 'PX', ttl((b + 2) * cap.window - now))
-  markers[cap.marker] = { b, at }
-  local last = b
-  for k in pairs(state) do
-    if k > last then
-      last = k
-    end
-  end
-  redis.call('PEXPIRE', cap.key, ttl((last + 2) * cap.window - now))
+  return c_refusal(cap, t)
 end
 
-local function reply(kind, chosen, reserved_at, entries, previous)
-  return { now, at, kind, chosen, maybe(reserved_at), entries, previous or {} }
-end
-
--- Housekeeping first, like MemoryCounterStore._live: drop what left every window before now.
-local trimmed = {}
-for _, option in ipairs(options) do
+-- Appends `used, reset_at` per cap of the option at t to `out`.
+local function push_usages(out, option, t)
   for _, cap in ipairs(option.caps) do
-    if cap.kind == 'c' then
-      counter(cap)
+    local used, reset
+    if cap.kind == 'z' then
+      used, reset = z_usage(cap, t)
     else
-      local tag = cap.key .. '|' .. int(cap.window)
-      if not trimmed[tag] then
-        trimmed[tag] = true
-        redis.call('ZREMRANGEBYSCORE', cap.key, '-inf', int(now - cap.window))
-      end
+      used, reset = c_usage(cap, t)
+    end
+    out[#out + 1] = used
+    out[#out + 1] = reset
+  end
+end
+
+-- Records the member at t in every cap of the option; returns the caps' scores before.
+local function record(option, t)
+  local previous = {}
+  for c, cap in ipairs(option.caps) do
+    previous[c] = score_of(cap) or false
+  end
+  for _, cap in ipairs(option.caps) do
+    if cap.kind == 'z' then
+      z_record(cap, t)
+    else
+      c_record(cap, t)
     end
   end
+  return previous
+end
+
+local header = { now, at, 0, -1, false, 0, false }
+local entries = {}
+
+local function reply(previous, deferred)
+  local out = header
+  for i = 1, #entries do
+    out[#out + 1] = entries[i]
+  end
+  previous = previous or {}
+  out[#out + 1] = #previous
+  for i = 1, #previous do
+    out[#out + 1] = previous[i]
+  end
+  if deferred then
+    push_usages(out, options[1], header[7])
+  end
+  return out
 end
 
 if mode == 'U' then
   local option = options[1]
   for c, cap in ipairs(option.caps) do
-    local score = ARGV[a + c - 1]
+    local score = tonumber(ARGV[6 + c])
     if cap.kind ~= 'z' then
       return redis.error_reply('undo supports sorted-set caps only')
-    elseif score == '' then
+    elseif score == nil or score <= now - cap.window then
       redis.call('ZREM', cap.key, member)
     else
-      redis.call('ZADD', cap.key, score, member)
+      redis.call('ZADD', cap.key, int(score), member)
+      local ttl = redis.call('PTTL', cap.key)
+      if ttl < 0 or now + ttl < score + cap.window then
+        redis.call('PEXPIREAT', cap.key, int(score + cap.window))
+      end
     end
+    views[cap.key], owns[cap.key] = nil, nil
   end
-  return reply(0, -1, nil, { { 0, false, usages(option) } })
+  entries[1], entries[2] = 0, false
+  push_usages(entries, option, at)
+  return reply()
 elseif mode == 'C' then
-  local entries, any = {}, false
-  for o, option in ipairs(options) do
+  local any = false
+  for _, option in ipairs(options) do
     if holds(option) then
       any = true
-      entries[o] = { 1, score_of(option.caps[1]), usages(option) }
+      entries[#entries + 1], entries[#entries + 2] = 1, score_of(option.caps[1])
+      push_usages(entries, option, at)
     else
-      entries[o] = { 0, false, {} }
+      entries[#entries + 1], entries[#entries + 2] = 0, false
     end
   end
   if any or not eval_ok then
-    return reply(2, -1, nil, entries)
+    header[3] = 2
+    return reply()
   end
+  entries = {}
 elseif mode == 'F' or mode == 'D' then
   for o, option in ipairs(options) do
     if option.eligible and holds(option) then
-      return reply(1, o - 1, score_of(option.caps[1]), { { 1, false, usages(option) } })
+      header[3], header[4], header[5] = 1, o - 1, score_of(option.caps[1])
+      entries[1], entries[2] = 1, false
+      push_usages(entries, option, at)
+      return reply()
     end
   end
   if mode == 'D' then
-    return reply(0, -1, nil, {})
+    return reply()
   end
 end
 
-local evaluated = {}
-for o, option in ipairs(options) do
-  local retry_at = nil
-  for _, cap in ipairs(option.caps) do
-    local when = refusal(cap)
-    if when and (retry_at == nil or when > retry_at) then
-      retry_at = when
-    end
-  end
-  if retry_at ~= nil or not option.eligible then
-    evaluated[#evaluated + 1] = { 0, maybe(retry_at), usages(option) }
-  else
-    if dry_run then
-      evaluated[#evaluated + 1] = { 1, false, usages(option) }
-      return reply(0, o - 1, nil, evaluated)
-    end
-    local previous = {}
-    for c, cap in ipairs(option.caps) do
-      previous[c] = maybe(score_of(cap))
-    end
+local first_retry = nil -- option 1's retry instant at `at`
+if mode ~= 'M' then
+  for o, option in ipairs(options) do
+    local retry_at = nil
     for _, cap in ipairs(option.caps) do
-      record(cap)
+      local when = refusal(cap, at)
+      if when and (retry_at == nil or when > retry_at) then
+        retry_at = when
+      end
     end
-    evaluated[#evaluated + 1] = { 1, false, usages(option) }
-    return reply(0, o - 1, at, evaluated, previous)
+    if o == 1 then
+      first_retry = retry_at
+    end
+    if retry_at ~= nil or not option.eligible then
+      entries[#entries + 1], entries[#entries + 2] = 0, retry_at or false
+      push_usages(entries, option, at)
+    else
+      header[4] = o - 1
+      entries[#entries + 1], entries[#entries + 2] = 1, false
+      if dry_run then
+        push_usages(entries, option, at)
+        return reply()
+      end
+      local previous = record(option, at)
+      header[5] = at
+      push_usages(entries, option, at)
+      return reply(previous)
+    end
   end
 end
-return reply(0, -1, nil, evaluated)
+
+-- No option chosen: defer option 1 (base.py point 3).
+if defer == '' or dry_run or #options == 0 then
+  return reply()
+end
+local kind, floor, when = string.sub(defer, 1, 1), at, nil
+if kind == 'a' then
+  when = first_retry or at
+else
+  floor = tonumber(string.sub(defer, 2))
+  when = floor
+  for _, cap in ipairs(options[1].caps) do
+    local r = refusal(cap, floor)
+    if r and r > when then
+      when = r
+    end
+  end
+end
+header[7] = when
+if (kind == 's' and when > floor) or (not_after and when > not_after) then
+  header[6] = 2
+  return reply()
+end
+header[6] = 1
+return reply(record(options[1], when), true)
