@@ -8,18 +8,11 @@ server started on a free port in the test's event loop); nothing of ours is mock
 from __future__ import annotations
 
 import asyncio
-import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-_ROOT = str(Path(__file__).resolve().parents[2])
-if _ROOT not in sys.path:  # `tests.support` lives at the repository root
-    sys.path.insert(0, _ROOT)
-
-from tests.channels.helpers import Handler, HttpSink, require_redis  # noqa: E402
-from tests.support.redis_servers import RedisCluster, RedisServer  # noqa: E402
+from tests.channels.helpers import Handler, HttpSink
 
 
 @pytest.fixture
@@ -43,17 +36,3 @@ async def release() -> AsyncIterator[asyncio.Event]:
     event = asyncio.Event()
     yield event
     event.set()
-
-
-@pytest.fixture(scope="session")
-def single_redis() -> Iterator[RedisServer]:
-    require_redis()
-    with RedisServer.start_new() as server:
-        yield server
-
-
-@pytest.fixture(scope="session")
-def redis_cluster() -> Iterator[RedisCluster]:
-    require_redis()
-    with RedisCluster.start_new() as cluster:
-        yield cluster

@@ -16,8 +16,8 @@ from smart_dispatch.inbox.memory import MemoryInboxStore
 from smart_dispatch.inbox.redis import RedisInboxStore
 from smart_dispatch.redis_stores import redis_client
 
-from tests.channels.helpers import delivery, require_redis
-from tests.support.redis_servers import RedisCluster, RedisServer, free_port
+from tests.channels.helpers import delivery
+from tests.support.redis_servers import RedisCluster, RedisServer, free_port, require_redis
 
 TIMEOUT_S = 2.0
 BACKENDS = [

@@ -22,20 +22,6 @@ TIMEOUT_S = 2.0  # generous: a loaded CI machine must not turn into flaky timeou
 PREFIX = "t"
 
 
-@pytest.fixture(scope="session")
-def single_redis() -> Iterator[RedisServer]:
-    require_redis()
-    with RedisServer.start_new() as server:
-        yield server
-
-
-@pytest.fixture(scope="session")
-def redis_cluster() -> Iterator[RedisCluster]:
-    require_redis()
-    with RedisCluster.start_new() as cluster:
-        yield cluster
-
-
 BACKENDS = [
     "memory",
     pytest.param("redis", marks=pytest.mark.redis),

@@ -53,10 +53,15 @@ def sidecar(*args: str, env: dict[str, str] | None = None) -> Iterator[Sidecar]:
     try:
         yield Sidecar(process, address_of(process))
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.communicate(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.communicate()
+        stop(process)
+
+
+def stop(process: subprocess.Popen[str]) -> None:
+    """SIGTERM (SIGKILL if it hangs), then reap it and close its pipes."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        process.communicate(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()

@@ -70,7 +70,7 @@ class SenderPool:
         self._renderer = renderer
         self._retry = retry or RetryPolicy()
         self._retry_by_channel = dict(retry_by_channel or {})
-        self._breakers = {p.name: CircuitBreaker() for p in providers.values()}
+        self._breakers = {channel: CircuitBreaker() for channel in providers}  # one per channel's provider
         self._concurrency = concurrency
         self._consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self._clock = clock
@@ -188,7 +188,7 @@ class SenderPool:
                 channel=step.channel,
                 retryable=False,
             )
-        elif not self._breakers[provider.name].allow():
+        elif not self._breakers[step.channel].allow():
             error = ProviderError(
                 "circuit open", provider=provider.name, channel=step.channel, retryable=True
             )
@@ -218,7 +218,7 @@ class SenderPool:
     ) -> ProviderError | None:
         step = record.current_step
         assert step is not None
-        breaker = self._breakers[provider.name]
+        breaker = self._breakers[step.channel]
         try:
             delivery = Delivery(
                 record.dispatch_id,

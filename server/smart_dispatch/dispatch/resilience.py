@@ -7,6 +7,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+#: A provider's Retry-After is honoured up to this many seconds.
+MAX_RETRY_AFTER_S = 3600.0
+
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
@@ -28,10 +31,10 @@ def compute_backoff(
 ) -> float:
     """Seconds to wait before the next attempt after `failures` failed attempts (>= 1):
     "full jitter" (uniform in [0, min(max, base * multiplier^(failures-1))]), but never less
-    than the provider's Retry-After."""
+    than the provider's Retry-After (itself capped at `MAX_RETRY_AFTER_S`)."""
     ceiling = min(policy.max_s, policy.base_s * policy.multiplier ** max(0, failures - 1))
     delay = rand() * ceiling
-    return max(delay, retry_after_s or 0.0)
+    return max(delay, min(retry_after_s or 0.0, MAX_RETRY_AFTER_S))
 
 
 class CircuitBreaker:

@@ -33,6 +33,7 @@ import hashlib
 import json
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
+from importlib import resources
 from typing import Any
 
 from redis import exceptions as redis_errors
@@ -52,17 +53,8 @@ from smart_dispatch.inbox.base import (
     parse_item_id,
 )
 
-# Embedded rather than a package-data .lua file: the package data list does not include inbox/.
-# KEYS[1] the items stream, KEYS[2] the idempotency marker.
-# ARGV[1] MAXLEN (approximate), ARGV[2] marker TTL in ms, ARGV[3..] the item's field/value pairs.
-# Returns the id of the item: the new one, or the one the marker already names.
-APPEND_ONCE_LUA = """
-local existing = redis.call('GET', KEYS[2])
-if existing then return existing end
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 3))
-redis.call('SET', KEYS[2], id, 'PX', ARGV[2])
-return id
-"""
+# Append an item unless its idempotency key was seen (contract in the file's header).
+APPEND_ONCE_LUA = resources.files("smart_dispatch.inbox").joinpath("append_once.lua").read_text("utf-8")
 APPEND_ONCE_SHA = hashlib.sha1(APPEND_ONCE_LUA.encode()).hexdigest()
 WATCH_BATCH = 100
 WATCH_READ_MISSES = 3

@@ -1,0 +1,110 @@
+"""kill -9 of a sidecar while 2,000 accepted messages are being delivered: after a restart on
+the same Redis every message is delivered exactly once at the sink."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections import defaultdict
+from pathlib import Path
+
+import grpc
+import pytest
+from aiohttp import web
+from decide_builders import decide_request
+from smart_dispatch._proto.smartdispatch.v1 import smart_dispatch_pb2 as pb
+from smart_dispatch._proto.smartdispatch.v1 import smart_dispatch_pb2_grpc as pb_grpc
+
+from tests.support.redis_servers import RedisServer
+from tests.support.sidecar import address_of, spawn, stop
+from tests.support.sinks import HttpSink, Received
+from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.redis
+MESSAGES = 2000
+SENDERS = 8
+RULES = "categories: [event]\nrules:\n  - {name: hook, when: {category: event}, then: {prefer: [webhook]}}\n"
+
+
+class DedupingReceiver:
+    """A webhook receiver that, like real providers, applies each Idempotency-Key once."""
+
+    def __init__(self) -> None:
+        self.applied: dict[str, set[str]] = defaultdict(set)  # message id -> idempotency keys
+        self.raw_posts = 0
+
+    async def __call__(self, request: Received) -> web.StreamResponse:
+        self.raw_posts += 1
+        await asyncio.sleep(0.004)  # a provider that takes a few ms, so sends are in flight
+        self.applied[request.json()["message_id"]].add(request.headers["Idempotency-Key"])
+        return web.json_response({"id": request.headers["Idempotency-Key"]})
+
+
+async def test_kill_9_while_delivering_then_restart_delivers_every_message_exactly_once(
+    require_redis_binary, tmp_path: Path
+):
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "event.yaml").write_text(RULES)
+    (tmp_path / "providers.yaml").write_text(
+        "webhook: {type: webhook, secret_env: HOOK_SECRET, timeout_s: 5}\n"
+    )
+    receiver = DedupingReceiver()
+    sink = await HttpSink(receiver).start()
+    env = {"HOOK_SECRET": "s", "SD_CLAIM_TIMEOUT_S": "2"}
+    with RedisServer.start_new() as redis_server:
+        args = (
+            "--rules", str(tmp_path / "rules"),
+            "--store", redis_server.url,
+            "--providers", str(tmp_path / "providers.yaml"),
+            "--senders", str(SENDERS),
+        )  # fmt: skip
+        first = spawn(*args, env=env)
+        second = None
+        try:
+            port = address_of(first)
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = pb_grpc.SmartDispatchServiceStub(channel)
+                semaphore = asyncio.Semaphore(64)
+
+                async def dispatch(i: int) -> pb.DispatchResponse:
+                    decide = decide_request(
+                        "event", user=f"u{i}", message_id=f"m{i}", addresses={"webhook": f"{sink.url}/hook"}
+                    )
+                    async with semaphore:
+                        return await stub.Dispatch(
+                            pb.DispatchRequest(message=decide.message, recipient=decide.recipient)
+                        )
+
+                accepted = await asyncio.gather(*(dispatch(i) for i in range(MESSAGES)))
+            assert len({a.dispatch_id for a in accepted}) == MESSAGES
+
+            # When the sidecar dies mid-delivery, without any chance to clean up
+            async def some_delivered() -> bool:
+                return len(receiver.applied) >= 100
+
+            await eventually(some_delivered, 30, "first deliveries")
+            first.send_signal(signal.SIGKILL)
+            first.wait(timeout=10)
+            delivered_before = len(receiver.applied)
+            assert delivered_before < MESSAGES, "everything was delivered before the kill: nothing tested"
+
+            # And a new sidecar starts on the same Redis
+            second = spawn(*args, env=env)
+            address_of(second)
+
+            async def all_delivered() -> bool:
+                return len(receiver.applied) >= MESSAGES
+
+            await eventually(all_delivered, 120, "every message delivered after the restart")
+            await asyncio.sleep(2.5)  # a claim timeout more: nothing else must arrive
+        finally:
+            for process in (first, second):
+                if process is not None:
+                    stop(process)
+            await sink.stop()
+
+    # Then every message was applied exactly once, each with one idempotency key
+    assert sorted(receiver.applied) == sorted(f"m{i}" for i in range(MESSAGES))
+    assert all(len(keys) == 1 for keys in receiver.applied.values())
+    # Re-sends after the crash are at most the sends that were in flight when it died
+    assert receiver.raw_posts - MESSAGES <= SENDERS
