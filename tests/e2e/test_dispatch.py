@@ -36,6 +36,7 @@ rules:
     then: {prefer: [webhook]}
 """
 S = pb.DispatchState
+TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
 _MOVING = (S.DISPATCH_STATE_QUEUED, S.DISPATCH_STATE_SCHEDULED, S.DISPATCH_STATE_SENDING)
 
 
@@ -105,6 +106,7 @@ in_app: {{type: inbox}}
         retry_base_s=0.01,
         retry_max_s=0.05,
         send_timeout_s=2.0,
+        templates_dir=TEMPLATES,
     )
     async with app, grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
         yield World(pb_grpc.SmartDispatchServiceStub(channel), sink, mailbox, smtp)
@@ -307,3 +309,36 @@ async def test_unknown_dispatch_is_not_found(world: World):
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await world.stub.GetDispatch(pb.GetDispatchRequest(dispatch_id="nope"))
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_templates_render_per_channel(world: World):
+    world.sink.script.append(400)  # SMS refused: the e-mail variant goes instead
+    accepted = await world.dispatch("otp", template="otp", data={"code": "482910"})
+    status = await world.settled(accepted.dispatch_id)
+
+    assert status.state == S.DISPATCH_STATE_DELIVERED
+    assert world.sink.requests[0].json()["text"].strip() == "Your code is 482910"
+    message = world.mailbox.message()
+    assert "482910" in message["Subject"] + message.get_body(("plain",)).get_content()
+
+
+async def test_a_template_without_a_variant_for_the_chosen_channel_is_rejected_at_decide_time(world: World):
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await world.dispatch("otp", template="no_such_template")
+
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details().startswith(
+        "message.template: template 'no_such_template' has no 'sms' variant"
+    )
+
+
+async def test_stream_inbox_sees_an_in_app_message_as_it_arrives(world: World):
+    stream = world.stub.StreamInbox(pb.StreamInboxRequest(inbox_id="inbox-ada"))
+    first_item = asyncio.ensure_future(stream.read())
+    await asyncio.sleep(0.2)  # the stream is open before the message goes out
+    await world.dispatch("nudge", message_id="nudge-stream", data={"text": "Your order shipped"})
+    response = await asyncio.wait_for(first_item, 10)
+    stream.cancel()
+
+    assert response.item.message_id == "nudge-stream"
+    assert response.item.text == "Your order shipped"
