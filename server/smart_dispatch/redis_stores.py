@@ -24,13 +24,16 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from smart_dispatch.behaviour.redis import RedisBehaviourStore
+from smart_dispatch._redis_guard import guarded
+from smart_dispatch.behaviour.redis import RedisBehaviourStore, decode_behaviour
 from smart_dispatch.counters.redis import RedisCounterStore
 from smart_dispatch.dispatch.redis_store import RedisDispatchStore
 from smart_dispatch.errors import ConfigurationError
 from smart_dispatch.inbox.redis import RedisInboxStore
+from smart_dispatch.lists.base import LIST_NAMES
 from smart_dispatch.lists.redis import RedisListStore
 from smart_dispatch.stores import StoreOptions, Stores
+from smart_dispatch.user_state import UserState, UserStateReader
 
 CLUSTER_SCHEME = "redis+cluster"
 
@@ -75,4 +78,25 @@ def redis_stores(url: str, options: StoreOptions) -> Stores:
         client, prefix=options.prefix, timeout_s=options.timeout_s, claim_timeout_s=options.claim_timeout_s
     )
     inbox = RedisInboxStore(client, prefix=options.prefix, timeout_s=options.timeout_s, close_client=False)
-    return Stores(counters, lists, behaviour, dispatches, inbox, url)
+    user_state = RedisUserStateReader(lists, behaviour, options.timeout_s)
+    return Stores(counters, lists, behaviour, dispatches, inbox, user_state, url)
+
+
+class RedisUserStateReader(UserStateReader):
+    """Memberships and behaviour in ONE pipelined round trip (on Cluster, one per node)."""
+
+    def __init__(self, lists: RedisListStore, behaviour: RedisBehaviourStore, timeout_s: float) -> None:
+        super().__init__(lists, behaviour)
+        self._redis_lists = lists
+        self._redis_behaviour = behaviour
+        self._timeout_s = timeout_s
+
+    async def read(self, user_id: str) -> UserState:
+        async with guarded(self._timeout_s):
+            pipe = self._redis_lists.client.pipeline(transaction=False)
+            for name in LIST_NAMES:
+                pipe.sismember(self._redis_lists.key(name), user_id)  # type: ignore[arg-type]
+            pipe.hgetall(self._redis_behaviour.key(user_id))
+            *found, raw = await pipe.execute()
+        memberships = frozenset(name for name, member in zip(LIST_NAMES, found, strict=True) if member)
+        return UserState(memberships, decode_behaviour(raw))

@@ -60,8 +60,7 @@ class Runtime:
         decider = Decider(
             rules,
             stores.counters,
-            stores.lists,
-            behaviour=stores.behaviour,
+            stores.user_state,
             failure_policy=FailurePolicy(fail_open=s.fail_open_categories),
             shadow_all=s.shadow,
             templates=renderer,

@@ -17,6 +17,7 @@ from smart_dispatch.dispatch.store import DispatchStore
 from smart_dispatch.errors import ConfigurationError
 from smart_dispatch.inbox.base import InboxStore
 from smart_dispatch.lists.base import ListStore
+from smart_dispatch.user_state import UserStateReader
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +38,7 @@ class Stores:
     behaviour: BehaviourStore
     dispatches: DispatchStore
     inbox: InboxStore
+    user_state: UserStateReader
     url: str
 
     async def close(self) -> None:
@@ -58,12 +60,14 @@ def stores_from_url(url: str, options: StoreOptions | None = None) -> Stores:
         from smart_dispatch.inbox.memory import MemoryInboxStore
         from smart_dispatch.lists.memory import MemoryListStore
 
+        lists, behaviour = MemoryListStore(), MemoryBehaviourStore()
         return Stores(
             MemoryCounterStore(),
-            MemoryListStore(),
-            MemoryBehaviourStore(),
+            lists,
+            behaviour,
             MemoryDispatchStore(claim_timeout_s=options.claim_timeout_s),
             MemoryInboxStore(),
+            UserStateReader(lists, behaviour),
             url,
         )
     if scheme in ("redis", "rediss", "redis+cluster"):

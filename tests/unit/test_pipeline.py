@@ -6,11 +6,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from smart_dispatch.behaviour.memory import MemoryBehaviourStore
 from smart_dispatch.counters.memory import MemoryCounterStore
 from smart_dispatch.decide.pipeline import Decider
 from smart_dispatch.domain import DecideRequest, Message, Recipient, Verdict
 from smart_dispatch.lists.memory import MemoryListStore
 from smart_dispatch.rules.active import ActiveRules
+from smart_dispatch.user_state import UserStateReader
 
 SHIPPED = Path(__file__).resolve().parents[2] / "rules"
 BERLIN = "Europe/Berlin"
@@ -30,7 +32,8 @@ class FixedClock:
 def decider_for(rules_dir: Path, clock: FixedClock) -> Decider:
     rules = ActiveRules(rules_dir)
     rules.load()
-    return Decider(rules, MemoryCounterStore(clock.seconds), MemoryListStore(), clock=clock)
+    reader = UserStateReader(MemoryListStore(), MemoryBehaviourStore())
+    return Decider(rules, MemoryCounterStore(clock.seconds), reader, clock=clock)
 
 
 def marketing(message_id: str, *, user: str = "u1", not_after: datetime | None = None) -> DecideRequest:

@@ -9,7 +9,9 @@ Failure modes: `StoreUnavailableError` / `StoreError` as for every Redis store.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
@@ -63,17 +65,22 @@ class RedisBehaviourStore(BehaviourStore):
     async def get(self, user_id: str) -> Behaviour:
         async with guarded(self._timeout_s):
             raw = await self._client.hgetall(self.key(user_id))
-        if not raw:
-            return Behaviour()
-        counts: dict[str, dict[str, int]] = defaultdict(dict)
-        active: datetime | None = None
-        for field_b, value_b in raw.items():
-            field = field_b.decode() if isinstance(field_b, bytes) else str(field_b)
-            value = int(value_b)
-            if field == "active_ms":
-                active = datetime.fromtimestamp(value / 1000, UTC)
-            elif ":" in field:
-                channel, event = field.split(":", 1)
-                if event in CHANNEL_EVENTS:
-                    counts[channel][event] = value
-        return Behaviour(active, {channel: ChannelStats(**events) for channel, events in counts.items()})
+        return decode_behaviour(raw)
+
+
+def decode_behaviour(raw: Mapping[Any, Any]) -> Behaviour:
+    """A `Behaviour` from the user's hash as HGETALL returns it."""
+    if not raw:
+        return Behaviour()
+    counts: dict[str, dict[str, int]] = defaultdict(dict)
+    active: datetime | None = None
+    for field_b, value_b in raw.items():
+        field = field_b.decode() if isinstance(field_b, bytes) else str(field_b)
+        value = int(value_b)
+        if field == "active_ms":
+            active = datetime.fromtimestamp(value / 1000, UTC)
+        elif ":" in field:
+            channel, event = field.split(":", 1)
+            if event in CHANNEL_EVENTS:
+                counts[channel][event] = value
+    return Behaviour(active, {channel: ChannelStats(**events) for channel, events in counts.items()})

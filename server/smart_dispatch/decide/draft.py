@@ -45,13 +45,15 @@ class PlanDraft:
     applied: list[AppliedEffect] = field(default_factory=list)
 
 
-def fold(rules: Sequence[Rule]) -> PlanDraft:
+def fold(rules: Sequence[Rule], *, explain: bool = False) -> PlanDraft:
+    """The draft of `rules` (firing order); with `explain`, `applied` lists every effect."""
     draft = PlanDraft()
     for rule in rules:
         e = rule.effects
 
         def applied(effect: str, value: Any, rule: Rule = rule) -> None:
-            draft.applied.append(AppliedEffect(rule.name, effect, _text(value), rule.shadow))
+            if explain:
+                draft.applied.append(AppliedEffect(rule.name, effect, _text(value), rule.shadow))
 
         new_prefs = _new(e.prefer, draft.prefer)
         for channel in new_prefs:

@@ -9,7 +9,6 @@ codes and logged, but the plan returned is the one without them; their caps are 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from collections.abc import Callable
@@ -18,8 +17,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
-from smart_dispatch.behaviour.base import Behaviour, BehaviourStore
-from smart_dispatch.behaviour.memory import MemoryBehaviourStore
+from smart_dispatch.behaviour.base import Behaviour
 from smart_dispatch.counters.base import CounterStore
 from smart_dispatch.decide import reasons as R
 from smart_dispatch.decide.caps_step import SHADOW_PREFIX, CapStep, FailurePolicy
@@ -39,9 +37,9 @@ from smart_dispatch.domain import (
     Verdict,
 )
 from smart_dispatch.errors import InvalidRequestError, StoreUnavailableError
-from smart_dispatch.lists.base import ListStore
 from smart_dispatch.rules.active import ActiveRules, RulesVersion
 from smart_dispatch.rules.model import Rule
+from smart_dispatch.user_state import UserStateReader
 
 __all__ = ["Decider", "FailurePolicy", "TemplateCatalog"]
 log = logging.getLogger(__name__)
@@ -82,16 +80,14 @@ class Decider:
         self,
         rules: ActiveRules,
         counters: CounterStore,
-        lists: ListStore,
-        behaviour: BehaviourStore | None = None,
+        user_state: UserStateReader,
         failure_policy: FailurePolicy | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         shadow_all: bool = False,
         templates: TemplateCatalog | None = None,
     ) -> None:
         self._rules = rules
-        self._lists = lists
-        self._behaviour = behaviour or MemoryBehaviourStore()
+        self._user_state_reader = user_state
         self._failure = failure_policy or FailurePolicy()
         self._caps = CapStep(counters, self._failure)
         self._clock = clock
@@ -129,7 +125,7 @@ class Decider:
 
     async def _outcome(self, case: _Case, rules: list[Rule], trace: Trace, *, shadow: bool) -> _Outcome:
         request, recipient = case.request, case.request.recipient
-        draft = fold(rules)
+        draft = fold(rules, explain=request.explain)
         ranked = self._with_templates(
             request, rank_channels(case.reachable, draft, recipient.preferred, case.behaviour)
         )
@@ -182,18 +178,15 @@ class Decider:
         return [channel for channel in ranked if self._templates.has(template, channel)]
 
     async def _user_state(self, request: DecideRequest, trace: Trace) -> tuple[frozenset[str], Behaviour]:
-        """List memberships and behaviour, read concurrently (one round-trip time)."""
-        user_id = request.recipient.user_id
+        """List memberships and behaviour (one store round trip)."""
         try:
-            memberships, behaviour = await asyncio.gather(
-                self._lists.memberships(user_id), self._behaviour.get(user_id)
-            )
+            state = await self._user_state_reader.read(request.recipient.user_id)
         except StoreUnavailableError:
             if request.message.category not in self._failure.fail_open:
                 raise
             trace.add(R.STORE_UNAVAILABLE, detail="lists and behaviour unknown; category fails open")
             return frozenset(), Behaviour()
-        return memberships, behaviour
+        return state.memberships, state.behaviour
 
 
 def _report_shadow(request: DecideRequest, outcome: _Outcome, would: _Outcome) -> None:
@@ -246,7 +239,11 @@ def _explain(
         RuleEvaluation(r.name, r.name in matched, r.priority, r.location, r.shadow or shadow_all)
         for r in version.ruleset.rules
     )
-    effects = fold(rules).applied if shadow_all or any(r.shadow for r in rules) else outcome.draft.applied
+    effects = (
+        fold(rules, explain=True).applied
+        if shadow_all or any(r.shadow for r in rules)
+        else outcome.draft.applied
+    )
     if shadow_all:
         effects = [replace(e, shadow=True) for e in effects]
     return Explanation(facts, evaluations, tuple(effects), tuple(outcome.ranked))

@@ -42,6 +42,10 @@ class RedisListStore(ListStore):
         self._timeout_s = timeout_s
         self._close_client = close_client
 
+    @property
+    def client(self) -> Redis | RedisCluster:
+        return self._client
+
     def key(self, list_name: ListName) -> str:
         return f"{self._prefix}:{{list}}:{list_name}"
 

@@ -89,7 +89,7 @@ class CompiledRules:
         fact = project(facts, self._paths)
         fact["sid"] = sid
         try:
-            result = _C.assert_fact(self._handle, json.dumps(fact, allow_nan=False))
+            result = _C.assert_fact(self._handle, json.dumps(fact, allow_nan=False, separators=(",", ":")))
         except Exception as exc:  # the engine refused the fact: no usable session was left
             with contextlib.suppress(Exception):
                 _C.delete_state(self._handle, sid)

@@ -34,6 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from smart_dispatch.behaviour.memory import MemoryBehaviourStore
 from smart_dispatch.counters.memory import MemoryCounterStore
 from smart_dispatch.decide.pipeline import Decider
 from smart_dispatch.domain import DecideRequest, Decision, Message, Recipient
@@ -41,6 +42,7 @@ from smart_dispatch.errors import RuleFileError, SmartDispatchError
 from smart_dispatch.lists.memory import MemoryListStore
 from smart_dispatch.rules.active import ActiveRules
 from smart_dispatch.rules.yaml_lines import LineDict, load_yaml
+from smart_dispatch.user_state import UserStateReader
 
 _FILE_KEYS = frozenset({"now", "recipients", "cases"})
 _CASE_KEYS = frozenset(
@@ -181,7 +183,8 @@ async def _run_case(rules: ActiveRules, case: _Case) -> CaseResult:
         if name not in ("allow", "deny"):
             raise RuleFileError(file, spec.line_of("lists"), f"unknown list {name!r}; known: allow, deny")
         await store.add(name, case.recipient.user_id)
-    decider = Decider(rules, MemoryCounterStore(clock_now.timestamp), store, clock=lambda: clock_now)
+    reader = UserStateReader(store, MemoryBehaviourStore())
+    decider = Decider(rules, MemoryCounterStore(clock_now.timestamp), reader, clock=lambda: clock_now)
     try:
         for earlier in spec.get("before") or []:
             await decider.decide(
