@@ -1,0 +1,671 @@
+"""Decide throughput and latency against a bare grpc.aio echo baseline, in one run.
+
+    .venv/bin/python bench/decide.py [--store memory://] [--concurrency 1,32]
+                                     [--seconds 3] [--rounds 3] [--clients N] [--no-pin]
+
+Two servers, each in its own process (so neither shares a GIL with the load generator):
+- the real sidecar, `smart-dispatch serve --port 0 --rules rules --store URL`;
+- the baseline: a bare `grpc.aio` server (same interpreter, same grpcio, one event loop, same
+  server options) with one generic unary method returning the request bytes unchanged.
+Load comes from `--clients` separate processes, each with one grpc.aio channel, sending
+pre-serialized bytes (no protobuf work on the client side). Echo and Decide get the SAME client
+code and the SAME request stream (same sizes, same bytes), so the only difference is the method.
+With 2+ CPUs the servers are pinned to the first CPU and the clients to the others, so the load
+generator never competes with the server it measures (the server gets exactly one core).
+Decide requests mix 70% marketing (a new user each), 20% otp and 10% transactional (a pool of
+users), recipients in several timezones with different `last_active_at`; every message id is
+unique, so caps are really reserved and nothing is a duplicate. Not a test: it prints numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import functools
+import multiprocessing as mp
+import os
+import platform
+import random
+import secrets
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+DECIDE_METHOD = "/smartdispatch.v1.SmartDispatchService/Decide"
+ECHO_SERVICE, ECHO_NAME = "bench.v1.EchoService", "Echo"
+ECHO_METHOD = f"/{ECHO_SERVICE}/{ECHO_NAME}"
+# Same values as the Makefile: durable-rules' throughput is bimodal without them.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "1048576", "MALLOC_TRIM_THRESHOLD_": "268435456"}
+# Ids are spliced into pre-serialized requests: fixed lengths keep every length prefix valid.
+ID_LEN = 24
+MSG_SLOT, USER_SLOT = b"#" * ID_LEN, b"%" * ID_LEN
+POOL_USERS = 5_000
+RUN_TAG = secrets.token_hex(3)  # keeps ids (and Redis keys) of separate runs apart
+TARGETS = {"ratio": 0.6, "p99_ms": 5.0, "p99_concurrency": 32}
+
+
+# ----------------------------------------------------------------------------- workload
+
+
+Template = tuple[bytes, bytes, bytes, bool]
+
+
+def request_templates() -> tuple[list[Template], list[int]]:
+    """Serialized DecideRequests split around their id slots, and a weighted cycle over them.
+
+    Template i is (before the message id, between message id and user id, after the user id,
+    whether every request gets a new user); `cycle` is 100 template indices: 70 marketing, 20
+    otp, 10 transactional, shuffled with a fixed seed."""
+    from google.protobuf import struct_pb2
+    from smart_dispatch._proto.smartdispatch.v1 import smart_dispatch_pb2 as pb
+
+    rng = random.Random(20240611)
+    zones = ["UTC", "Europe/Berlin", "America/New_York", "Asia/Shanghai", "Asia/Kolkata"]
+    zones += ["America/Los_Angeles", "Australia/Sydney", "America/Sao_Paulo"]
+    now = datetime.now(UTC)
+    templates: list[Template] = []
+    by_category: dict[str, list[int]] = {"marketing": [], "otp": [], "transactional": []}
+    for category, count in (("marketing", 24), ("otp", 8), ("transactional", 8)):
+        for i in range(count):
+            attributes = struct_pb2.Struct()
+            if i % 4 != 3:  # a quarter never seen active: no last_active_at
+                days = rng.choice([0.2, 1.5, 2.9, 4.0, 12.0, 40.0])
+                last = (now - timedelta(days=days)).replace(microsecond=0)
+                attributes.update({"last_active_at": last.isoformat().replace("+00:00", "Z")})
+            attributes.update({"segment": rng.choice(["free", "pro", "team"]), "vip": i % 5 == 0})
+            addresses = {"email": "person@example.com", "sms": "+4915112345678"}
+            if category != "otp":
+                addresses["in_app"] = "inbox-" + str(i)
+            request = pb.DecideRequest(
+                message=pb.Message(
+                    id=MSG_SLOT.decode(),
+                    category=category,
+                    template=f"{category}_template_{i % 3}",
+                    labels={"campaign": "spring"} if category == "marketing" else {},
+                ),
+                recipient=pb.Recipient(
+                    user_id=USER_SLOT.decode(),
+                    timezone=zones[i % len(zones)],
+                    locale=rng.choice(["en-US", "de-DE", "zh-CN"]),
+                    addresses=addresses,
+                    attributes=attributes,
+                ),
+            )
+            raw = request.SerializeToString()
+            head, rest = raw.split(MSG_SLOT)
+            middle, tail = rest.split(USER_SLOT)
+            by_category[category].append(len(templates))
+            templates.append((head, middle, tail, category == "marketing"))
+    cycle = [rng.choice(by_category["marketing"]) for _ in range(70)]
+    cycle += [rng.choice(by_category["otp"]) for _ in range(20)]
+    cycle += [rng.choice(by_category["transactional"]) for _ in range(10)]
+    rng.shuffle(cycle)
+    return templates, cycle
+
+
+class RequestStream:
+    """Endless unique requests: every message id is new; marketing users are new too."""
+
+    def __init__(self, templates: list[Template], cycle: list[int], tag: str) -> None:
+        digits = ID_LEN - 1 - len(tag)  # ids must keep exactly ID_LEN bytes
+        if digits < 8:
+            raise ValueError(f"tag {tag!r} leaves too few digits in a {ID_LEN}-byte id")
+        self._templates, self._cycle = templates, cycle
+        self._message, self._user = f"m{tag}{{:0{digits}d}}", f"u{tag}{{:0{digits}d}}"
+        self._seq = 0
+
+    def next(self) -> bytes:
+        seq = self._seq = self._seq + 1
+        head, middle, tail, new_user = self._templates[self._cycle[seq % len(self._cycle)]]
+        message_id = self._message.format(seq)
+        user_id = self._user.format(seq) if new_user else f"p{seq * 7919 % POOL_USERS:0{ID_LEN - 1}d}"
+        return b"".join((head, message_id.encode(), middle, user_id.encode(), tail))
+
+
+# ----------------------------------------------------------------------------- servers
+
+
+def serve_echo() -> None:
+    """The baseline server (run in its own process): bytes in, the same bytes out."""
+    import grpc
+
+    async def echo(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        return request
+
+    async def main() -> None:
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])  # as smart_dispatch.app
+        handler = grpc.unary_unary_rpc_method_handler(echo)  # no (de)serializers: raw bytes
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(ECHO_SERVICE, {ECHO_NAME: handler}),)
+        )
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        print(f"echo listening on 127.0.0.1:{port}", flush=True)
+        await server.wait_for_termination()
+
+    asyncio.run(main())
+
+
+@dataclass
+class Server:
+    name: str
+    process: subprocess.Popen[str]
+    address: str
+    log: Any
+
+    def cpu_s(self) -> tuple[float, float]:
+        """CPU seconds of (the whole process, its main thread: the event loop)."""
+        pid = self.process.pid
+        return cpu_s(f"/proc/{pid}/stat"), cpu_s(f"/proc/{pid}/task/{pid}/stat")
+
+    def log_tail(self, chars: int = 3000) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()[-chars:]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+
+
+def start_server(
+    name: str, argv: list[str], marker: str, env: dict[str, str], cpus: set[int] | None
+) -> Server:
+    """Start `argv` (on `cpus` if given, every thread included), wait for the `<marker>
+    HOST:PORT` line on stdout; stderr goes to a temp file that `Server.stop` closes."""
+    log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - owned by the Server
+    process = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        preexec_fn=functools.partial(_in_child, cpus),
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    if marker not in line:
+        process.kill()
+        process.wait()
+        log.seek(0)
+        raise SystemExit(f"{name} server did not start ({' '.join(argv)}):\n{line}{log.read()[-3000:]}")
+    return Server(name, process, line.split(marker, 1)[1].strip(), log)
+
+
+def _in_child(cpus: set[int] | None) -> None:
+    """Between fork and exec: SIGTERM when the benchmark dies, so no server outlives it;
+    pin every thread of the server to `cpus`."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    if cpus is not None:
+        os.sched_setaffinity(0, cpus)
+
+
+def cpu_s(stat_path: str) -> float:
+    """User + system CPU seconds from a Linux /proc stat file (a process or one thread)."""
+    fields = Path(stat_path).read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# ----------------------------------------------------------------------------- load generator
+
+
+def client_process(conn: Connection, cpus: set[int] | None) -> None:
+    """One load-generator process: one event loop, one grpc.aio channel per server address."""
+    if cpus is not None:
+        os.sched_setaffinity(0, cpus)
+    asyncio.run(_client_loop(conn))
+
+
+async def _client_loop(conn: Connection) -> None:
+    import grpc
+
+    channels: dict[str, grpc.aio.Channel] = {}
+    while True:
+        command = await asyncio.to_thread(conn.recv)
+        if command is None:
+            break
+        address = command["address"]
+        if address not in channels:
+            channels[address] = grpc.aio.insecure_channel(address, options=[("grpc.enable_http_proxy", 0)])
+            await channels[address].channel_ready()
+        call = channels[address].unary_unary(command["method"])  # bytes in, bytes out
+        stream = RequestStream(command["templates"], command["cycle"], command["tag"])
+        result = await _drive(call, stream, command["in_flight"], command["start"], command["end"])
+        conn.send(result)
+    for channel in channels.values():
+        await channel.close()
+
+
+async def _drive(
+    call: Any, stream: RequestStream, in_flight: int, start: float, end: float
+) -> dict[str, Any]:
+    """`in_flight` closed loops from `start` to `end` (time.monotonic, shared by processes);
+    latencies (s) of calls that completed inside the window."""
+    import grpc
+
+    latencies: list[float] = []
+    errors: Counter[str] = Counter()
+    await asyncio.sleep(max(0.0, start - time.monotonic()))
+    cpu0 = time.process_time()
+
+    async def loop() -> None:
+        clock = time.perf_counter
+        while time.monotonic() < end:
+            payload = stream.next()
+            t0 = clock()
+            try:
+                await call(payload, timeout=10)
+            except grpc.aio.AioRpcError as exc:
+                errors[f"{exc.code().name}: {exc.details()}"] += 1
+                continue
+            t1 = clock()
+            if time.monotonic() <= end:
+                latencies.append(t1 - t0)
+
+    await asyncio.gather(*(loop() for _ in range(in_flight)))
+    return {"latencies": latencies, "errors": dict(errors), "cpu_s": time.process_time() - cpu0}
+
+
+class LoadGenerator:
+    def __init__(
+        self, clients: int, templates: list[Template], cycle: list[int], cpus: set[int] | None
+    ) -> None:
+        ctx = mp.get_context("spawn")  # never fork a process that may hold gRPC state
+        self._templates, self._cycle = templates, cycle
+        self._conns: list[Connection] = []
+        self._procs: list[Any] = []
+        for _ in range(clients):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=client_process, args=(child, cpus), daemon=True)
+            proc.start()
+            self._conns.append(parent)
+            self._procs.append(proc)
+        self._runs = 0
+
+    def run(self, address: str, method: str, in_flight: int, seconds: float) -> dict[str, Any]:
+        """Split `in_flight` over the client processes; all start and stop together."""
+        active = self._conns[: min(len(self._conns), in_flight)]
+        shares = [in_flight // len(active) + (i < in_flight % len(active)) for i in range(len(active))]
+        start = time.monotonic() + 0.5  # room for the first run's channel set-up
+        self._runs += 1
+        for index, (conn, share) in enumerate(zip(active, shares, strict=True)):
+            tag = f"{RUN_TAG}{self._runs:04d}{index:02d}"
+            conn.send(
+                {
+                    "address": address,
+                    "method": method,
+                    "in_flight": share,
+                    "start": start,
+                    "end": start + seconds,
+                }
+                | {"templates": self._templates, "cycle": self._cycle, "tag": tag}
+            )
+        results = [conn.recv() for conn in active]
+        latencies = [x for r in results for x in r["latencies"]]
+        errors: Counter[str] = Counter()
+        for r in results:
+            errors.update(r["errors"])
+        return {"latencies": latencies, "errors": errors, "client_cpu_s": sum(r["cpu_s"] for r in results)}
+
+    def close(self) -> None:
+        for conn in self._conns:
+            conn.send(None)
+        for proc in self._procs:
+            proc.join(timeout=5)
+
+
+# ----------------------------------------------------------------------------- measurement
+
+
+@dataclass
+class Sample:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    server_us: float  # server CPU (all threads) per completed request
+    loop_busy: float  # server main thread (the event loop) CPU / wall clock; 1.0 = saturated
+    server_busy: float  # server CPU, all threads / wall clock (1.0 = one core)
+    client_busy: float  # load generators' CPU / wall clock, all processes together
+    other_busy: float  # CPU used by everything else on the machine (other processes, steal)
+    errors: int
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+def measure(load: LoadGenerator, server: Server, method: str, in_flight: int, seconds: float) -> Sample:
+    (all0, loop0), machine0, wall0 = server.cpu_s(), machine_busy_s(), time.monotonic()
+    result = load.run(server.address, method, in_flight, seconds)
+    (all1, loop1), machine1, wall1 = server.cpu_s(), machine_busy_s(), time.monotonic()
+    other = (machine1 - machine0) - (all1 - all0) - result["client_cpu_s"]
+    lat = sorted(result["latencies"])
+    done = len(lat)
+    for error, count in result["errors"].most_common(3):
+        print(f"    ! {server.name}: {count} x {error}")
+    return Sample(
+        rps=done / seconds,
+        p50_ms=percentile(lat, 0.50) * 1e3,
+        p99_ms=percentile(lat, 0.99) * 1e3,
+        server_us=(all1 - all0) / done * 1e6 if done else float("nan"),
+        loop_busy=(loop1 - loop0) / seconds,
+        server_busy=(all1 - all0) / seconds,
+        client_busy=result["client_cpu_s"] / seconds,
+        other_busy=max(0.0, other / (wall1 - wall0)),
+        errors=sum(result["errors"].values()),
+    )
+
+
+def machine_busy_s() -> float:
+    """CPU seconds since boot spent in user processes, or stolen by the hypervisor, on the whole
+    machine (Linux /proc). Left out: interrupts and kernel threads (kworkers, ksoftirqd), whose
+    work under load is mostly our own loopback traffic."""
+    user, nice, system, _idle, _iowait, _irq, _softirq, steal = map(
+        int, Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
+    )
+    kernel_threads = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # exited meanwhile
+            continue
+        if fields[1] == "2" or entry.name == "2":  # kthreadd and its children
+            kernel_threads += int(fields[11]) + int(fields[12])
+    return (user + nice + system + steal - kernel_threads) / os.sysconf("SC_CLK_TCK")
+
+
+def median_sample(samples: list[Sample]) -> Sample:
+    def med(name: str) -> float:
+        return statistics.median(getattr(s, name) for s in samples)
+
+    names = ("rps", "p50_ms", "p99_ms", "server_us", "loop_busy", "server_busy", "client_busy", "other_busy")
+    return Sample(*(med(n) for n in names), errors=sum(s.errors for s in samples))
+
+
+def workload_check(address: str, templates: list[Template], cycle: list[int], count: int = 400) -> str:
+    """Send `count` requests of the benchmark stream and summarize the verdicts: shows the mix
+    is realistic (not all deferred, no errors). Uses its own message ids."""
+    import grpc
+    from smart_dispatch._proto.smartdispatch.v1 import smart_dispatch_pb2 as pb
+
+    stream = RequestStream(templates, cycle, f"{RUN_TAG}check")
+    verdicts: Counter[str] = Counter()
+    channels: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+    sizes: list[int] = []
+    with grpc.insecure_channel(address, options=[("grpc.enable_http_proxy", 0)]) as channel:
+        decide = channel.unary_unary(DECIDE_METHOD, response_deserializer=pb.DecideResponse.FromString)
+        for _ in range(count):
+            payload = stream.next()
+            sizes.append(len(payload))
+            response = decide(payload, timeout=10)
+            verdicts[pb.Verdict.Name(response.verdict).removeprefix("VERDICT_")] += 1
+            if response.steps:
+                channels[response.steps[0].channel] += 1
+            reasons.update({r.code for r in response.reasons} - {"channel_selected", "rule_matched"})
+    share = ", ".join(f"{v} {n / count:.0%}" for v, n in verdicts.most_common())
+    first = ", ".join(f"{c} {n / count:.0%}" for c, n in channels.most_common())
+    why = ", ".join(f"{r} {n / count:.0%}" for r, n in reasons.most_common(4))
+    return (
+        f"workload check ({count} Decide calls): {share}; first channel: {first}; "
+        f"other reasons: {why or 'none'}; request size {min(sizes)}-{max(sizes)} B "
+        f"(mean {statistics.fmean(sizes):.0f})"
+    )
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add = parser.add_argument
+    add("--store", default="memory://", help="store URL passed to the server (default memory://)")
+    add("--rules", type=Path, default=ROOT / "rules", help="rules directory (default rules/)")
+    add("--concurrency", default="1,32", help="calls in flight, comma-separated (default 1,32)")
+    add("--seconds", type=float, default=3.0, help="length of one measurement (default 3)")
+    add("--rounds", type=int, default=3, help="measurements per point; medians reported (default 3)")
+    add("--warmup", type=float, default=2.0, help="warm-up seconds per server (default 2)")
+    add("--clients", type=int, default=0, help="load-generator processes (default: CPUs - 1, at most 4)")
+    add("--no-pin", dest="pin", action="store_false", help="do not pin servers to CPU 0, clients to the rest")
+    add("--echo-server", action="store_true", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.echo_server:
+        serve_echo()
+        return 0
+    import grpc
+
+    levels = sorted({int(c) for c in args.concurrency.split(",") if c.strip()})
+    cpus = sorted(os.sched_getaffinity(0))
+    clients = args.clients or max(1, min(4, len(cpus) - 1))
+    pin = args.pin and len(cpus) >= 2
+    server_cpus, client_cpus = ({cpus[0]}, set(cpus[1:])) if pin else (None, None)
+
+    env = os.environ | MALLOC_ENV | {"PYTHONUNBUFFERED": "1", "SD_KEY_PREFIX": f"sdbench{RUN_TAG}"}
+    executable = Path(sys.executable).with_name("smart-dispatch")
+    sidecar = [str(executable)] if executable.exists() else [sys.executable, "-m", "smart_dispatch"]
+    sidecar += ["serve", "--host", "127.0.0.1", "--port", "0", "--rules", str(args.rules)]
+    sidecar += ["--store", args.store, "--log-level", "WARNING"]
+    echo_argv = [sys.executable, str(Path(__file__).resolve()), "--echo-server"]
+
+    templates, cycle = request_templates()
+    servers: list[Server] = []
+    load: LoadGenerator | None = None
+    try:
+        decide = start_server("Decide", sidecar, "smart-dispatch listening on", env, server_cpus)
+        servers.append(decide)
+        echo = start_server("echo", echo_argv, "echo listening on", env, server_cpus)
+        servers.append(echo)
+        print(
+            f"smart-dispatch Decide benchmark | Python {platform.python_version()}, "
+            f"grpcio {grpc.__version__}, {len(cpus)} CPUs | store {args.store}"
+        )
+        shown = " ".join(os.path.relpath(a, ROOT) if a.startswith(str(ROOT)) else a for a in sidecar)
+        print(f"Decide:   `{shown}` (pid {decide.process.pid}, malloc thresholds pinned as in the Makefile)")
+        print(
+            "baseline: bare grpc.aio echo, same grpcio, separate process, same payload "
+            f"(pid {echo.process.pid}: one event loop, generic unary handler returning the request bytes)"
+        )
+        try:
+            print(workload_check(decide.address, templates, cycle))
+        except grpc.RpcError as exc:
+            raise SystemExit(
+                f"Decide failed before the benchmark: {exc.code()}: {exc.details()}\n"
+                f"server log (tail):\n{decide.log_tail()}"
+            ) from exc
+        load = LoadGenerator(clients, templates, cycle, client_cpus)
+        placement = (
+            f"both servers pinned to CPU {cpus[0]}, load generators to CPU(s) {format_cpus(client_cpus)}"
+            if pin
+            else "no CPU pinning"
+        )
+        print(
+            f"load: {clients} client process(es), each one event loop + one grpc.aio channel, sending "
+            "pre-serialized bytes; the same code and request stream for echo and Decide; in-flight "
+            f"calls split over the processes; {placement}; only one server is loaded at a time"
+        )
+        print(
+            f"      warm-up {args.warmup:g} s per server, then {args.rounds} x {args.seconds:g} s per point "
+            "(echo and Decide interleaved), medians reported"
+        )
+        rss_start = rss_mib(decide.process.pid)
+        decided = 400  # the workload check
+        for server, method in ((echo, ECHO_METHOD), (decide, DECIDE_METHOD)):
+            warm = len(load.run(server.address, method, max(levels), args.warmup)["latencies"])
+            decided += warm if server is decide else 0
+
+        rounds: dict[tuple[str, int], list[Sample]] = {}
+        for level in levels:
+            for round_ in range(args.rounds):
+                for server, method in ((echo, ECHO_METHOD), (decide, DECIDE_METHOD)):  # interleaved
+                    s = measure(load, server, method, level, args.seconds)
+                    rounds.setdefault((server.name, level), []).append(s)
+                    decided += round(s.rps * args.seconds) if server is decide else 0
+                    print(
+                        f"  {server.name:<6} in-flight {level:>3} round {round_ + 1}: {s.rps:6.0f} req/s  "
+                        f"p50 {s.p50_ms:6.2f} ms  p99 {s.p99_ms:6.2f} ms  {s.server_us:5.0f} µs server "
+                        f"CPU/req  loop {s.loop_busy:4.0%}  clients {s.client_busy:4.0%}  "
+                        f"other {s.other_busy:4.0%}"
+                    )
+        report(rounds, levels, args, clients, pin)
+        print(
+            f"Decide server RSS {rss_start:.0f} MiB before the load, {rss_mib(decide.process.pid):.0f} MiB "
+            f"after ~{decided} decisions (store {args.store})"
+        )
+        return 0
+    finally:
+        if load is not None:
+            load.close()
+        for server in servers:
+            server.stop()
+        forget_keys(args.store, env["SD_KEY_PREFIX"])
+
+
+def forget_keys(store_url: str, prefix: str) -> None:
+    """Delete this run's keys from a single Redis server (they expire anyway, by cap window)."""
+    if not store_url.startswith(("redis://", "rediss://")):
+        return
+    import redis
+
+    try:
+        with redis.Redis.from_url(store_url, socket_timeout=5) as client:
+            keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+            for start in range(0, len(keys), 1000):
+                client.unlink(*keys[start : start + 1000])
+    except redis.RedisError as exc:
+        print(f"could not delete this run's keys ({prefix}:*): {exc}")
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def limited_by(s: Sample, clients: int, pinned: bool) -> str:
+    """What capped this measurement: the server (its event loop, or its one pinned core), the
+    load generators (every client process busy), or neither (latency-bound: too few in flight)."""
+    if s.loop_busy >= 0.9 or (pinned and s.server_busy >= 0.9):
+        return "server"
+    if s.client_busy >= 0.9 * clients:
+        return "clients"
+    return "latency"
+
+
+def format_cpus(cpus: set[int] | None) -> str:
+    return ",".join(str(c) for c in sorted(cpus or ()))
+
+
+def report(
+    rounds: dict[tuple[str, int], list[Sample]],
+    levels: list[int],
+    args: argparse.Namespace,
+    clients: int,
+    pinned: bool,
+) -> None:
+    results = {key: median_sample(taken) for key, taken in rounds.items()}
+    print()
+    print(
+        f"medians of {args.rounds} x {args.seconds:g} s | store {args.store} | {clients} client process(es)"
+    )
+    columns = (
+        ("server", 8), ("in-flight", 10), ("req/s", 8), ("p50 ms", 8), ("p99 ms", 8),
+        ("CPU µs/req", 11), ("loop busy", 10), ("srv busy", 9), ("cli busy", 9), ("errors", 7),
+    )  # fmt: skip
+    header = (
+        "".join(
+            f"{name:<{width}}" if i == 0 else f"{name:>{width}}" for i, (name, width) in enumerate(columns)
+        )
+        + "  limited by"
+    )
+    print(header)
+    print("-" * len(header))
+    for level in levels:
+        for name in ("echo", "Decide"):
+            s = results[(name, level)]
+            print(
+                f"{name:<8}{level:>10}{s.rps:>8.0f}{s.p50_ms:>8.2f}{s.p99_ms:>8.2f}{s.server_us:>11.0f}"
+                f"{s.loop_busy:>10.0%}{s.server_busy:>9.0%}{s.client_busy:>9.0%}{s.errors:>7}"
+                f"  {limited_by(s, clients, pinned)}"
+            )
+    print("-" * len(header))
+    for level in levels:
+        echo, decide = results[("echo", level)], results[("Decide", level)]
+        per_round = [
+            d.rps / e.rps for e, d in zip(rounds[("echo", level)], rounds[("Decide", level)], strict=True)
+        ]
+        print(
+            f"in-flight {level:>3}: Decide/echo throughput {decide.rps / echo.rps:.2f} "
+            f"(rounds {min(per_round):.2f}-{max(per_round):.2f}); server CPU per "
+            f"request Decide/echo {decide.server_us / echo.server_us:.2f}x "
+            f"(the decision adds {decide.server_us - echo.server_us:.0f} µs)"
+        )
+
+    at = TARGETS["p99_concurrency"] if TARGETS["p99_concurrency"] in levels else max(levels)
+    note = "" if at == TARGETS["p99_concurrency"] else f" ({TARGETS['p99_concurrency']} not measured)"
+    echo, decide = results[("echo", at)], results[("Decide", at)]
+    ratio = decide.rps / echo.rps
+    errors = sum(s.errors for s in results.values())
+    print(f"targets at {at} in flight{note}:")
+    ok = ratio >= TARGETS["ratio"] and errors == 0
+    gap = (
+        ""
+        if ratio >= TARGETS["ratio"]
+        else f" (Decide needs {TARGETS['ratio'] / ratio - 1:.0%} more throughput)"
+    )
+    print(f"  Decide/echo throughput >= {TARGETS['ratio']}: {ratio:.2f}  {'MET' if ok else 'NOT MET'}{gap}")
+    ok = decide.p99_ms <= TARGETS["p99_ms"] and errors == 0
+    gap = (
+        ""
+        if decide.p99_ms <= TARGETS["p99_ms"]
+        else f" ({decide.p99_ms / TARGETS['p99_ms']:.1f}x the target)"
+    )
+    print(
+        f"  Decide p99 <= {TARGETS['p99_ms']:g} ms: {decide.p99_ms:.2f} ms  {'MET' if ok else 'NOT MET'}{gap}"
+    )
+    if errors:
+        print(f"  {errors} calls failed: no target counts as met while calls fail")
+    busiest = max(max(s.other_busy for s in taken) for taken in rounds.values())
+    if busiest >= 0.1:
+        print(
+            f"  warning: other processes (or the hypervisor) used up to {busiest:.0%} of a CPU during "
+            "the rounds; the numbers are disturbed - run again on a quiet machine"
+        )
+    little = at / (TARGETS["p99_ms"] / 1e3)
+    print(
+        f"  note: with {at} calls always in flight, mean latency = {at} / throughput (Little's law): "
+        f"p99 <= {TARGETS['p99_ms']:g} ms needs at least {little:.0f} req/s; echo reached {echo.rps:.0f}"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
