@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 export MALLOC_MMAP_THRESHOLD_ ?= 1048576
 export MALLOC_TRIM_THRESHOLD_ ?= 268435456
 
-.PHONY: setup serve test lint fmt gen check-gen bench clean
+.PHONY: setup serve test lint fmt gen check-gen breaking bench clean
 
 setup: $(STAMP)
 
@@ -45,9 +45,14 @@ check-gen: $(STAMP)
 	  echo "generated code drifted from proto/: run 'make gen' and commit"; rm -rf $$tmp; exit 1; fi; \
 	rm -rf $$tmp; echo "check-gen: generated code matches proto/"
 
+# Fails when proto/ breaks the API of the previous commit (buf.yaml `breaking` rules);
+# AGAINST=<ref> compares with another commit.
+breaking: $(STAMP)
+	BUF=$(VENV)/bin/buf scripts/buf_breaking.sh $(AGAINST)
+
 bench: $(STAMP)
 	$(PY) bench/decide.py
 	$(PY) bench/counters.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache tests/interop/node/node_modules
