@@ -3,63 +3,26 @@
 from __future__ import annotations
 
 import asyncio
-import email
-import email.policy
 import shutil
 import ssl
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from aiosmtpd.smtp import SMTP
 from smart_dispatch.channels.base import Content, ProviderError
 from smart_dispatch.channels.email_smtp import SmtpConfig, SmtpProvider
 
 from tests.channels.helpers import delivery
 from tests.support.redis_servers import free_port
+from tests.support.sinks import Mailbox
 
 CONTENT = Content(
     subject="Your code is 123", text="Your code is 123\n", html="<p>Your code is <b>123</b></p>"
 )
 SENDER = "Smart Dispatch <noreply@example.com>"
-
-
-class Mailbox:
-    """An aiosmtpd handler keeping accepted mail; `refuse` maps a recipient to an SMTP reply."""
-
-    def __init__(self) -> None:
-        self.received: list[tuple[Envelope, Session]] = []
-        self.refuse: dict[str, str] = {}
-        self.logins: list[tuple[bytes, bytes]] = []
-
-    async def handle_RCPT(
-        self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
-    ) -> str:
-        if address in self.refuse:
-            return self.refuse[address]
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        self.received.append((envelope, session))
-        return "250 Message accepted for delivery"
-
-    def authenticate(
-        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
-    ) -> AuthResult:
-        assert isinstance(data, LoginPassword)
-        self.logins.append((data.login, data.password))
-        return AuthResult(success=data.password == b"pw-from-env", handled=False)
-
-    def message(self, index: int = 0) -> EmailMessage:
-        envelope, _session = self.received[index]
-        assert isinstance(envelope.content, bytes)
-        parsed = email.message_from_bytes(envelope.content, policy=email.policy.default)
-        assert isinstance(parsed, EmailMessage)
-        return parsed
 
 
 StartServer = Callable[..., Awaitable[int]]

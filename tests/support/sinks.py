@@ -15,7 +15,7 @@ from email.message import EmailMessage
 from typing import Any
 
 from aiohttp import web
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from multidict import CIMultiDictProxy
 
 
@@ -79,8 +79,9 @@ class Mailbox:
     """An aiosmtpd handler keeping accepted mail; `refuse` maps a recipient to an SMTP reply."""
 
     def __init__(self) -> None:
-        self.received: list[Envelope] = []
+        self.received: list[tuple[Envelope, Session]] = []
         self.refuse: dict[str, str] = {}
+        self.logins: list[tuple[bytes, bytes]] = []
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
@@ -91,13 +92,20 @@ class Mailbox:
         return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        self.received.append(envelope)
+        self.received.append((envelope, session))
         return "250 Message accepted for delivery"
 
+    def authenticate(
+        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
+    ) -> AuthResult:
+        assert isinstance(data, LoginPassword)
+        self.logins.append((data.login, data.password))
+        return AuthResult(success=data.password == b"pw-from-env", handled=False)
+
     def message(self, index: int = 0) -> EmailMessage:
-        content = self.received[index].content
-        assert isinstance(content, bytes)
-        parsed = email.message_from_bytes(content, policy=email.policy.default)
+        envelope, _session = self.received[index]
+        assert isinstance(envelope.content, bytes)
+        parsed = email.message_from_bytes(envelope.content, policy=email.policy.default)
         assert isinstance(parsed, EmailMessage)
         return parsed
 

@@ -241,7 +241,10 @@ def test_fold_first_setter_wins_for_scalar_effects():
 
 
 def test_fold_records_every_applied_effect_in_order():
-    draft = fold([_rule("a", prefer=("sms",), on_cap="drop"), _rule("b", prefer=("sms",), on_cap="defer")], explain=True)
+    draft = fold(
+        [_rule("a", prefer=("sms",), on_cap="drop"), _rule("b", prefer=("sms",), on_cap="defer")],
+        explain=True,
+    )
     assert [(e.rule, e.effect, e.value) for e in draft.applied] == [
         ("a", "prefer", "sms"),
         ("a", "on_cap", "drop"),
