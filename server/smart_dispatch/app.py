@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -19,11 +21,15 @@ from grpc_reflection.v1alpha import reflection
 from smart_dispatch._proto.smartdispatch.v1 import smart_dispatch_pb2 as pb
 from smart_dispatch._proto.smartdispatch.v1 import smart_dispatch_pb2_grpc as pb_grpc
 from smart_dispatch.api.admin import RulesAdminServicer
+from smart_dispatch.api.auth import BearerAuthInterceptor
 from smart_dispatch.api.servicer import SmartDispatchServicer
 from smart_dispatch.config import Settings
+from smart_dispatch.errors import ConfigurationError
 from smart_dispatch.rules.active import ActiveRules
 from smart_dispatch.rules.watch import RulesWatcher
 from smart_dispatch.runtime import Runtime
+from smart_dispatch.security import load_tokens, server_credentials
+from smart_dispatch.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SmartDispatchService"].full_name
@@ -31,10 +37,13 @@ ADMIN_SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RulesAdminService"].full_na
 
 
 class App:
-    """One sidecar instance. Use `async with App(settings) as app:` or start()/stop()."""
+    """One sidecar instance. Use `async with App(settings) as app:` or start()/stop().
+    Without `telemetry`, one is built from the settings and closed by `stop()`; a given one is
+    left open for its owner."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, telemetry: Telemetry | None = None) -> None:
         self.settings = settings
+        self._telemetry = telemetry
         self.rules = ActiveRules(settings.rules_dir)
         self.watcher = RulesWatcher(self.rules, poll_s=settings.rules_poll_s)
         self.runtime: Runtime | None = None
@@ -45,10 +54,19 @@ class App:
     async def start(self) -> int:
         """Load rules, connect stores, bind and serve. Returns the bound port."""
         s = self.settings
-        runtime = self.runtime = await Runtime.build(s, self.rules)
-        server = grpc.aio.server()
+        runtime = self.runtime = await Runtime.build(s, self.rules, self._telemetry)
+        # Telemetry first, so refused calls are traced and counted too.
+        interceptors: list[Any] = [runtime.telemetry.interceptor()]
+        if s.auth_tokens_file is not None:
+            interceptors.append(BearerAuthInterceptor(load_tokens(s.auth_tokens_file, os.environ)))
+        server = grpc.aio.server(interceptors=interceptors)
         servicer = SmartDispatchServicer(
-            runtime.decider, runtime.stores.lists, runtime.events, runtime.dispatcher, runtime.stores.inbox
+            runtime.decider,
+            runtime.stores.lists,
+            runtime.events,
+            runtime.dispatcher,
+            runtime.stores.inbox,
+            runtime.telemetry,
         )
         pb_grpc.add_SmartDispatchServiceServicer_to_server(servicer, server)
         pb_grpc.add_RulesAdminServiceServicer_to_server(RulesAdminServicer(self.rules), server)
@@ -56,7 +74,7 @@ class App:
         reflection.enable_server_reflection(
             (SERVICE_NAME, ADMIN_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
-        self.port = server.add_insecure_port(f"{s.host}:{s.port}")
+        self.port = _bind(server, s)
         await server.start()
         self._server = server
         for name in ("", SERVICE_NAME, ADMIN_SERVICE_NAME):
@@ -101,3 +119,15 @@ class App:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop(grace_s=1.0)
+
+
+def _bind(server: grpc.aio.Server, s: Settings) -> int:
+    """Bind plain or TLS (mTLS with a client CA); a half-configured TLS is an error."""
+    address = f"{s.host}:{s.port}"
+    if s.tls_cert is None and s.tls_key is None:
+        if s.tls_client_ca is not None:
+            raise ConfigurationError("SD_TLS_CLIENT_CA needs SD_TLS_CERT and SD_TLS_KEY")
+        return server.add_insecure_port(address)
+    if s.tls_cert is None or s.tls_key is None:
+        raise ConfigurationError("TLS needs both SD_TLS_CERT and SD_TLS_KEY")
+    return server.add_secure_port(address, server_credentials(s.tls_cert, s.tls_key, s.tls_client_ca))

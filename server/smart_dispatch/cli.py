@@ -1,4 +1,4 @@
-"""`smart-dispatch serve | rules check` — the command line."""
+"""`smart-dispatch serve | worker | rules check | rules test | why` — the command line."""
 
 from __future__ import annotations
 
@@ -30,13 +30,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--shadow", action="store_const", const=True, help="evaluate and report every rule, enforce none"
     )
     worker = sub.add_parser("worker", help="run only a sender pool on a shared (Redis) store")
+    serve.add_argument("--workers", type=int, help="sidecar processes sharing the port (needs a Redis store)")
+    serve.add_argument("--tls-cert", type=Path, dest="tls_cert", help="server certificate (PEM): serve TLS")
+    serve.add_argument("--tls-key", type=Path, dest="tls_key", help="server private key (PEM)")
+    serve.add_argument("--tls-client-ca", type=Path, dest="tls_client_ca", help="require client certs (mTLS)")
+    serve.add_argument("--auth-tokens", type=Path, dest="auth_tokens_file", help="bearer tokens file (YAML)")
     for command in (serve, worker):
         command.add_argument("--senders", type=int, help="concurrent senders in this process (default 8)")
         command.add_argument("--providers", type=Path, dest="providers_file", help="providers file (YAML)")
         command.add_argument("--templates", type=Path, dest="templates_dir", help="template directory")
+        _telemetry_arguments(command)
     worker.add_argument("--rules", type=Path, dest="rules_dir", help="rules directory (default rules/)")
     worker.add_argument("--store", dest="store_url", help="redis://, rediss:// or redis+cluster://")
     worker.add_argument("--log-level", dest="log_level", help="DEBUG, INFO (default), WARNING")
+
+    why = sub.add_parser("why", help="why did a message go (or not go) the way it did: from the decision log")
+    why.add_argument("message_id")
+    why.add_argument("--log", type=Path, help="decision log file (default: SD_AUDIT_LOG)")
+    why.add_argument("--json", action="store_true", help="print the decision log record as JSON")
 
     rules = sub.add_parser("rules", help="work with rule files")
     rules_sub = rules.add_subparsers(dest="rules_command", required=True)
@@ -51,11 +62,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _telemetry_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--otel-exporter", help="trace exporter: otlp-grpc, otlp-http, console, none (default)"
+    )
+    command.add_argument(
+        "--otel-endpoint", help="OTLP endpoint (default: the exporter's, or OTEL_EXPORTER_OTLP_*)"
+    )
+    command.add_argument(
+        "--trace-sample-ratio", type=float, help="share of new traces sampled, 0..1 (default 1)"
+    )
+    command.add_argument(
+        "--metrics-port", type=int, help="serve Prometheus /metrics on this port (default 0: off)"
+    )
+    command.add_argument("--audit-log", help="decision log file (JSON lines), - for stdout (default: none)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command in ("serve", "worker"):
-            return _run(args)
+            return _run(args, argv)
+        if args.command == "why":
+            return _why(args.message_id, args.log, args.json)
         if args.rules_command == "test":
             return _rules_test(args.directory, args.tests, args.require_coverage)
         return _rules_check(args.directory)
@@ -64,7 +93,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def _run(args: argparse.Namespace) -> int:
+def _without(argv: list[str], options: tuple[str, ...]) -> list[str]:
+    """`argv` without the given options and their values (`--opt V` or `--opt=V`)."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in options:
+            skip = True
+        elif not arg.startswith(tuple(f"{option}=" for option in options)):
+            out.append(arg)
+    return out
+
+
+def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     pin_malloc_thresholds()
     settings = settings_from_env().with_overrides(
         **{
@@ -79,6 +122,16 @@ def _run(args: argparse.Namespace) -> int:
                 "senders",
                 "providers_file",
                 "templates_dir",
+                "otel_exporter",
+                "otel_endpoint",
+                "trace_sample_ratio",
+                "metrics_port",
+                "audit_log",
+                "workers",
+                "tls_cert",
+                "tls_key",
+                "tls_client_ca",
+                "auth_tokens_file",
             )
         }
     )
@@ -89,10 +142,43 @@ def _run(args: argparse.Namespace) -> int:
         from smart_dispatch.worker import run_worker
 
         asyncio.run(run_worker(settings))
+    elif settings.workers > 1:
+        from smart_dispatch.supervisor import Supervisor
+
+        child_args = _without(list(argv if argv is not None else sys.argv[1:])[1:], ("--workers", "--port"))
+        supervisor = Supervisor(
+            child_args, settings.workers, settings.host, settings.port, settings.store_url
+        )
+        return supervisor.run(metrics_port=settings.metrics_port)
     else:
         from smart_dispatch.app import App
 
         asyncio.run(App(settings).run_until_signal())
+    return 0
+
+
+def _why(message_id: str, log: Path | None, as_json: bool) -> int:
+    import json
+
+    from smart_dispatch.telemetry.audit import find_in_log, render_why
+
+    if log is None:
+        audit_log = settings_from_env().audit_log
+        if audit_log in ("", "-", "stdout"):
+            print(
+                "smart-dispatch why: name the decision log file with --log (or SD_AUDIT_LOG)", file=sys.stderr
+            )
+            return 2
+        log = Path(audit_log)
+    try:
+        record = find_in_log(log, message_id)
+    except OSError as exc:
+        print(f"smart-dispatch why: cannot read {log}: {exc}", file=sys.stderr)
+        return 1
+    if record is None:
+        print(f"smart-dispatch why: no decision for message {message_id!r} in {log}", file=sys.stderr)
+        return 1
+    print(json.dumps(record, indent=2) if as_json else render_why(record))
     return 0
 
 

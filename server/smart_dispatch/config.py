@@ -10,6 +10,14 @@ Environment variables (all optional):
     directory), SD_CLAIM_TIMEOUT_S (a claimed dispatch not finished in this time is re-sent),
     SD_RETRY_ATTEMPTS / SD_RETRY_BASE_S / SD_RETRY_MAX_S (per plan step: attempts, backoff base
     and ceiling), SD_SEND_TIMEOUT_S (one provider call).
+    Security: SD_TLS_CERT + SD_TLS_KEY (PEM; serve TLS), SD_TLS_CLIENT_CA (also require client
+    certificates signed by it: mTLS), SD_AUTH_TOKENS (bearer-token file, see security.py).
+    SD_WORKERS: sidecar processes sharing the port (needs a Redis store when above 1).
+    Telemetry: SD_OTEL_EXPORTER (otlp-grpc | otlp-http | console | none), SD_OTEL_ENDPOINT (empty:
+    the exporter's default or OTEL_EXPORTER_OTLP_* variables), SD_TRACE_SAMPLE_RATIO (0..1, for
+    traces the caller did not sample already), SD_METRICS_PORT (Prometheus `/metrics` on SD_HOST,
+    0 for none), SD_AUDIT_LOG (decision log file, `-` for stdout, empty for none),
+    SD_AUDIT_INDEX_SIZE (message ids `GetDecision` remembers).
 """
 
 from __future__ import annotations
@@ -43,10 +51,21 @@ class Settings:
     providers_file: Path | None = None
     templates_dir: Path | None = None
     claim_timeout_s: float = 30.0
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    auth_tokens_file: Path | None = None
+    workers: int = 1
     retry_attempts: int = 3
     retry_base_s: float = 0.5
     retry_max_s: float = 60.0
     send_timeout_s: float = 10.0
+    otel_exporter: str = "none"
+    otel_endpoint: str = ""
+    trace_sample_ratio: float = 1.0
+    metrics_port: int = 0
+    audit_log: str = ""
+    audit_index_size: int = 10_000
 
     def with_overrides(self, **overrides: Any) -> Settings:
         """A copy with every override that is not None applied."""
@@ -72,10 +91,21 @@ _ENV = {
     "providers_file": "SD_PROVIDERS",
     "templates_dir": "SD_TEMPLATES",
     "claim_timeout_s": "SD_CLAIM_TIMEOUT_S",
+    "tls_cert": "SD_TLS_CERT",
+    "tls_key": "SD_TLS_KEY",
+    "tls_client_ca": "SD_TLS_CLIENT_CA",
+    "auth_tokens_file": "SD_AUTH_TOKENS",
+    "workers": "SD_WORKERS",
     "retry_attempts": "SD_RETRY_ATTEMPTS",
     "retry_base_s": "SD_RETRY_BASE_S",
     "retry_max_s": "SD_RETRY_MAX_S",
     "send_timeout_s": "SD_SEND_TIMEOUT_S",
+    "otel_exporter": "SD_OTEL_EXPORTER",
+    "otel_endpoint": "SD_OTEL_ENDPOINT",
+    "trace_sample_ratio": "SD_TRACE_SAMPLE_RATIO",
+    "metrics_port": "SD_METRICS_PORT",
+    "audit_log": "SD_AUDIT_LOG",
+    "audit_index_size": "SD_AUDIT_INDEX_SIZE",
 }
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from smart_dispatch.channels.base import Provider
 from smart_dispatch.config import Settings
@@ -20,6 +20,7 @@ from smart_dispatch.dispatch.service import Dispatcher
 from smart_dispatch.events import EventRecorder
 from smart_dispatch.rules.active import ActiveRules
 from smart_dispatch.stores import StoreOptions, Stores, stores_from_url
+from smart_dispatch.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +35,32 @@ class Runtime:
     events: EventRecorder
     dispatcher: Dispatcher
     pool: SenderPool | None
+    telemetry: Telemetry = field(default_factory=Telemetry.noop)
+    owns_telemetry: bool = False
 
     @classmethod
-    async def build(cls, settings: Settings, rules: ActiveRules) -> Runtime:
+    async def build(
+        cls, settings: Settings, rules: ActiveRules, telemetry: Telemetry | None = None
+    ) -> Runtime:
         """Load rules (failing fast on invalid files) and connect everything; the sender pool
-        is created (not started) when `settings.senders > 0`."""
+        is created (not started) when `settings.senders > 0`. Without `telemetry`, one is built
+        from the settings and closed with the runtime."""
+        owned = telemetry is None
+        telemetry = Telemetry.from_settings(settings) if telemetry is None else telemetry
+        try:
+            runtime = await cls._build(settings, rules, telemetry)
+        except BaseException:
+            if owned:
+                await telemetry.close()
+            raise
+        runtime.owns_telemetry = owned
+        return runtime
+
+    @classmethod
+    async def _build(cls, settings: Settings, rules: ActiveRules, telemetry: Telemetry) -> Runtime:
+        rules.on_load(telemetry.rules_loaded)
         rules.load()
+        await telemetry.start()
         s = settings
         options = StoreOptions(s.store_timeout_s, s.key_prefix, s.claim_timeout_s, s.allow_list, s.deny_list)
         stores = stores_from_url(s.store_url, options)
@@ -64,6 +85,7 @@ class Runtime:
             failure_policy=FailurePolicy(fail_open=s.fail_open_categories),
             shadow_all=s.shadow,
             templates=renderer,
+            telemetry=telemetry,
         )
         events = EventRecorder(rules, stores.counters, stores.behaviour)
         dispatcher = Dispatcher(stores.dispatches, decider, events)
@@ -78,8 +100,9 @@ class Runtime:
                 renderer=renderer,
                 retry=retry,
                 concurrency=s.senders,
+                telemetry=telemetry,
             )
-        return cls(settings, rules, stores, providers, decider, events, dispatcher, pool)
+        return cls(settings, rules, stores, providers, decider, events, dispatcher, pool, telemetry)
 
     async def close(self) -> None:
         if self.pool is not None:
@@ -87,6 +110,8 @@ class Runtime:
         for provider in self.providers.values():
             await provider.close()
         await self.stores.close()
+        if self.owns_telemetry:
+            await self.telemetry.close()
 
 
 def _providers(settings: Settings, stores: Stores) -> dict[str, Provider]:

@@ -14,6 +14,7 @@ from smart_dispatch.domain import DecideRequest, Decision, Explanation, Message,
 from smart_dispatch.errors import InvalidRequestError
 from smart_dispatch.events import ReportedEvent
 from smart_dispatch.rules.active import RulesStatus
+from smart_dispatch.telemetry.audit import AuditEntry
 
 _VERDICTS = {
     Verdict.SEND: pb.VERDICT_SEND,
@@ -87,6 +88,18 @@ def decide_response(decision: Decision) -> pb.DecideResponse:
     if decision.explanation is not None:
         out.explanation.CopyFrom(_explanation(decision.explanation))
     return out
+
+
+def decision_lookup(entry: AuditEntry) -> pb.GetDecisionResponse:
+    """A decision kept by the decision log (addresses already masked)."""
+    return pb.GetDecisionResponse(
+        decision=decide_response(entry.decision),
+        message_id=entry.message_id,
+        category=entry.category,
+        decided_at=timestamp(entry.decided_at),
+        dry_run=entry.dry_run,
+        trace_id=entry.trace_id,
+    )
 
 
 def _explanation(explanation: Explanation) -> pb.Explanation:

@@ -14,16 +14,18 @@ from smart_dispatch.api.convert import (
     LIST_KINDS,
     decide_request,
     decide_response,
+    decision_lookup,
     reported_event,
 )
 from smart_dispatch.api.dispatch_convert import dispatch_status, inbox_item
 from smart_dispatch.api.status import grpc_errors, stream_errors
 from smart_dispatch.decide.pipeline import Decider
 from smart_dispatch.dispatch.service import Dispatcher
-from smart_dispatch.errors import InvalidRequestError
+from smart_dispatch.errors import InvalidRequestError, NotFoundError
 from smart_dispatch.events import EventRecorder
 from smart_dispatch.inbox.base import InboxStore
 from smart_dispatch.lists.base import ListName, ListStore
+from smart_dispatch.telemetry import Telemetry
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -36,12 +38,14 @@ class SmartDispatchServicer(pb_grpc.SmartDispatchServiceServicer):
         events: EventRecorder,
         dispatcher: Dispatcher,
         inbox: InboxStore,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self._decider = decider
         self._lists = lists
         self._events = events
         self._dispatcher = dispatcher
         self._inbox = inbox
+        self._telemetry = telemetry or Telemetry.noop()
 
     @grpc_errors
     async def Decide(self, request: pb.DecideRequest, context: Context) -> pb.DecideResponse:
@@ -126,6 +130,14 @@ class SmartDispatchServicer(pb_grpc.SmartDispatchServiceServicer):
     ) -> pb.CheckListMemberResponse:
         names = await self._lists.memberships(_user_id(request.user_id))
         return pb.CheckListMemberResponse(lists=[LIST_KIND_OF[n] for n in sorted(names)])
+
+    @grpc_errors
+    async def GetDecision(self, request: pb.GetDecisionRequest, context: Context) -> pb.GetDecisionResponse:
+        message_id = _required(request.message_id, "message_id")
+        entry = self._telemetry.audit.lookup(message_id)
+        if entry is None:
+            raise NotFoundError(f"no decision for message {message_id!r} is known to this sidecar")
+        return decision_lookup(entry)
 
 
 def _list_name(kind: pb.ListKind.ValueType) -> ListName:

@@ -17,6 +17,7 @@ from smart_dispatch.decide.schedule import after_quiet_hours
 from smart_dispatch.decide.trace import Trace
 from smart_dispatch.domain import CapState, DecideRequest
 from smart_dispatch.errors import StoreUnavailableError
+from smart_dispatch.telemetry import Telemetry
 
 #: A repeated message whose reservation is this far in the future (s) is a DEFER, not a SEND.
 _FUTURE_TOLERANCE_S = 1.0
@@ -42,9 +43,12 @@ class Placement:
 
 
 class CapStep:
-    def __init__(self, counters: CounterStore, failure: FailurePolicy) -> None:
+    def __init__(
+        self, counters: CounterStore, failure: FailurePolicy, telemetry: Telemetry | None = None
+    ) -> None:
         self._counters = counters
         self._failure = failure
+        self._telemetry = telemetry or Telemetry.noop()
 
     async def place(
         self,
@@ -83,6 +87,7 @@ class CapStep:
         for option, channel in zip(outcome.options, candidates, strict=False):
             if not option.allowed:
                 full = [u.cap.name for u in option.usages if u.used >= u.cap.limit]
+                self._telemetry.caps_refused(channel, full)
                 trace.add(R.CAP_EXCEEDED, rule, f"{channel}: {', '.join(full)}")
         if outcome.chosen is not None and not outcome.deferred:
             return self._reserved(outcome, candidates, send_at, deferred, trace)
@@ -162,8 +167,17 @@ class CapStep:
             defer=defer,
             not_after_s=None if not_after is None else not_after.timestamp(),
         )
+        names = sorted({cap.name for option in options for cap in option})
+        attributes = {"smartdispatch.caps": names, "smartdispatch.dry_run": request.dry_run}
         try:
-            return await self._counters.reserve(reserve)
+            with (
+                self._telemetry.span("caps.reserve", attributes) as span,
+                self._telemetry.store_call("counters.reserve"),
+            ):
+                outcome = await self._counters.reserve(reserve)
+                span.set_attribute("smartdispatch.caps.allowed", outcome.chosen is not None)
+                span.set_attribute("smartdispatch.caps.deferred", outcome.deferred)
+                return outcome
         except StoreUnavailableError:
             if request.message.category not in self._failure.fail_open:
                 raise

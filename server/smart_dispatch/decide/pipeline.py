@@ -39,6 +39,7 @@ from smart_dispatch.domain import (
 from smart_dispatch.errors import InvalidRequestError, StoreUnavailableError
 from smart_dispatch.rules.active import ActiveRules, RulesVersion
 from smart_dispatch.rules.model import Rule
+from smart_dispatch.telemetry import Telemetry
 from smart_dispatch.user_state import UserStateReader
 
 __all__ = ["Decider", "FailurePolicy", "TemplateCatalog"]
@@ -85,18 +86,29 @@ class Decider:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         shadow_all: bool = False,
         templates: TemplateCatalog | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self._rules = rules
         self._user_state_reader = user_state
         self._failure = failure_policy or FailurePolicy()
-        self._caps = CapStep(counters, self._failure)
+        self._telemetry = telemetry or Telemetry.noop()
+        self._caps = CapStep(counters, self._failure, self._telemetry)
         self._clock = clock
         self._shadow_all = shadow_all
         self._templates = templates
 
     async def decide(self, request: DecideRequest) -> Decision:
-        with self._rules.lease() as version:
-            return await self._decide(version, request)
+        message = request.message
+        attributes = {
+            "smartdispatch.message_id": message.id,
+            "smartdispatch.category": message.category,
+            "smartdispatch.dry_run": request.dry_run,
+        }
+        with self._telemetry.span("decide", attributes):
+            with self._rules.lease() as version:
+                decision = await self._decide(version, request)
+            self._telemetry.decided(request, decision, self._clock())
+            return decision
 
     async def _decide(self, version: RulesVersion, request: DecideRequest) -> Decision:
         zone = validate_request(request, version.ruleset.categories)
@@ -109,7 +121,10 @@ class Decider:
 
         reachable = reachable_channels(request.message, request.recipient)
         facts = build_facts(request, now, zone, memberships, reachable, behaviour)
-        fired = version.compiled.matches(facts)
+        evaluating = {"smartdispatch.ruleset_version": version.version}
+        with self._telemetry.span("rules.evaluate", evaluating) as span:
+            fired = version.compiled.matches(facts)
+            span.set_attribute("smartdispatch.rules.matched", len(fired))
         case = _Case(request, version, zone, now, memberships, reachable, behaviour)
         rules = [version.by_name[name] for name in fired]
         enforced = [r for r in rules if not (r.shadow or self._shadow_all)]
@@ -180,7 +195,8 @@ class Decider:
     async def _user_state(self, request: DecideRequest, trace: Trace) -> tuple[frozenset[str], Behaviour]:
         """List memberships and behaviour (one store round trip)."""
         try:
-            state = await self._user_state_reader.read(request.recipient.user_id)
+            with self._telemetry.store_call("user_state.read"):
+                state = await self._user_state_reader.read(request.recipient.user_id)
         except StoreUnavailableError:
             if request.message.category not in self._failure.fail_open:
                 raise

@@ -28,6 +28,8 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
+from opentelemetry.trace import SpanKind
+
 from smart_dispatch.channels.base import Content, Delivery, Provider, ProviderError
 from smart_dispatch.decide.pipeline import Decider
 from smart_dispatch.dispatch.model import Attempt, DispatchRecord, DispatchState
@@ -36,6 +38,8 @@ from smart_dispatch.dispatch.store import Claim, DispatchStore
 from smart_dispatch.domain import DecideRequest, Verdict
 from smart_dispatch.errors import SmartDispatchError, StoreUnavailableError
 from smart_dispatch.events import EventRecorder, ReportedEvent
+from smart_dispatch.telemetry import Telemetry
+from smart_dispatch.telemetry.base import DeadLettered, SendAttempted
 
 log = logging.getLogger(__name__)
 _IDLE_WAIT_S = 0.5
@@ -62,6 +66,7 @@ class SenderPool:
         concurrency: int = 8,
         consumer: str | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        telemetry: Telemetry | None = None,
     ) -> None:
         self._store = store
         self._providers = providers
@@ -74,6 +79,7 @@ class SenderPool:
         self._concurrency = concurrency
         self._consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self._clock = clock
+        self._telemetry = telemetry or Telemetry.noop()
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -123,7 +129,8 @@ class SenderPool:
         if record is not None:
             resumed = record.state is DispatchState.SENDING and record.version == claim.token + 1
             if resumed or (record.version == claim.token and not record.state.terminal):
-                await self._advance(record, resumed)
+                with self._telemetry.continue_decision(record.message.id):
+                    await self._advance(record, resumed)
         await self._store.ack(claim)
 
     async def _advance(self, record: DispatchRecord, resumed: bool) -> None:
@@ -150,7 +157,12 @@ class SenderPool:
             if sending is None:
                 return  # changed meanwhile (e.g. cancelled)
             record = sending
-        await self._send_step(record)
+        attributes = {
+            "smartdispatch.dispatch_id": record.dispatch_id,
+            "smartdispatch.step": record.step_index,
+        }
+        with self._telemetry.span("dispatch.send", attributes, kind=SpanKind.CLIENT):
+            await self._send_step(record)
 
     async def _redecide(self, record: DispatchRecord, now: datetime) -> DispatchRecord | None:
         decision = await self._decider.decide(DecideRequest(record.message, record.recipient))
@@ -200,6 +212,7 @@ class SenderPool:
         attempt = Attempt(
             record.step_index, step.channel, error.provider, number, now, _outcome(error), str(error), key
         )
+        self._telemetry.send_attempted(_attempted(record, attempt))
         record = replace(record, attempts=(*record.attempts, attempt))
         circuit_open = str(error).endswith("circuit open")
         can_fall_back = record.step_index + 1 < len(record.steps)
@@ -257,6 +270,7 @@ class SenderPool:
             key,
             result.provider_message_id,
         )
+        self._telemetry.send_attempted(_attempted(record, attempt))
         done = replace(record, attempts=(*record.attempts, attempt))
         await self._record_event(done, "delivered", step.channel)
         if record.escalate_after_s and record.step_index + 1 < len(record.steps):
@@ -301,7 +315,9 @@ class SenderPool:
             await self._store.set_dead_letter(record.dispatch_id, True)
             log.warning("dispatch %s dead-lettered: %s", record.dispatch_id, detail)
             step = record.current_step
-            await self._record_event(record, "failed", step.channel if step else "")
+            channel = step.channel if step else ""
+            self._telemetry.dead_lettered(DeadLettered(record.dispatch_id, record.message.id, channel))
+            await self._record_event(record, "failed", channel)
         else:
             try:
                 await self._events.refund(record.recipient.user_id, record.message.id)
@@ -328,3 +344,14 @@ class SenderPool:
 
 def _outcome(error: ProviderError) -> str:
     return "retryable_error" if error.retryable else "permanent_error"
+
+
+def _attempted(record: DispatchRecord, attempt: Attempt) -> SendAttempted:
+    return SendAttempted(
+        record.dispatch_id,
+        record.message.id,
+        attempt.channel,
+        attempt.provider,
+        attempt.number,
+        attempt.outcome,
+    )

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -80,6 +80,11 @@ class ActiveRules:
         self._reloads = 0
         self._failures = 0
         self._last_error: LoadFailure | None = None
+        self._on_load: Callable[[str], None] = _ignore
+
+    def on_load(self, hook: Callable[[str], None]) -> None:
+        """Call `hook(result)` after every load: "loaded", "unchanged" or "failed" (metrics)."""
+        self._on_load = hook
 
     def current(self) -> RulesVersion:
         if self._current is None:
@@ -109,6 +114,7 @@ class ActiveRules:
             sources = read_sources(self.directory)
             if self._current is not None and content_version(sources) == self._current.version:
                 self._last_error = None
+                self._on_load("unchanged")
                 return False
             version = compile_ruleset(parse_ruleset(sources))
         except RuleFileError as exc:
@@ -120,8 +126,10 @@ class ActiveRules:
                 self._current.version if self._current else "nothing",
                 exc,
             )
+            self._on_load("failed")
             raise
         self._swap(version)
+        self._on_load("loaded")
         return True
 
     def _swap(self, version: RulesVersion) -> None:
@@ -159,3 +167,7 @@ class ActiveRules:
         if self._current is not None:
             self._retire(self._current)
             self._current = None
+
+
+def _ignore(result: str) -> None:
+    pass

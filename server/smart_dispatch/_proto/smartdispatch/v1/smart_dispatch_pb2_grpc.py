@@ -96,6 +96,11 @@ class SmartDispatchServiceStub:
                 request_serializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.CheckListMemberRequest.SerializeToString,
                 response_deserializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.CheckListMemberResponse.FromString,
                 _registered_method=True)
+        self.GetDecision = channel.unary_unary(
+                '/smartdispatch.v1.SmartDispatchService/GetDecision',
+                request_serializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.GetDecisionRequest.SerializeToString,
+                response_deserializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.GetDecisionResponse.FromString,
+                _registered_method=True)
 
 
 class SmartDispatchServiceServicer:
@@ -191,6 +196,16 @@ class SmartDispatchServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetDecision(self, request, context):
+        """GetDecision answers "why did this message go (or not go) this way": the latest decision
+        this sidecar took for a message id (Decide, Dispatch or a re-decision), from a bounded
+        in-memory index, with contact addresses masked. NOT_FOUND when it is not (or no longer)
+        known; the decision log file (`smart-dispatch why`) reaches further back.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SmartDispatchServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -253,6 +268,11 @@ def add_SmartDispatchServiceServicer_to_server(servicer, server):
                     servicer.CheckListMember,
                     request_deserializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.CheckListMemberRequest.FromString,
                     response_serializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.CheckListMemberResponse.SerializeToString,
+            ),
+            'GetDecision': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDecision,
+                    request_deserializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.GetDecisionRequest.FromString,
+                    response_serializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.GetDecisionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -581,6 +601,33 @@ class SmartDispatchService:
             '/smartdispatch.v1.SmartDispatchService/CheckListMember',
             smartdispatch_dot_v1_dot_smart__dispatch__pb2.CheckListMemberRequest.SerializeToString,
             smartdispatch_dot_v1_dot_smart__dispatch__pb2.CheckListMemberResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDecision(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/smartdispatch.v1.SmartDispatchService/GetDecision',
+            smartdispatch_dot_v1_dot_smart__dispatch__pb2.GetDecisionRequest.SerializeToString,
+            smartdispatch_dot_v1_dot_smart__dispatch__pb2.GetDecisionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -66,6 +66,12 @@ class SmartDispatchServiceStub:
     """RemoveListMember takes a user off a list."""
     CheckListMember: _grpc.UnaryUnaryMultiCallable[_smart_dispatch_pb2.CheckListMemberRequest, _smart_dispatch_pb2.CheckListMemberResponse]
     """CheckListMember tells which lists a user is on."""
+    GetDecision: _grpc.UnaryUnaryMultiCallable[_smart_dispatch_pb2.GetDecisionRequest, _smart_dispatch_pb2.GetDecisionResponse]
+    """GetDecision answers "why did this message go (or not go) this way": the latest decision
+    this sidecar took for a message id (Decide, Dispatch or a re-decision), from a bounded
+    in-memory index, with contact addresses masked. NOT_FOUND when it is not (or no longer)
+    known; the decision log file (`smart-dispatch why`) reaches further back.
+    """
 
 @_typing.type_check_only
 class SmartDispatchServiceAsyncStub(SmartDispatchServiceStub):
@@ -105,6 +111,12 @@ class SmartDispatchServiceAsyncStub(SmartDispatchServiceStub):
     """RemoveListMember takes a user off a list."""
     CheckListMember: _aio.UnaryUnaryMultiCallable[_smart_dispatch_pb2.CheckListMemberRequest, _smart_dispatch_pb2.CheckListMemberResponse]  # type: ignore[assignment]
     """CheckListMember tells which lists a user is on."""
+    GetDecision: _aio.UnaryUnaryMultiCallable[_smart_dispatch_pb2.GetDecisionRequest, _smart_dispatch_pb2.GetDecisionResponse]  # type: ignore[assignment]
+    """GetDecision answers "why did this message go (or not go) this way": the latest decision
+    this sidecar took for a message id (Decide, Dispatch or a re-decision), from a bounded
+    in-memory index, with contact addresses masked. NOT_FOUND when it is not (or no longer)
+    known; the decision log file (`smart-dispatch why`) reaches further back.
+    """
 
 class SmartDispatchServiceServicer(metaclass=_abc_1.ABCMeta):
     """SmartDispatchService decides which channel, when, and whether at all to send a message to a
@@ -213,6 +225,18 @@ class SmartDispatchServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_smart_dispatch_pb2.CheckListMemberResponse, _abc.Awaitable[_smart_dispatch_pb2.CheckListMemberResponse]]:
         """CheckListMember tells which lists a user is on."""
+
+    @_abc_1.abstractmethod
+    def GetDecision(
+        self,
+        request: _smart_dispatch_pb2.GetDecisionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_smart_dispatch_pb2.GetDecisionResponse, _abc.Awaitable[_smart_dispatch_pb2.GetDecisionResponse]]:
+        """GetDecision answers "why did this message go (or not go) this way": the latest decision
+        this sidecar took for a message id (Decide, Dispatch or a re-decision), from a bounded
+        in-memory index, with contact addresses masked. NOT_FOUND when it is not (or no longer)
+        known; the decision log file (`smart-dispatch why`) reaches further back.
+        """
 
 def add_SmartDispatchServiceServicer_to_server(servicer: SmartDispatchServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

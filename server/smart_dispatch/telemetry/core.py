@@ -1,0 +1,235 @@
+"""`Telemetry`: the tracer, the hooks (metrics, decision log, extras) and the metrics endpoint
+of one sidecar, built once by the composition root and passed down.
+
+`Telemetry.noop()` (the default everywhere) records nothing and costs next to nothing, so unit
+tests and `rules test` need no setup. Every report goes through `call_hook`: a hook that raises
+is logged and the decision or send carries on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SpanExporter
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+
+from smart_dispatch.domain import DecideRequest, Decision
+from smart_dispatch.telemetry.audit import AuditLog
+from smart_dispatch.telemetry.base import (
+    CapsRefused,
+    DeadLettered,
+    DecisionMade,
+    RpcFinished,
+    RulesLoaded,
+    SendAttempted,
+    StoreCallFinished,
+    TelemetryHooks,
+    call_hook,
+)
+from smart_dispatch.telemetry.metrics import Metrics, MetricsEndpoint, noop_meter, prometheus_meter_provider
+from smart_dispatch.telemetry.tracing import TRACER_NAME, TelemetryInterceptor, build_tracer_provider
+
+if TYPE_CHECKING:
+    from smart_dispatch.config import Settings
+
+Attributes = Mapping[str, Any]  # str, bool, int, float or sequences of one of them
+
+
+class Telemetry:
+    """Tracing, metrics and the decision log of one sidecar (or worker)."""
+
+    def __init__(
+        self,
+        tracer: trace.Tracer | None = None,
+        *,
+        metrics: Metrics | None = None,
+        audit: AuditLog | None = None,
+        hooks: Sequence[TelemetryHooks] = (),
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
+        endpoint: MetricsEndpoint | None = None,
+    ) -> None:
+        self.tracer = tracer or trace.NoOpTracer()
+        self.metrics = metrics or Metrics(noop_meter())
+        self.audit = audit or AuditLog(None, index_size=0)
+        self.hooks: tuple[TelemetryHooks, ...] = (self.metrics, self.audit, *hooks)
+        self._tracer_provider = tracer_provider
+        self._meter_provider = meter_provider
+        self._endpoint = endpoint
+
+    @classmethod
+    def noop(cls) -> Telemetry:
+        return cls()
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        span_exporter: SpanExporter | None = None,
+        metrics_port: int | None = None,
+        hooks: Sequence[TelemetryHooks] = (),
+    ) -> Telemetry:
+        """Exporter, sampler, metrics port and decision log from `settings`. `span_exporter`
+        replaces the configured exporter (tests); `metrics_port` replaces `settings.metrics_port`
+        and then 0 means any free port (settings: 0 means no metrics endpoint).
+        Raises ConfigurationError for bad exporter names or ratios."""
+        s = settings
+        resource = Resource.create({"service.name": "smart-dispatch"})
+        tracer_provider = build_tracer_provider(
+            s.otel_exporter,
+            s.otel_endpoint,
+            s.trace_sample_ratio,
+            resource=resource,
+            span_exporter=span_exporter,
+        )
+        tracer = tracer_provider.get_tracer(TRACER_NAME) if tracer_provider is not None else None
+        port = (s.metrics_port or None) if metrics_port is None else metrics_port
+        meter_provider = endpoint = None
+        metrics = None
+        if port is not None:
+            meter_provider, registry = prometheus_meter_provider(resource)
+            metrics = Metrics(meter_provider.get_meter(TRACER_NAME))
+            endpoint = MetricsEndpoint(registry, s.host, port)
+        return cls(
+            tracer,
+            metrics=metrics,
+            audit=AuditLog.to_target(s.audit_log, s.audit_index_size),
+            hooks=hooks,
+            tracer_provider=tracer_provider,
+            meter_provider=meter_provider,
+            endpoint=endpoint,
+        )
+
+    async def start(self) -> None:
+        """Serve `/metrics` (if configured). Idempotent."""
+        if self._endpoint is not None:
+            await self._endpoint.start()
+
+    @property
+    def metrics_port(self) -> int | None:
+        return None if self._endpoint is None else self._endpoint.port
+
+    async def close(self) -> None:
+        """Stop the metrics endpoint, close hooks, flush and stop exporters."""
+        if self._endpoint is not None:
+            await self._endpoint.close()
+        for hook in self.hooks:
+            call_hook(lambda h: h.close(), hook)
+        if self._tracer_provider is not None:
+            await asyncio.to_thread(self._tracer_provider.shutdown)
+        if self._meter_provider is not None:
+            self._meter_provider.shutdown()
+
+    def interceptor(self) -> TelemetryInterceptor:
+        return TelemetryInterceptor(self.tracer, self.rpc_finished)
+
+    # -- spans -------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def span(
+        self, name: str, attributes: Attributes | None = None, *, kind: SpanKind = SpanKind.INTERNAL
+    ) -> Iterator[trace.Span]:
+        """A child of the current span. An exception marks it ERROR with the exception's type
+        only (messages may quote request data)."""
+        with self.tracer.start_as_current_span(
+            name, kind=kind, attributes=attributes, record_exception=False, set_status_on_exception=False
+        ) as span:
+            try:
+                yield span
+            except BaseException as exc:
+                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                raise
+
+    @contextlib.contextmanager
+    def continue_decision(self, message_id: str) -> Iterator[None]:
+        """Make the span of the decision last taken for `message_id` in this process the current
+        parent (the sender pool's work then joins the trace of the Dispatch that accepted it)."""
+        entry = self.audit.lookup(message_id)
+        if entry is None or not entry.trace_id or not entry.span_id:
+            yield
+            return
+        flags = TraceFlags(TraceFlags.SAMPLED if entry.sampled else TraceFlags.DEFAULT)
+        parent = SpanContext(
+            int(entry.trace_id, 16), int(entry.span_id, 16), is_remote=True, trace_flags=flags
+        )
+        token = otel_context.attach(trace.set_span_in_context(NonRecordingSpan(parent)))
+        try:
+            yield
+        finally:
+            otel_context.detach(token)
+
+    @contextlib.contextmanager
+    def store_call(self, operation: str) -> Iterator[None]:
+        """Time one store round trip (`smartdispatch_store_duration_seconds`)."""
+        started, ok = time.perf_counter(), False
+        try:
+            yield
+            ok = True
+        finally:
+            self._report("on_store_call", StoreCallFinished(operation, time.perf_counter() - started, ok))
+
+    # -- reports -----------------------------------------------------------------------------
+
+    def decided(self, request: DecideRequest, decision: Decision, at: datetime) -> None:
+        """Annotate the current (decision) span and report the decision to every hook."""
+        span = trace.get_current_span()
+        span.set_attributes(
+            {
+                "smartdispatch.decision_id": decision.decision_id,
+                "smartdispatch.ruleset_version": decision.ruleset_version,
+                "smartdispatch.verdict": decision.verdict.value,
+                "smartdispatch.rules.fired": list(decision.matched_rules),
+                "smartdispatch.reasons": [r.code for r in decision.reasons],
+                "smartdispatch.channel": decision.steps[0].channel if decision.steps else "",
+            }
+        )
+        ctx = span.get_span_context()
+        ids: dict[str, Any] = {}
+        if ctx.is_valid:
+            ids = {
+                "trace_id": trace.format_trace_id(ctx.trace_id),
+                "span_id": trace.format_span_id(ctx.span_id),
+                "sampled": ctx.trace_flags.sampled,
+            }
+        self._report("on_decision", DecisionMade(request, decision, at, **ids))
+
+    def caps_refused(self, channel: str, caps: Sequence[str]) -> None:
+        self._report("on_caps_refused", CapsRefused(channel, tuple(caps)))
+
+    def send_attempted(self, event: SendAttempted) -> None:
+        """Annotate the current (send) span and report the attempt."""
+        trace.get_current_span().set_attributes(
+            {
+                "smartdispatch.channel": event.channel,
+                "smartdispatch.provider": event.provider,
+                "smartdispatch.attempt": event.number,
+                "smartdispatch.outcome": event.outcome,
+            }
+        )
+        if event.outcome != "delivered":
+            trace.get_current_span().set_status(Status(StatusCode.ERROR, event.outcome))
+        self._report("on_send_attempt", event)
+
+    def dead_lettered(self, event: DeadLettered) -> None:
+        self._report("on_dead_letter", event)
+
+    def rules_loaded(self, result: str) -> None:
+        self._report("on_rules_load", RulesLoaded(result))
+
+    def rpc_finished(self, event: RpcFinished) -> None:
+        self._report("on_rpc", event)
+
+    def _report(self, method: str, event: object) -> None:
+        for hook in self.hooks:
+            call_hook(getattr(hook, method), event)
