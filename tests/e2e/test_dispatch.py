@@ -10,11 +10,12 @@ from pathlib import Path
 
 import grpc
 import pytest
+from aiohttp import web
 from decide_builders import decide_request
 from smart_dispatch._proto.smartdispatch.v1 import smart_dispatch_pb2 as pb
 from smart_dispatch._proto.smartdispatch.v1 import smart_dispatch_pb2_grpc as pb_grpc
 
-from tests.support.sinks import HttpSink, Mailbox, start_smtp
+from tests.support.sinks import HttpSink, Mailbox, Received, accept, start_smtp
 from tests.support.waiting import eventually
 
 RULES = """
@@ -276,15 +277,23 @@ async def test_escalation_sends_the_next_step_when_not_opened(world: World):
 
 
 async def test_watch_streams_every_change_until_final(world: World):
-    world.sink.script.append(500)
-    accepted = await world.dispatch("otp")
-    states = [
-        update.status.state
-        async for update in world.stub.WatchDispatch(
-            pb.WatchDispatchRequest(dispatch_id=accepted.dispatch_id)
-        )
-    ]
+    # The gateway answers the first attempt only once the watcher is listening, with a 500
+    watching = asyncio.Event()
 
+    async def first_fails_late(_: Received) -> web.StreamResponse:
+        world.sink.handler = accept
+        await asyncio.wait_for(watching.wait(), 10)
+        return web.json_response({"error": "busy"}, status=500)
+
+    world.sink.handler = first_fails_late
+    accepted = await world.dispatch("otp")
+    call = world.stub.WatchDispatch(pb.WatchDispatchRequest(dispatch_id=accepted.dispatch_id))
+    states = [(await call.read()).status.state]
+    watching.set()
+    while (update := await call.read()) is not grpc.aio.EOF:
+        states.append(update.status.state)
+
+    assert states[0] in (S.DISPATCH_STATE_QUEUED, S.DISPATCH_STATE_SENDING)
     assert states[-1] == S.DISPATCH_STATE_DELIVERED
     assert S.DISPATCH_STATE_SCHEDULED in states  # the retry
 
