@@ -49,7 +49,8 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore \
     MALLOC_MMAP_THRESHOLD_=1048576 \
-    MALLOC_TRIM_THRESHOLD_=268435456
+    MALLOC_TRIM_THRESHOLD_=268435456 \
+    SD_TEMPLATES=/etc/smart-dispatch/templates
 
 # Install from the builder's wheels only (--no-index: nothing is fetched or compiled here); the
 # bind mount keeps the wheel files themselves out of every layer.
@@ -64,6 +65,7 @@ RUN groupadd --system --gid 10001 smartdispatch \
 # The shipped rules; mount a ConfigMap (or any directory) over this path to replace them.
 # Owned by root and world-readable whatever the modes in the checkout: the server only reads them.
 COPY rules/ /etc/smart-dispatch/rules/
+COPY templates/ /etc/smart-dispatch/templates/
 RUN chmod -R a+rX,go-w /etc/smart-dispatch
 
 USER 10001:10001
