@@ -7,14 +7,21 @@ entries older than their own now minus the window, so instants far from now woul
 from __future__ import annotations
 
 import asyncio
-import random
+import itertools
 import time
 
 import pytest
 from smart_dispatch.counters.base import CapUsage, CounterStore, OptionOutcome
-from smart_dispatch.counters.memory import MemoryCounterStore
 
-from tests.contract.helpers import DAY, HOUR, cap, reserve, used
+from tests.contract.helpers import (
+    DAY,
+    HOUR,
+    cap,
+    crowded_windows,
+    replay_against_reference,
+    reserve,
+    used,
+)
 
 
 @pytest.fixture
@@ -210,34 +217,149 @@ async def test_concurrent_repeats_of_one_message_count_once(counter_store: Count
     assert await used(counter_store, [three], at_s=time.time()) == [1]
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_defer_records_at_the_retry_instant_and_the_next_goes_after_it(
+    counter_store: CounterStore, t0: float
+):
+    daily = cap("day", 2, DAY)
+    await reserve(counter_store, "m1", [daily], at_s=t0)
+    await reserve(counter_store, "m2", [daily], at_s=t0 + 60)
+
+    first = await reserve(counter_store, "m3", [daily], at_s=t0 + 120, defer=True)
+
+    assert (first.chosen, first.deferred, first.duplicate, first.reserved_at_s) == (0, True, False, t0 + DAY)
+    # option 0's usages at the deferred instant: m1 has left the window there, m2 and m3 count
+    assert first.options == (OptionOutcome(False, (CapUsage(daily, 2, t0 + 60 + DAY),), t0 + DAY),)
+    second = await reserve(counter_store, "m4", [daily], at_s=t0 + 180, defer=True)
+    assert (second.chosen, second.deferred, second.reserved_at_s) == (0, True, t0 + 60 + DAY)
+    refused = await reserve(counter_store, "m5", [daily], at_s=t0 + 240)
+    assert refused.chosen is None and refused.options[0].retry_at_s == t0 + 2 * DAY  # m3 + a day
+
+
+async def test_defer_only_when_no_option_fits(counter_store: CounterStore, t0: float):
+    sms = [cap("sms_hour", 1, HOUR, channel="sms")]
+    email = [cap("email_hour", 1, HOUR, channel="email")]
+    await reserve(counter_store, "m1", sms, email, at_s=t0)
+
+    fell_through = await reserve(counter_store, "m2", sms, email, at_s=t0 + 1, defer=True)
+    deferred = await reserve(counter_store, "m3", sms, email, at_s=t0 + 2, defer=True)
+
+    assert (fell_through.chosen, fell_through.deferred, fell_through.reserved_at_s) == (1, False, t0 + 1)
+    assert (deferred.chosen, deferred.deferred, deferred.reserved_at_s) == (0, True, t0 + HOUR)
+    assert deferred.options == (
+        OptionOutcome(False, (CapUsage(sms[0], 1, t0 + 2 * HOUR),), t0 + HOUR),
+        OptionOutcome(False, (CapUsage(email[0], 1, t0 + 1 + HOUR),), t0 + 1 + HOUR),
+    )
+
+
+async def test_defer_respects_not_after(counter_store: CounterStore, t0: float):
+    hourly = cap("hour", 1, HOUR)
+    await reserve(counter_store, "m1", [hourly], at_s=t0)
+
+    late = await reserve(
+        counter_store, "m2", [hourly], at_s=t0 + 1, defer=True, not_after_s=t0 + HOUR - 0.001
+    )
+
+    assert (late.chosen, late.deferred, late.duplicate, late.reserved_at_s) == (None, False, False, None)
+    assert late.options == (OptionOutcome(False, (CapUsage(hourly, 1, t0 + HOUR),), t0 + HOUR),)
+    assert await used(counter_store, [hourly], at_s=t0 + HOUR) == [0]  # nothing recorded for m2
+    just = await reserve(counter_store, "m2", [hourly], at_s=t0 + 1, defer=True, not_after_s=t0 + HOUR)
+    assert (just.chosen, just.deferred, just.reserved_at_s) == (0, True, t0 + HOUR)
+
+
+async def test_defer_with_dry_run_records_nothing(counter_store: CounterStore, t0: float):
+    hourly = cap("hour", 1, HOUR)
+    await reserve(counter_store, "m1", [hourly], at_s=t0)
+
+    probe = await reserve(counter_store, "m2", [hourly], at_s=t0 + 1, dry_run=True, defer=True)
+
+    assert (probe.chosen, probe.deferred, probe.reserved_at_s) == (None, False, None)
+    assert probe.options[0].retry_at_s == t0 + HOUR
+    assert await used(counter_store, [hourly], at_s=t0 + HOUR) == [0]
+    assert not (await reserve(counter_store, "m2", [hourly], at_s=t0 + HOUR)).duplicate
+
+
+async def test_repeat_of_a_deferred_reservation_keeps_its_instant(counter_store: CounterStore, t0: float):
+    hourly = cap("hour", 1, HOUR)
+    await reserve(counter_store, "m1", [hourly], at_s=t0)
+    assert (await reserve(counter_store, "m2", [hourly], at_s=t0 + 1, defer=True)).deferred
+
+    repeat = await reserve(counter_store, "m2", [hourly], at_s=t0 + 2, defer=True)
+
+    assert (repeat.chosen, repeat.duplicate, repeat.deferred, repeat.reserved_at_s) == (
+        0,
+        True,
+        False,
+        t0 + HOUR,
+    )
+    assert repeat.options == (OptionOutcome(True, (CapUsage(hourly, 2, t0 + HOUR),), None),)
+
+
+async def test_defer_waits_for_the_later_of_user_and_global_caps(counter_store: CounterStore, t0: float):
+    """On a Cluster the user and the global caps live in two slot groups (see _split.py)."""
+    per_user, promo = cap("u_hour", 1, HOUR), cap("g_day", 2, DAY, scope="global")
+    option = [per_user, promo]
+    assert (await reserve(counter_store, "m1", option, user="alice", at_s=t0)).chosen == 0
+
+    # alice's hourly cap is full, the promo has room: the user cap sets the instant
+    user_bound = await reserve(counter_store, "m2", option, user="alice", at_s=t0 + 10, defer=True)
+    assert (user_bound.chosen, user_bound.deferred, user_bound.reserved_at_s) == (0, True, t0 + HOUR)
+    assert user_bound.options[0].usages == (
+        CapUsage(per_user, 1, t0 + 2 * HOUR),
+        CapUsage(promo, 2, t0 + DAY),
+    )
+
+    # the promo is full (m1, m2): bob's first message waits for it
+    global_bound = await reserve(counter_store, "m3", option, user="bob", at_s=t0 + 20, defer=True)
+    assert (global_bound.chosen, global_bound.deferred, global_bound.reserved_at_s) == (0, True, t0 + DAY)
+    assert global_bound.options[0].usages == (
+        CapUsage(per_user, 1, t0 + DAY + HOUR),
+        CapUsage(promo, 2, t0 + HOUR + DAY),
+    )
+    # bob's hourly cap holds m3 only at its deferred instant, nothing at the instants tried before
+    probe = await reserve(counter_store, "m4", [per_user], user="bob", at_s=t0 + HOUR + 30)
+    assert probe.chosen is None and probe.options[0].retry_at_s == t0 + DAY + HOUR
+
+    # both bind, the promo later: user entry moved to the promo's instant
+    both = await reserve(counter_store, "m5", option, user="alice", at_s=t0 + 40, defer=True)
+    assert (both.chosen, both.deferred, both.reserved_at_s) == (0, True, t0 + HOUR + DAY)
+    assert both.options[0].usages == (
+        CapUsage(per_user, 1, t0 + 2 * HOUR + DAY),
+        CapUsage(promo, 2, t0 + 2 * DAY),
+    )
+
+    # the promo pushes carol past not_after: refused, her user cap left as it was
+    carol = await reserve(
+        counter_store, "m6", option, user="carol", at_s=t0 + 50, defer=True, not_after_s=t0 + DAY
+    )
+    assert (carol.chosen, carol.deferred, carol.reserved_at_s) == (None, False, None)
+    assert carol.options[0].retry_at_s == t0 + 2 * DAY  # after m3 (t0 + DAY) leaves
+    assert await used(counter_store, [per_user], user="carol", at_s=t0 + 50) == [0]
+    assert not (await reserve(counter_store, "m6", [per_user], user="carol", at_s=t0 + 60)).duplicate
+
+
+async def test_concurrent_deferrals_take_distinct_slots(counter_store: CounterStore, t0: float):
+    """50 decisions at once against 3 per hour: 3 go now, 47 are deferred one after the other,
+    and no window ever holds more than 3 (the deferred instants are found and taken atomically)."""
+    three = cap("three", 3, HOUR)
+    outcomes = await asyncio.gather(
+        *(reserve(counter_store, f"m{i}", [three], at_s=t0 + i / 1000, defer=True) for i in range(50))
+    )
+
+    assert all(o.chosen == 0 and not o.duplicate for o in outcomes)
+    immediate = [o.reserved_at_s for o in outcomes if not o.deferred]
+    deferred = sorted(o.reserved_at_s for o in outcomes if o.deferred and o.reserved_at_s is not None)
+    assert len(immediate) == 3 and len(deferred) == 47
+    assert all(a < b for a, b in itertools.pairwise(deferred))  # distinct, increasing
+    assert deferred[0] >= t0 + HOUR
+    assert crowded_windows([*immediate, *deferred], 3, HOUR) == []
+    # the store holds every message at the instant its outcome named
+    for i, outcome in enumerate(outcomes):
+        repeat = await reserve(counter_store, f"m{i}", [three], at_s=t0 + 1)
+        assert repeat.duplicate and repeat.reserved_at_s == outcome.reserved_at_s
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5, 6])
 async def test_matches_the_memory_reference_step_by_step(counter_store: CounterStore, t0: float, seed: int):
-    """Random decisions, repeats, dry runs and partial refunds: every outcome equals the
-    in-process reference's (but `now_s`)."""
-    rng = random.Random(seed)
-    pool = [
-        cap("u_hour", 2, HOUR),
-        cap("u_day", 3, DAY),
-        cap("u_sms", 1, HOUR, channel="sms"),
-        cap("g_hour", 3, HOUR, scope="global"),
-        cap("g_day", 5, DAY, scope="global"),
-    ]
-    reference = MemoryCounterStore()
-    for _ in range(120):
-        user, member = rng.choice(["alice", "bob"]), rng.choice([f"m{i}" for i in range(8)])
-        if rng.random() < 0.15:
-            caps = rng.sample(pool, rng.randint(1, len(pool)))
-            await reference.refund(user, member, caps)
-            await counter_store.refund(user, member, caps)
-            continue
-        options = [rng.sample(pool, rng.randint(0, 3)) for _ in range(rng.randint(1, 3))]
-        at_s = t0 + rng.uniform(-1800, 7200)
-        dry_run = rng.random() < 0.2
-        expected = await reserve(reference, member, *options, user=user, at_s=at_s, dry_run=dry_run)
-        actual = await reserve(counter_store, member, *options, user=user, at_s=at_s, dry_run=dry_run)
-        assert (actual.chosen, actual.duplicate, actual.reserved_at_s, actual.options) == (
-            expected.chosen,
-            expected.duplicate,
-            expected.reserved_at_s,
-            expected.options,
-        ), f"user={user} member={member} at={at_s} dry_run={dry_run} options={options}"
+    """Random decisions, repeats, dry runs, deferrals (some bounded by not_after) and partial
+    refunds: every outcome equals the in-process reference's (but `now_s`)."""
+    await replay_against_reference(counter_store, t0, seed)

@@ -5,23 +5,37 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hashlib
 import math
 import time
 import warnings
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
 import pytest
+from smart_dispatch.counters import redis as counters_redis
+from smart_dispatch.counters.base import CounterStore, to_ms
 from smart_dispatch.counters.redis import SLIDING_COUNTER_MIN_LIMIT, RedisCounterStore
 from smart_dispatch.errors import ConfigurationError, StoreUnavailableError
 from smart_dispatch.redis_stores import redis_client
 from smart_dispatch.stores import StoreOptions, stores_from_url
 
-from tests.contract.helpers import DAY, HOUR, Backend, cap, reserve, used
+from tests.contract.helpers import (
+    DAY,
+    HOUR,
+    Backend,
+    cap,
+    crowded_windows,
+    replay_against_reference,
+    reserve,
+    used,
+)
 from tests.support.redis_servers import RedisCluster, RedisServer
 
 pytestmark = pytest.mark.redis
 on_redis = pytest.mark.parametrize("backend", ["redis", "cluster"], indirect=True)
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -46,7 +60,19 @@ def all_keys(backend: Backend) -> dict[str, int]:
 
 
 # Commandstats also count what scripts call, and the inspecting connection's own commands.
-SCRIPT_CALLS = {"time", "get", "set", "del", "pexpire", "hgetall", "hget", "hdel", "hincrby"}
+SCRIPT_CALLS = {
+    "time",
+    "get",
+    "set",
+    "del",
+    "pexpire",
+    "pexpireat",
+    "pttl",
+    "hgetall",
+    "hget",
+    "hdel",
+    "hincrby",
+}
 SCRIPT_CALLS |= {"zadd", "zrem", "zscore", "zcount", "zrange", "zrangebyscore", "zremrangebyscore"}
 INSPECTOR_CALLS = {"info", "hello", "client|setinfo"}
 
@@ -76,6 +102,9 @@ async def test_keys_carry_prefix_and_hash_tag_and_expire(store: RedisCounterStor
     assert DAY * 1000 < keys["t:{u:alice}:cap:sms_day"] <= (DAY + 101) * 1000  # window + deferral
     assert HOUR * 1000 < keys["t:{u:alice}:cap:sms_hour"] <= (HOUR + 101) * 1000
     assert 0 < keys["t:{g}:cap:promo"] <= (DAY + 101) * 1000
+    deferred = await reserve(store, "m2", [sms_hour], user="alice", at_s=t0 + 100, defer=True)
+    assert deferred.reserved_at_s == to_ms(t0 + 100) / 1000 + HOUR  # kept a window after that:
+    assert 2 * HOUR * 1000 < all_keys(backend)["t:{u:alice}:cap:sms_hour"] <= (2 * HOUR + 101) * 1000
     if backend.name == "cluster":
         with backend.nodes[0].client() as client:
             slots = {client.cluster("keyslot", k) for k in keys if "{u:alice}" in k}
@@ -104,6 +133,137 @@ async def test_one_round_trip_per_decision(store: RedisCounterStore, backend: Ba
     assert await trips(mixed, member="m3", dry_run=True) == (expected, Counter(evalsha=expected))
     assert await trips(mixed, member="m3") == (expected, Counter(evalsha=expected))
     assert await trips(mixed, member="m3") == (expected, Counter(evalsha=expected))  # a repeat
+
+
+@on_redis
+async def test_defer_round_trips(store: RedisCounterStore, backend: Backend):
+    """Defer costs nothing extra on one server; on a Cluster see _split.py's counts."""
+    t0 = time.time()
+    hourly, promo = cap("sms_hour", 1, HOUR), cap("promo", 3, DAY, scope="global")
+    cluster = backend.name == "cluster"
+    await reserve(store, "warm-up", [hourly], user="w", at_s=t0)
+    await reserve(store, "warm-up", [promo], user="w", at_s=t0)
+
+    async def trips(member: str, *options: list, user: str, **flags: object) -> tuple[int, bool]:
+        before = store.round_trips
+        outcome = await reserve(store, member, *options, user=user, at_s=t0 + 1, **flags)  # type: ignore[arg-type]
+        return store.round_trips - before, outcome.deferred
+
+    assert await trips("a1", [hourly], user="a") == (1, False)
+    assert await trips("a2", [hourly], user="a", defer=True) == (1, True)  # one slot group
+    assert await trips("b1", [hourly, promo], user="b") == (2 if cluster else 1, False)
+    # user cap binding: the deferral rides on the two calls
+    assert await trips("b2", [hourly, promo], user="b", defer=True) == (2 if cluster else 1, True)
+    # the promo is full (warm-up, b1, b2): c's user cap admits, the promo refuses -> undo, then
+    # one round of moving the user entry and taking the global instant
+    assert await trips("c1", [hourly, promo], user="c", defer=True) == (5 if cluster else 1, True)
+    # both bind, the promo later: it holds its own instant, the user entry follows (1 more call)
+    assert await trips("b3", [hourly, promo], user="b", defer=True) == (3 if cluster else 1, True)
+
+
+async def on_two_stores(
+    backend: Backend, n: int, decide: Callable[[CounterStore, int], Awaitable[T]]
+) -> list[T]:
+    """`n` decisions at once, alternating between two stores (two processes' connection pools)."""
+    stores = [RedisCounterStore(redis_client(backend.url, 5.0), prefix="t", timeout_s=5.0) for _ in range(2)]
+    try:
+        return await asyncio.gather(*(decide(stores[i % 2], i) for i in range(n)))
+    finally:
+        for counters in stores:
+            await counters.close()
+
+
+async def stored(backend: Backend, key: str) -> dict[str, float]:
+    """A sorted set's members and scores, as seconds."""
+    client = redis_client(backend.url, 5.0)
+    try:
+        return {m.decode(): s / 1000 for m, s in await client.zrange(key, 0, -1, withscores=True)}
+    finally:
+        await client.aclose()
+
+
+@on_redis
+async def test_two_stores_defer_200_concurrent_decisions_exactly(backend: Backend):
+    """The issue's scenario: 200 concurrent decisions for one user against 3 per day, spread over
+    two processes: exactly 3 now and 197 deferred, and the sorted set in Redis never holds more
+    than 3 in any day."""
+    daily = cap("sms_day", 3, DAY)
+    outcomes = await on_two_stores(
+        backend, 200, lambda store, i: reserve(store, f"m{i}", [daily], user="alice", defer=True)
+    )
+
+    assert sum(not o.deferred and o.chosen == 0 for o in outcomes) == 3
+    assert sum(o.deferred for o in outcomes) == 197
+    held = await stored(backend, "t:{u:alice}:cap:sms_day")
+    assert held == {f"m{i}": o.reserved_at_s for i, o in enumerate(outcomes)}
+    assert crowded_windows(list(held.values()), 3, DAY) == []
+
+
+@on_redis
+async def test_concurrent_deferrals_across_users_respect_user_and_global_caps(backend: Backend):
+    """Mixed options (two slot groups on a Cluster: the split protocol's deferral loop races with
+    itself): every message ends up held at its outcome's instant, in both groups, and no window
+    of either cap holds more than its limit."""
+    per_user, promo = cap("u_hour", 2, HOUR), cap("g_day", 5, DAY, scope="global")
+    outcomes = await on_two_stores(
+        backend,
+        60,
+        lambda store, i: reserve(store, f"m{i}", [per_user, promo], user=f"u{i % 3}", defer=True),
+    )
+
+    assert [o for o in outcomes if o.chosen != 0] == []  # nothing bounds the deferrals
+    # at most 5 now; maybe fewer: deferred entries count from the start (also in the global cap)
+    assert 1 <= sum(not o.deferred for o in outcomes) <= 5
+    promo_held = await stored(backend, "t:{g}:cap:g_day")
+    assert promo_held == {f"m{i}": o.reserved_at_s for i, o in enumerate(outcomes)}
+    assert crowded_windows(list(promo_held.values()), 5, DAY) == []
+    for u in range(3):
+        user_held = await stored(backend, f"t:{{u:u{u}}}:cap:u_hour")
+        assert user_held == {f"m{i}": o.reserved_at_s for i, o in enumerate(outcomes) if i % 3 == u}
+        assert crowded_windows(list(user_held.values()), 2, HOUR) == []
+
+
+@on_redis
+async def test_sliding_window_counter_defers_into_the_weighted_window(store: RedisCounterStore):
+    """A deferred entry counts in the bucket of its instant; each deferral takes the first
+    instant the weighted count leaves room, after the previous ones."""
+    promo = cap("promo", 3, HOUR, scope="global")
+    start = math.floor(time.time() / HOUR) * HOUR  # the current bucket's start
+    for i in range(3):
+        assert (await reserve(store, f"m{i}", [promo], user=f"u{i}", at_s=start + 10)).chosen == 0
+
+    first = await reserve(store, "d1", [promo], user="u3", at_s=start + 20, defer=True)
+    second = await reserve(store, "d2", [promo], user="u4", at_s=start + 30, defer=True)
+
+    # 3 * (1 - f) + (deferred ones in the next bucket) <= 2
+    assert (first.chosen, first.deferred, first.reserved_at_s) == (0, True, start + HOUR + HOUR / 3)
+    assert (second.chosen, second.deferred, second.reserved_at_s) == (0, True, start + HOUR + 2 * HOUR / 3)
+    assert first.options[0].usages[0].used == 3  # ceil(3 * 2/3 + 1)
+    repeat = await reserve(store, "d1", [promo], user="u3", at_s=start + 40, defer=True)
+    assert (repeat.duplicate, repeat.reserved_at_s) == (True, start + HOUR + HOUR / 3)
+    late = await reserve(
+        store, "d3", [promo], user="u5", at_s=start + 50, defer=True, not_after_s=start + HOUR
+    )
+    assert (late.chosen, late.deferred) == (None, False)
+
+
+@on_redis
+@pytest.mark.parametrize("seed", [11, 12, 13])
+async def test_command_path_matches_the_reference(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch, seed: int
+):
+    """reserve.lua reads small sets whole and larger ones with ZCOUNT / ZRANGEBYSCORE LIMIT: with
+    the whole-set path switched off, the outcomes are still the reference's."""
+    whole_set = "local SMALL_LIMIT, MAX_ROWS = 32, 64"
+    assert whole_set in counters_redis.RESERVE.source
+    source = counters_redis.RESERVE.source.replace(whole_set, "local SMALL_LIMIT, MAX_ROWS = 0, 0")
+    sha = hashlib.sha1(source.encode()).hexdigest()
+    monkeypatch.setattr(counters_redis, "RESERVE", counters_redis.LuaScript("commands", source, sha))
+    counters = RedisCounterStore(redis_client(backend.url, 2.0), prefix="t", timeout_s=2.0)
+    try:
+        await replay_against_reference(counters, float(int(time.time())), seed)
+    finally:
+        await counters.close()
 
 
 @on_redis

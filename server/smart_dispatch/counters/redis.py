@@ -1,19 +1,24 @@
 """Frequency caps in Redis (`redis://`, `rediss://`, `redis+cluster://`).
 
-All the logic is in `reserve.lua` / `refund.lua` (key schema, units and reply format are in their
-headers); this module names the keys, encodes the request and decodes the reply. Instants and
-windows are whole milliseconds in Redis, exactly as `MemoryCounterStore` keeps them, so both
-stores give identical outcomes; the clock is Redis `TIME` (no skew between sidecars).
+All the logic is in `reserve.lua` / `refund.lua` (key schema, units and request/reply formats are
+in their headers); this module names the keys, encodes the request and decodes the reply.
+Instants and windows are whole milliseconds in Redis, exactly as `MemoryCounterStore` keeps them,
+so both stores give identical outcomes; the clock is Redis `TIME` (no skew between sidecars).
 
 Round trips per `reserve`:
 
-- One Redis server: ONE `EVALSHA` whatever the options and caps (plus one `SCRIPT LOAD` and a
-  retry after the server lost its script cache).
+- One Redis server: ONE `EVALSHA` whatever the options and caps, also with `defer` (the deferred
+  instant is found and taken by the same script); plus one `SCRIPT LOAD` and a retry after the
+  server lost its script cache.
 - Redis Cluster: a script may only touch keys of one hash slot. A user's caps share the slot of
   `{u:<user>}`, every global cap the slot of `{g}`. When a request's caps all live in one slot
-  group, it is still one call. Otherwise: 2 round trips (user group, then global group), plus 2
-  per option whose global caps refuse after its user caps fitted (undo + next option). Caps are
-  never over-admitted; see `_split.py` for the protocol and its concurrency caveats.
+  group, it is still one call (also with `defer`). Otherwise 2 round trips, more when a global
+  cap refuses what the user caps admitted; see `_split.py` for the protocol, the exact counts and
+  its concurrency caveats. Caps are never over-admitted.
+
+Lean hot path: what only depends on the options (key templates, the binary cap spec) is built
+once per options tuple (`Plan`); a call sends the keys and 4 arguments (6 with `defer`) and gets
+one flat array of integers back.
 
 High-volume global caps (`scope="global"` and `limit > SLIDING_COUNTER_MIN_LIMIT`) use an
 approximate sliding-window counter (two weighted fixed buckets, like `limits`) instead of one
@@ -30,6 +35,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -37,9 +44,9 @@ from typing import Any, Literal
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisError
 
-from smart_dispatch._redis_guard import guarded
+from smart_dispatch._redis_guard import UNAVAILABLE, guarded
 from smart_dispatch.counters.base import (
     CapSpec,
     CapUsage,
@@ -49,16 +56,18 @@ from smart_dispatch.counters.base import (
     ReserveRequest,
     to_ms,
 )
-from smart_dispatch.errors import ConfigurationError
+from smart_dispatch.errors import ConfigurationError, StoreError, StoreUnavailableError
 
 SLIDING_COUNTER_MIN_LIMIT = 1000
 """A global cap whose limit exceeds this uses the approximate sliding-window counter."""
 
-Mode = Literal["F", "C", "D", "E", "U"]
-"""reserve.lua modes: Full, Candidates, Duplicate check only, Evaluate only, Undo."""
+Mode = Literal["F", "C", "D", "E", "M", "U"]  # reserve.lua modes (see its header)
+EVALUATED, REPEAT, CANDIDATES = 0, 1, 2  # reserve.lua reply kinds
+DEFER_NONE, DEFER_RECORDED, DEFER_REFUSED = 0, 1, 2  # reserve.lua defer states
 
-EVALUATED, REPEAT, CANDIDATES = 0, 1, 2
-"""reserve.lua reply kinds."""
+Caps = tuple[CapSpec, ...]
+Options = tuple[Caps, ...]
+_PLAN_CACHE_SIZE = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,17 +89,39 @@ REFUND = LuaScript.load("refund.lua")
 
 
 @dataclass(frozen=True, slots=True)
+class Plan:
+    """What a reserve.lua call over one options tuple sends, computed once: `keys` are templates
+    (`user_head + user + tail`, a constant global key, or `head + member` for a counter marker),
+    `spec` the encoded caps (ARGV 4, binary: see reserve.lua)."""
+
+    keys: tuple[tuple[int, str, str], ...]  # (0 constant | 1 per user | 2 per member, head, tail)
+    spec: bytes
+
+    def key_names(self, user_id: str, member: str) -> list[str]:
+        return [
+            head if kind == 0 else (head + user_id + tail if kind == 1 else head + member)
+            for kind, head, tail in self.keys
+        ]
+
+
+@dataclass(frozen=True, slots=True)
 class ScriptReply:
-    """A decoded reserve.lua reply; `entries` stay raw (their shape depends on `kind`),
-    `previous` holds the recorded caps' former scores (ms) as sent back by mode "U"."""
+    """A decoded reserve.lua reply. `entries`: the evaluated options (EVALUATED), the chosen one
+    (REPEAT), or per option the held ones as allowed outcomes and None (CANDIDATES, `scores` then
+    holds each held option's first score). `previous` holds the recorded caps' former scores (ms)
+    for a later mode "U"; `deferred_usages` option 0's usages at `defer_at_ms` when deferred."""
 
     now_s: float
     at_ms: int
     kind: int
     chosen: int | None
     reserved_at_s: float | None
-    entries: list[Any]
+    entries: list[OptionOutcome | None]
+    scores: list[int | None]
     previous: list[int | None]
+    defer_state: int
+    defer_at_ms: int | None
+    deferred_usages: tuple[CapUsage, ...]
 
 
 class RedisCounterStore(CounterStore):
@@ -121,6 +152,7 @@ class RedisCounterStore(CounterStore):
         self.round_trips = 0
         self._load_lock = asyncio.Lock()
         self._loads: dict[str, int] = {}  # script name -> SCRIPT LOADs done
+        self._plans: dict[Options, Plan] = {}
 
     # -- key schema (documented in reserve.lua) ------------------------------------------------
 
@@ -128,24 +160,73 @@ class RedisCounterStore(CounterStore):
         return cap.scope == "global" and cap.limit > self._sliding_min
 
     def cap_key(self, cap: CapSpec, user_id: str) -> str:
-        if cap.scope == "user":
-            return f"{self._prefix}:{{u:{user_id}}}:cap:{cap.name}"
-        kind = "ctr" if self.is_sliding(cap) else "cap"
-        return f"{self._prefix}:{{g}}:{kind}:{cap.name}"
+        kind, head, tail = self._key_template(cap)
+        return head + user_id + tail if kind == 1 else head
 
     def marker_key(self, cap: CapSpec, member: str) -> str:
         return f"{self._prefix}:{{g}}:ctr:{cap.name}:m:{member}"
 
+    def _key_template(self, cap: CapSpec) -> tuple[int, str, str]:
+        if cap.scope == "user":
+            return (1, f"{self._prefix}:{{u:", f"}}:cap:{cap.name}")
+        kind = "ctr" if self.is_sliding(cap) else "cap"
+        return (0, f"{self._prefix}:{{g}}:{kind}:{cap.name}", "")
+
+    def plan(self, options: Options) -> Plan:
+        """The cached request parts of `options` (see reserve.lua's ARGV 4). Raises ValueError
+        past 255 options or caps per option, or 65535 keys."""
+        plan = self._plans.get(options)
+        if plan is None:
+            keys: dict[tuple[int, str, str], int] = {}
+            fields: list[float] = []
+            for caps in options:
+                for cap in caps:
+                    key = keys.setdefault(self._key_template(cap), len(keys) + 1)
+                    marker = 0
+                    if self.is_sliding(cap):
+                        template = (2, f"{self._prefix}:{{g}}:ctr:{cap.name}:m:", "")
+                        marker = keys.setdefault(template, len(keys) + 1)
+                    kind = b"c" if marker else b"z"
+                    fields += [kind[0], key, float(cap.limit), float(to_ms(cap.window_s)), marker]
+            sizes = [len(caps) for caps in options]
+            layout = f">B{len(sizes)}B{'BHddH' * sum(sizes)}"
+            try:
+                spec = struct.pack(layout, len(sizes), *sizes, *fields)
+            except struct.error as exc:
+                raise ValueError(f"too many options, caps or keys for one reserve: {exc}") from exc
+            plan = Plan(tuple(keys), spec)
+            if len(self._plans) >= _PLAN_CACHE_SIZE:
+                self._plans.clear()
+            self._plans[options] = plan
+        return plan
+
     # -- CounterStore ---------------------------------------------------------------------------
 
     async def reserve(self, request: ReserveRequest) -> ReserveOutcome:
-        async with guarded(self._timeout_s):
-            if self.is_cluster:
-                from smart_dispatch.counters._split import reserve_split
+        options = request.options
+        if self.is_cluster and spans_slot_groups(options):
+            from smart_dispatch.counters._split import reserve_split
 
+            async with guarded(self._timeout_s):
                 return await reserve_split(self, request)
-            reply = await self.run_reserve(request, request.options, mode="F")
-            return outcome_of(reply, request.options)
+        plan = self._plans.get(options) or self.plan(options)
+        args: list[str | bytes] = [
+            request.member,
+            "" if request.at_s is None else str(to_ms(request.at_s)),
+            b"F1" if request.dry_run else b"F0",
+            plan.spec,
+        ]
+        if request.defer and not request.dry_run:
+            args += [b"a", not_after_arg(request)]
+        # `guarded(self._timeout_s)` inlined: the same bound and translation, less per-call work
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                raw = await self._evalsha(RESERVE, plan.key_names(request.user_id, request.member), args)
+        except UNAVAILABLE as exc:
+            raise StoreUnavailableError(f"redis unavailable: {type(exc).__name__}: {exc}") from exc
+        except RedisError as exc:
+            raise StoreError(f"redis failed: {type(exc).__name__}: {exc}") from exc
+        return full_outcome(raw, options)
 
     async def refund(self, user_id: str, member: str, caps: Sequence[CapSpec]) -> None:
         groups = [list(caps)]
@@ -165,53 +246,31 @@ class RedisCounterStore(CounterStore):
     async def run_reserve(
         self,
         request: ReserveRequest,
-        options: Sequence[Sequence[CapSpec]],
+        options: Sequence[Caps],
         *,
         mode: Mode,
         eligible: Sequence[bool] | None = None,
         at_ms: int | None = None,
         eval_ok: bool = True,
+        defer: str = "",
         restore: Sequence[int | None] = (),
     ) -> ScriptReply:
         """One reserve.lua call over `options` (all eligible unless told); `at_ms` overrides
-        `request.at_s` (cluster calls after the first pin the first call's instant); `restore`
-        is mode "U"'s list of former scores."""
-        keys: dict[str, int] = {}
-
-        def index(key: str) -> str:
-            return str(keys.setdefault(key, len(keys) + 1))
-
+        `request.at_s` (cluster calls after the first pin the first call's instant); `defer` is
+        ARGV 5 (with `request.not_after_s`); `restore` is mode "U"'s list of former scores."""
+        options = tuple(options)
+        plan = self.plan(options)
         if at_ms is None and request.at_s is not None:
             at_ms = to_ms(request.at_s)
-        args: list[str] = [
-            request.member,
-            "" if at_ms is None else str(at_ms),
-            "1" if request.dry_run else "0",
-            mode,
-            "1" if eval_ok else "0",
-            str(len(options)),
-        ]
-        for number, caps in enumerate(options):
-            args += ["1" if eligible is None or eligible[number] else "0", str(len(caps))]
-            for cap in caps:
-                key = index(self.cap_key(cap, request.user_id))
-                if self.is_sliding(cap):
-                    kind, marker = "c", index(self.marker_key(cap, request.member))
-                else:
-                    kind, marker = "z", "0"
-                args += [kind, key, str(cap.limit), str(to_ms(cap.window_s)), marker]
-        args += ["" if score is None else str(score) for score in restore]
-        raw = await self._evalsha(RESERVE, list(keys), args)
-        now_ms, at, kind, chosen, reserved_ms, entries, previous = raw
-        return ScriptReply(
-            now_ms / 1000,
-            int(at),
-            int(kind),
-            None if int(chosen) < 0 else int(chosen),
-            instant(reserved_ms),
-            list(entries),
-            [None if p is None else int(p) for p in previous],
-        )
+        ctl = mode + ("1" if request.dry_run else "0") + ("1" if eval_ok else "0")
+        if eligible is not None:
+            ctl += "".join("1" if e else "0" for e in eligible)
+        args: list[str | bytes] = [request.member, "" if at_ms is None else str(at_ms), ctl, plan.spec]
+        if defer or restore:
+            args += [defer, not_after_arg(request) if defer else ""]
+            args += ["" if score is None else str(score) for score in restore]
+        raw = await self._evalsha(RESERVE, plan.key_names(request.user_id, request.member), args)
+        return decode(raw, options, mode)
 
     async def run_refund(self, user_id: str, member: str, caps: Sequence[CapSpec]) -> int:
         """One refund.lua call; `caps` must share a hash slot on a Cluster."""
@@ -221,7 +280,7 @@ class RedisCounterStore(CounterStore):
             pairs += [self.cap_key(cap, user_id), self.marker_key(cap, member)]
         return int(await self._evalsha(REFUND, zsets + pairs, [member, str(len(zsets))]))
 
-    async def _evalsha(self, script: LuaScript, keys: list[str], args: list[str]) -> Any:
+    async def _evalsha(self, script: LuaScript, keys: list[str], args: Sequence[str | bytes]) -> Any:
         if self.is_cluster:
             # Topology discovery racing with the first concurrent commands (and their SCRIPT LOADs)
             # makes redis-py drop connections: discover once, under redis-py's own lock. A no-op
@@ -229,7 +288,7 @@ class RedisCounterStore(CounterStore):
             await self._client.initialize()
         self.round_trips += 1
         try:
-            return await self._client.evalsha(script.sha, len(keys), *keys, *args)
+            return await self._client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
         except NoScriptError:  # first use, or the server restarted / flushed its script cache
             missed = self._loads.get(script.name, 0)
             async with self._load_lock:  # one SCRIPT LOAD for a burst of concurrent misses
@@ -238,7 +297,29 @@ class RedisCounterStore(CounterStore):
                     await self._client.script_load(script.source)
                     self._loads[script.name] = missed + 1
             self.round_trips += 1
-            return await self._client.evalsha(script.sha, len(keys), *keys, *args)
+            return await self._client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+
+
+def spans_slot_groups(options: Options) -> bool:
+    """Whether the caps live in both Cluster slot groups (the user's and the global one)."""
+    scopes = {cap.scope for caps in options for cap in caps}
+    return len(scopes) > 1
+
+
+def not_after_arg(request: ReserveRequest) -> str:
+    """`not_after_s` as the latest whole ms `t` with `t / 1000 <= not_after_s` (the comparison
+    MemoryCounterStore makes), "" for none."""
+    limit = request.not_after_s
+    if limit is None or limit == math.inf:
+        return ""
+    if not math.isfinite(limit):  # NaN or -inf: no instant qualifies
+        return "-1"
+    ms = math.floor(limit * 1000)
+    while (ms + 1) / 1000 <= limit:
+        ms += 1
+    while ms / 1000 > limit:
+        ms -= 1
+    return str(ms)
 
 
 def instant(raw_ms: int | None) -> float | None:
@@ -246,24 +327,84 @@ def instant(raw_ms: int | None) -> float | None:
     return None if raw_ms is None else raw_ms / 1000
 
 
-def option_outcome(caps: Sequence[CapSpec], entry: Sequence[Any]) -> OptionOutcome:
-    """Decode one `{ allowed, retry_at, usages }` entry of a reserve.lua reply."""
-    allowed, retry_at, usages = entry
-    return OptionOutcome(
-        bool(int(allowed)),
-        tuple(
-            CapUsage(cap, int(used), instant(reset)) for cap, (used, reset) in zip(caps, usages, strict=True)
-        ),
-        instant(retry_at),
+def _usages(raw: list[Any], i: int, caps: Caps) -> tuple[CapUsage, ...]:
+    """The `used, reset_at` pairs of `caps` from `raw[i]` on."""
+    usages = []
+    for cap in caps:
+        reset = raw[i + 1]
+        usages.append(CapUsage(cap, raw[i], None if reset is None else reset / 1000))
+        i += 2
+    return tuple(usages)
+
+
+def _entries(raw: list[Any], i: int, options: Sequence[Caps]) -> tuple[list[OptionOutcome], int]:
+    """Evaluated options `{ allowed, retry_at, usages }` from `raw[i]` on, and the next index."""
+    entries = []
+    for caps in options:
+        retry = raw[i + 1]
+        entries.append(
+            OptionOutcome(raw[i] == 1, _usages(raw, i + 2, caps), None if retry is None else retry / 1000)
+        )
+        i += 2 + 2 * len(caps)
+    return entries, i
+
+
+def decode(raw: list[Any], options: Options, mode: Mode) -> ScriptReply:
+    """A reserve.lua reply (reserve.lua's "Reply") over `options`, sent in `mode`."""
+    now, at, kind, chosen, reserved, defer_state, defer_at = raw[:7]
+    i = 7
+    entries: list[OptionOutcome | None] = []
+    scores: list[int | None] = []
+    if kind == REPEAT:
+        found, i = _entries(raw, i, options[chosen : chosen + 1])
+        entries += found
+    elif kind == CANDIDATES:
+        for caps in options:
+            if raw[i] == 1:
+                scores.append(raw[i + 1])
+                entries.append(OptionOutcome(True, _usages(raw, i + 2, caps), None))
+                i += 2 + 2 * len(caps)
+            else:
+                entries.append(None)
+                scores.append(None)
+                i += 2
+    elif mode not in ("D", "M"):
+        found, i = _entries(raw, i, options if chosen < 0 else options[: chosen + 1])
+        entries += found
+    previous = raw[i + 1 : i + 1 + raw[i]]
+    deferred: tuple[CapUsage, ...] = ()
+    if defer_state == DEFER_RECORDED:
+        deferred = _usages(raw, i + 1 + raw[i], options[0])
+    return ScriptReply(
+        now / 1000,
+        at,
+        kind,
+        None if chosen < 0 else chosen,
+        None if reserved is None else reserved / 1000,
+        entries,
+        scores,
+        previous,
+        defer_state,
+        defer_at,
+        deferred,
     )
 
 
-def outcome_of(reply: ScriptReply, options: Sequence[Sequence[CapSpec]]) -> ReserveOutcome:
-    """The `ReserveOutcome` of a mode F/E reply over `options` (kind EVALUATED or REPEAT)."""
-    evaluated: tuple[OptionOutcome, ...]
-    if reply.kind == REPEAT:
-        assert reply.chosen is not None
-        evaluated = (option_outcome(options[reply.chosen], reply.entries[0]),)
-    else:
-        evaluated = tuple(option_outcome(caps, e) for caps, e in zip(options, reply.entries, strict=False))
-    return ReserveOutcome(reply.now_s, reply.chosen, evaluated, reply.kind == REPEAT, reply.reserved_at_s)
+def full_outcome(raw: list[Any], options: Options) -> ReserveOutcome:
+    """The `ReserveOutcome` of a mode "F" reply over `options`."""
+    now, _, kind, chosen, reserved, defer_state, defer_at = raw[:7]
+    if kind == REPEAT:
+        found, _ = _entries(raw, 7, options[chosen : chosen + 1])
+        return ReserveOutcome(now / 1000, chosen, (found[0],), True, reserved / 1000)
+    found, i = _entries(raw, 7, options if chosen < 0 else options[: chosen + 1])
+    if defer_state == DEFER_RECORDED:
+        at_s = defer_at / 1000
+        first = OptionOutcome(False, _usages(raw, i + 1 + raw[i], options[0]), at_s)
+        return ReserveOutcome(now / 1000, 0, (first, *found[1:]), False, at_s, deferred=True)
+    return ReserveOutcome(
+        now / 1000,
+        None if chosen < 0 else chosen,
+        tuple(found),
+        False,
+        None if reserved is None else reserved / 1000,
+    )

@@ -40,11 +40,12 @@ ARGV
   3  ctl        char 1 mode, char 2 dry_run ("1" check only), char 3 eval_ok (mode "C"), then one
                 char per option: "1" may be chosen, "0" reported only (never chosen nor recorded
                 by the evaluation); no char = "1"
-  4  spec       space-separated: n_options, then per option n_caps and 5 fields per cap: kind
-                ("z" sorted set, "c" counter), key index, limit, window (ms), marker key index ("0")
+  4  spec       the options' caps, binary (struct, big-endian): n_options (uint8), n_caps of each
+                option (uint8 each), then per cap in order: kind (uint8 "z" sorted set | "c"
+                counter), key index (uint16), limit (double), window ms (double), marker key index
+                (uint16, 0 for "z"). Built once per options tuple by counters/redis.py.
   5  defer      optional: "" none; "a" when no option is chosen, record option 1 at its retry_at;
-                "m<floor>" record option 1 at the earliest instant >= floor all its caps have room;
-                "s<floor>" the same but only AT floor (else report the earliest instant)
+                "m<floor>" record option 1 at the earliest instant >= floor all its caps have room
   6  not_after  optional: "" or the latest instant (ms) a deferral may take
   7+ restore    mode "U": one per cap of option 1, its former score ("" = the member was absent)
   modes  "F" repeat check, then evaluate (then defer): the whole contract in one call
@@ -63,7 +64,7 @@ Reply  a flat array: now, at, kind, chosen, reserved_at, defer_state, defer_at, 
     (false = absent), the input of a later mode "U"
   then, when defer_state is 1 (option 1 recorded at defer_at), option 1's usages at defer_at.
   defer_state 0 = no deferral asked or possible, 1 = recorded, 2 = refused (defer_at is the
-  earliest instant, after not_after or, for "s", after floor). Instants in ms, false = absent.
+  earliest instant, after not_after). Instants in ms, false = absent.
 ]]
 
 local member = ARGV[1]
@@ -87,34 +88,31 @@ local EPSILON = 1e-9 -- absorbs rounding in the counter's weighted sum (a count)
 local MS_EPSILON = 1e-6 -- and in an instant computed from a fraction of a window (ms)
 
 -- An integer as a command argument (Lua's own tostring switches to exponents above 1e14).
-local function int(x)
-  return string.format('%d', x)
-end
+local fmt = string.format
 
-local spec, n = {}, 0
-for token in string.gmatch(ARGV[4], '%S+') do
-  n = n + 1
-  spec[n] = token
+local spec = ARGV[4]
+local n_options = string.byte(spec, 1)
+local sizes, total = { string.byte(spec, 2, 1 + n_options) }, 0
+for o = 1, n_options do
+  total = total + sizes[o]
 end
-local options = {}
-local a = 2
-for o = 1, tonumber(spec[1]) do
+local fields = { struct.unpack('>' .. string.rep('BHddH', total), spec, 2 + n_options) }
+local options, has_counters = {}, false
+local f = 1
+for o = 1, n_options do
   local caps = {}
-  for c = 1, tonumber(spec[a]) do
-    local limit, marker = tonumber(spec[a + 3]), tonumber(spec[a + 5])
-    if limit < 1 then
+  for c = 1, sizes[o] do
+    local kind, marker = fields[f] == 99 and 'c' or 'z', fields[f + 4]
+    if fields[f + 2] < 1 then
       return redis.error_reply('cap limit must be >= 1')
     end
-    caps[c] = {
-      kind = spec[a + 1],
-      key = KEYS[tonumber(spec[a + 2])],
-      limit = limit,
-      window = tonumber(spec[a + 4]),
-      marker = marker > 0 and KEYS[marker] or nil,
-    }
-    a = a + 5
+    caps[c] = { kind = kind, key = KEYS[fields[f + 1]], limit = fields[f + 2], window = fields[f + 3] }
+    if kind == 'c' then
+      caps[c].marker = KEYS[marker]
+      has_counters = true
+    end
+    f = f + 5
   end
-  a = a + 1
   options[o] = { caps = caps, eligible = string.sub(ctl, 3 + o, 3 + o) ~= '0' }
 end
 
@@ -172,19 +170,26 @@ local function z_refusal(cap, t)
   local low = math.max(t, now) - cap.window
   local v = view(cap)
   if v then
-    local others, c = {}, 0
-    for i = 1, #v.s do
-      if v.s[i] > low and v.m[i] ~= member then
+    local ms, ss, c = v.m, v.s, 0
+    for i = 1, #ss do
+      if ss[i] > low and ms[i] ~= member then
         c = c + 1
-        others[c] = v.s[i]
       end
     end
     if c < cap.limit then
       return nil
     end
-    return others[c - cap.limit + 1] + cap.window
+    local wanted = c - cap.limit + 1 -- ascending, the member left out
+    for i = 1, #ss do
+      if ss[i] > low and ms[i] ~= member then
+        wanted = wanted - 1
+        if wanted == 0 then
+          return ss[i] + cap.window
+        end
+      end
+    end
   end
-  local bound = '(' .. int(low)
+  local bound = '(' .. fmt('%d', low)
   local counted = redis.call('ZCOUNT', cap.key, bound, '+inf')
   local own = own_score(cap)
   local own_in = own and own > low
@@ -219,7 +224,7 @@ local function z_usage(cap, t)
       end
     end
   else
-    local bound = '(' .. int(low)
+    local bound = '(' .. fmt('%d', low)
     used = redis.call('ZCOUNT', cap.key, bound, '+inf')
     local row = redis.call('ZRANGEBYSCORE', cap.key, bound, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
     first = row[2] and tonumber(row[2])
@@ -243,11 +248,13 @@ local function z_record(cap, t)
   if v then
     local ms, ss = v.m, v.s
     if ss[1] and ss[1] <= stale then -- drop what left every window (MemoryCounterStore._live)
-      redis.call('ZREMRANGEBYSCORE', cap.key, '-inf', int(stale))
+      redis.call('ZREMRANGEBYSCORE', cap.key, '-inf', fmt('%d', stale))
     end
-    latest = ss[#ss]
     local keep_m, keep_s, placed = {}, {}, false
     for i = 1, #ss do
+      if ss[i] > stale then
+        latest = ss[i] -- what is left of the set (the member's old entry too) lives until then
+      end
       if ss[i] > stale and ms[i] ~= member then
         if not placed and ss[i] > t then
           keep_m[#keep_m + 1], keep_s[#keep_s + 1], placed = member, t, true
@@ -260,148 +267,157 @@ local function z_record(cap, t)
     end
     v.m, v.s = keep_m, keep_s
   else
-    redis.call('ZREMRANGEBYSCORE', cap.key, '-inf', int(stale))
+    redis.call('ZREMRANGEBYSCORE', cap.key, '-inf', fmt('%d', stale))
     local top = redis.call('ZRANGE', cap.key, -1, -1, 'WITHSCORES')
     latest = top[2] and tonumber(top[2])
   end
-  redis.call('ZADD', cap.key, int(t), member)
+  redis.call('ZADD', cap.key, fmt('%d', t), member)
   if latest == nil or t > latest then -- else the key already lives past t + window
-    redis.call('PEXPIREAT', cap.key, int(math.max(t + cap.window, now + 1)))
+    redis.call('PEXPIREAT', cap.key, fmt('%d', math.max(t + cap.window, now + 1)))
   end
   owns[cap.key], recorded[cap.key] = t, true
 end
 
--- Sliding-window counters ---------------------------------------------------------------------
+-- Sliding-window counters (defined only when the request has one) ----------------------------
 
--- Counter state, loaded once per key (dropping buckets that no longer weigh): bucket -> count.
-local counters = {}
-local function counter(cap)
-  local state = counters[cap.key]
-  if state then
+local marker_of, c_refusal, c_usage, c_record, c_forget
+if has_counters then
+  -- Counter state, loaded once per key (dropping buckets that no longer weigh): bucket -> count.
+  local counters = {}
+  local function counter(cap)
+    local state = counters[cap.key]
+    if state then
+      return state
+    end
+    state = {}
+    local stale = {}
+    local flat = redis.call('HGETALL', cap.key)
+    for i = 1, #flat, 2 do
+      local b = tonumber(flat[i])
+      if (b + 2) * cap.window <= now then
+        stale[#stale + 1] = flat[i]
+      else
+        state[b] = tonumber(flat[i + 1])
+      end
+    end
+    if #stale > 0 then
+      redis.call('HDEL', cap.key, unpack(stale))
+    end
+    counters[cap.key] = state
     return state
   end
-  state = {}
-  local stale = {}
-  local flat = redis.call('HGETALL', cap.key)
-  for i = 1, #flat, 2 do
-    local b = tonumber(flat[i])
-    if (b + 2) * cap.window <= now then
-      stale[#stale + 1] = flat[i]
-    else
-      state[b] = tonumber(flat[i + 1])
-    end
-  end
-  if #stale > 0 then
-    redis.call('HDEL', cap.key, unpack(stale))
-  end
-  counters[cap.key] = state
-  return state
-end
 
--- The member's counter entry: bucket, score (nil when absent). Cached per marker key.
-local markers = {}
-local function marker_of(cap)
-  local entry = markers[cap.marker]
-  if entry == nil then
-    entry = false
-    local value = redis.call('GET', cap.marker)
-    if value then
-      local b, s = string.match(value, '^(%S+) (%S+)$')
-      entry = { tonumber(b), tonumber(s) }
+  -- The member's counter entry: bucket, score (nil when absent). Cached per marker key.
+  local markers = {}
+  marker_of = function(cap)
+    local entry = markers[cap.marker]
+    if entry == nil then
+      entry = false
+      local value = redis.call('GET', cap.marker)
+      if value then
+        local b, s = string.match(value, '^(%S+) (%S+)$')
+        entry = { tonumber(b), tonumber(s) }
+      end
+      markers[cap.marker] = entry
     end
-    markers[cap.marker] = entry
+    if entry then
+      return entry[1], entry[2]
+    end
+    return nil, nil
   end
-  if entry then
-    return entry[1], entry[2]
-  end
-  return nil, nil
-end
 
--- Weighted counter at t, leaving one entry out of bucket `skip`; also the oldest weighing bucket.
-local function weighted(cap, t, skip)
-  local b = math.floor(t / cap.window)
-  local f = t / cap.window - b
-  local total, oldest = 0, nil
-  for k, count in pairs(counter(cap)) do
-    if k == skip then
-      count = count - 1
+  -- Weighted counter at t, leaving one entry out of bucket `skip`; also the oldest weighing bucket.
+  local function weighted(cap, t, skip)
+    local b = math.floor(t / cap.window)
+    local f = t / cap.window - b
+    local total, oldest = 0, nil
+    for k, count in pairs(counter(cap)) do
+      if k == skip then
+        count = count - 1
+      end
+      if count > 0 and k >= b - 1 then
+        total = total + (k == b - 1 and count * (1 - f) or count)
+        if oldest == nil or k < oldest then
+          oldest = k
+        end
+      end
     end
-    if count > 0 and k >= b - 1 then
-      total = total + (k == b - 1 and count * (1 - f) or count)
-      if oldest == nil or k < oldest then
-        oldest = k
+    return total, oldest
+  end
+
+  -- First instant >= t where the weighted count (without `skip`) is at most limit - 1. The count is
+  -- continuous and non-increasing in time, linear inside a bucket: walk buckets until it fits.
+  local function counter_retry_at(cap, t, skip)
+    local counts, later = {}, 0
+    local b = math.floor(t / cap.window)
+    for k, count in pairs(counter(cap)) do
+      if k == skip then
+        count = count - 1
+      end
+      if count > 0 then
+        counts[k] = count
+        if k >= b then
+          later = later + count
+        end
+      end
+    end
+    local room = cap.limit - 1
+    while later > room do
+      later = later - (counts[b] or 0)
+      b = b + 1
+    end
+    local previous = counts[b - 1] or 0
+    local f = 0
+    if previous > 0 then
+      f = math.max(0, 1 - (room - later) / previous)
+    end
+    return math.max(t, b * cap.window + math.ceil(f * cap.window - MS_EPSILON))
+  end
+
+  c_refusal = function(cap, t)
+    local skip = marker_of(cap)
+    if math.ceil(weighted(cap, t, skip) - EPSILON) < cap.limit then
+      return nil
+    end
+    return counter_retry_at(cap, t, skip)
+  end
+
+  c_usage = function(cap, t)
+    local total, oldest = weighted(cap, t, nil)
+    return math.max(0, math.ceil(total - EPSILON)), oldest and (oldest + 2) * cap.window or false
+  end
+
+  -- Takes the member's count out of its bucket (its marker stays: set again or deleted after).
+  c_forget = function(cap)
+    local state = counter(cap)
+    local old = marker_of(cap)
+    if old and state[old] then
+      state[old] = state[old] - 1
+      if state[old] <= 0 then
+        state[old] = nil
+        redis.call('HDEL', cap.key, fmt('%d', old))
+      else
+        redis.call('HINCRBY', cap.key, fmt('%d', old), -1)
       end
     end
   end
-  return total, oldest
-end
 
--- First instant >= t where the weighted count (without `skip`) is at most limit - 1. The count is
--- continuous and non-increasing in time, linear inside a bucket: walk buckets until it fits.
-local function counter_retry_at(cap, t, skip)
-  local counts, later = {}, 0
-  local b = math.floor(t / cap.window)
-  for k, count in pairs(counter(cap)) do
-    if k == skip then
-      count = count - 1
-    end
-    if count > 0 then
-      counts[k] = count
-      if k >= b then
-        later = later + count
+  c_record = function(cap, t)
+    local state = counter(cap)
+    c_forget(cap) -- counted before (a partial record, a deferral moved): never count it twice
+    local b = math.floor(t / cap.window)
+    state[b] = (state[b] or 0) + 1
+    redis.call('HINCRBY', cap.key, fmt('%d', b), 1)
+    redis.call('SET', cap.marker, fmt('%d', b) .. ' ' .. fmt('%d', t), 'PX', fmt('%d', math.max(1, (b + 2) * cap.window - now)))
+    markers[cap.marker] = { b, t }
+    local last = b
+    for k in pairs(state) do
+      if k > last then
+        last = k
       end
     end
+    redis.call('PEXPIRE', cap.key, fmt('%d', math.max(1, (last + 2) * cap.window - now)))
   end
-  local room = cap.limit - 1
-  while later > room do
-    later = later - (counts[b] or 0)
-    b = b + 1
-  end
-  local previous = counts[b - 1] or 0
-  local f = 0
-  if previous > 0 then
-    f = math.max(0, 1 - (room - later) / previous)
-  end
-  return math.max(t, b * cap.window + math.ceil(f * cap.window - MS_EPSILON))
-end
-
-local function c_refusal(cap, t)
-  local skip = marker_of(cap)
-  if math.ceil(weighted(cap, t, skip) - EPSILON) < cap.limit then
-    return nil
-  end
-  return counter_retry_at(cap, t, skip)
-end
-
-local function c_usage(cap, t)
-  local total, oldest = weighted(cap, t, nil)
-  return math.max(0, math.ceil(total - EPSILON)), oldest and (oldest + 2) * cap.window or false
-end
-
-local function c_record(cap, t)
-  local state = counter(cap)
-  local old = marker_of(cap)
-  if old and state[old] then -- counted before (a partial record): move it, never count it twice
-    state[old] = state[old] - 1
-    if state[old] <= 0 then
-      state[old] = nil
-      redis.call('HDEL', cap.key, int(old))
-    else
-      redis.call('HINCRBY', cap.key, int(old), -1)
-    end
-  end
-  local b = math.floor(t / cap.window)
-  state[b] = (state[b] or 0) + 1
-  redis.call('HINCRBY', cap.key, int(b), 1)
-  redis.call('SET', cap.marker, int(b) .. ' ' .. int(t), 'PX', int(math.max(1, (b + 2) * cap.window - now)))
-  markers[cap.marker] = { b, t }
-  local last = b
-  for k in pairs(state) do
-    if k > last then
-      last = k
-    end
-  end
-  redis.call('PEXPIRE', cap.key, int(math.max(1, (last + 2) * cap.window - now)))
 end
 
 -- Both kinds -------------------------------------------------------------------------------------
@@ -438,6 +454,11 @@ local function refusal(cap, t)
   return c_refusal(cap, t)
 end
 
+local function push2(out, x, y)
+  local k = #out
+  out[k + 1], out[k + 2] = x, y
+end
+
 -- Appends `used, reset_at` per cap of the option at t to `out`.
 local function push_usages(out, option, t)
   for _, cap in ipairs(option.caps) do
@@ -447,8 +468,7 @@ local function push_usages(out, option, t)
     else
       used, reset = c_usage(cap, t)
     end
-    out[#out + 1] = used
-    out[#out + 1] = reset
+    push2(out, used, reset)
   end
 end
 
@@ -468,21 +488,17 @@ local function record(option, t)
   return previous
 end
 
-local header = { now, at, 0, -1, false, 0, false }
-local entries = {}
+-- The reply: the 7 header fields, then the entries, appended as they are found.
+local out = { now, at, 0, -1, false, 0, false }
 
 local function reply(previous, deferred)
-  local out = header
-  for i = 1, #entries do
-    out[#out + 1] = entries[i]
-  end
   previous = previous or {}
   out[#out + 1] = #previous
   for i = 1, #previous do
     out[#out + 1] = previous[i]
   end
   if deferred then
-    push_usages(out, options[1], header[7])
+    push_usages(out, options[1], out[7])
   end
   return out
 end
@@ -491,44 +507,52 @@ if mode == 'U' then
   local option = options[1]
   for c, cap in ipairs(option.caps) do
     local score = tonumber(ARGV[6 + c])
-    if cap.kind ~= 'z' then
-      return redis.error_reply('undo supports sorted-set caps only')
+    if cap.kind == 'c' then
+      if score then
+        c_record(cap, score)
+      else
+        c_forget(cap)
+        redis.call('DEL', cap.marker)
+        markers[cap.marker] = false
+      end
     elseif score == nil or score <= now - cap.window then
       redis.call('ZREM', cap.key, member)
     else
-      redis.call('ZADD', cap.key, int(score), member)
+      redis.call('ZADD', cap.key, fmt('%d', score), member)
       local ttl = redis.call('PTTL', cap.key)
       if ttl < 0 or now + ttl < score + cap.window then
-        redis.call('PEXPIREAT', cap.key, int(score + cap.window))
+        redis.call('PEXPIREAT', cap.key, fmt('%d', score + cap.window))
       end
     end
     views[cap.key], owns[cap.key] = nil, nil
   end
-  entries[1], entries[2] = 0, false
-  push_usages(entries, option, at)
+  push2(out, 0, false)
+  push_usages(out, option, at)
   return reply()
 elseif mode == 'C' then
   local any = false
   for _, option in ipairs(options) do
     if holds(option) then
       any = true
-      entries[#entries + 1], entries[#entries + 2] = 1, score_of(option.caps[1])
-      push_usages(entries, option, at)
+      push2(out, 1, score_of(option.caps[1]))
+      push_usages(out, option, at)
     else
-      entries[#entries + 1], entries[#entries + 2] = 0, false
+      push2(out, 0, false)
     end
   end
   if any or not eval_ok then
-    header[3] = 2
+    out[3] = 2
     return reply()
   end
-  entries = {}
+  for i = #out, 8, -1 do -- none holds: evaluate instead
+    out[i] = nil
+  end
 elseif mode == 'F' or mode == 'D' then
   for o, option in ipairs(options) do
     if option.eligible and holds(option) then
-      header[3], header[4], header[5] = 1, o - 1, score_of(option.caps[1])
-      entries[1], entries[2] = 1, false
-      push_usages(entries, option, at)
+      out[3], out[4], out[5] = 1, o - 1, score_of(option.caps[1])
+      push2(out, 1, false)
+      push_usages(out, option, at)
       return reply()
     end
   end
@@ -551,18 +575,18 @@ if mode ~= 'M' then
       first_retry = retry_at
     end
     if retry_at ~= nil or not option.eligible then
-      entries[#entries + 1], entries[#entries + 2] = 0, retry_at or false
-      push_usages(entries, option, at)
+      push2(out, 0, retry_at or false)
+      push_usages(out, option, at)
     else
-      header[4] = o - 1
-      entries[#entries + 1], entries[#entries + 2] = 1, false
+      out[4] = o - 1
+      push2(out, 1, false)
       if dry_run then
-        push_usages(entries, option, at)
+        push_usages(out, option, at)
         return reply()
       end
       local previous = record(option, at)
-      header[5] = at
-      push_usages(entries, option, at)
+      out[5] = at
+      push_usages(out, option, at)
       return reply(previous)
     end
   end
@@ -572,11 +596,9 @@ end
 if defer == '' or dry_run or #options == 0 then
   return reply()
 end
-local kind, floor, when = string.sub(defer, 1, 1), at, nil
-if kind == 'a' then
-  when = first_retry or at
-else
-  floor = tonumber(string.sub(defer, 2))
+local when = first_retry or at -- "a": option 1's retry instant, found above
+if defer ~= 'a' then -- "m<floor>": a cap's count only falls with time, so the latest of the caps'
+  local floor = tonumber(string.sub(defer, 2)) -- earliest instants >= floor is the first for all
   when = floor
   for _, cap in ipairs(options[1].caps) do
     local r = refusal(cap, floor)
@@ -585,10 +607,10 @@ else
     end
   end
 end
-header[7] = when
-if (kind == 's' and when > floor) or (not_after and when > not_after) then
-  header[6] = 2
+out[7] = when
+if not_after and when > not_after then
+  out[6] = 2
   return reply()
 end
-header[6] = 1
+out[6] = 1
 return reply(record(options[1], when), true)
