@@ -6,13 +6,11 @@
     redis+cluster://[[user]:password@]host:port Redis Cluster, any node as seed (topology is
                                                 discovered on first use)
 
-Counters and lists share one client. Every connection gets `socket_timeout` and
-`socket_connect_timeout` = `StoreOptions.timeout_s` and NO automatic retries: a failed call fails
-fast as `StoreUnavailableError`, and the decision pipeline applies its fail-open / fail-closed
-policy instead of waiting. Building the client does not connect; the first call does.
-
-Behaviour has no Redis store yet: it stays in this process (`MemoryBehaviourStore`), so
-engagement learned by one sidecar is not seen by the others.
+Every store shares one client: `socket_connect_timeout` = `StoreOptions.timeout_s`, NO automatic
+retries, and every operation is bounded as a whole by `_redis_guard.guarded` (an asyncio timeout
+of `timeout_s`), which also covers reads - a per-socket read timeout would only add a task per
+command. A failed call fails fast as `StoreUnavailableError`, and the decision pipeline applies
+its fail-open / fail-closed policy instead of waiting. Building the client does not connect.
 """
 
 from __future__ import annotations
@@ -50,11 +48,11 @@ def redis_client(url: str, timeout_s: float) -> Redis | RedisCluster:
         if parts.scheme == CLUSTER_SCHEME:
             seed = urlunsplit(("redis", parts.netloc, "", parts.query, ""))
             return RedisCluster.from_url(
-                seed, retry=no_retry, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+                seed, retry=no_retry, socket_connect_timeout=timeout_s
             )
         if parts.scheme in ("redis", "rediss"):
             return Redis.from_url(
-                url, retry=no_retry, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+                url, retry=no_retry, socket_connect_timeout=timeout_s
             )
     except ValueError as exc:
         raise ConfigurationError(f"invalid redis URL {url!r}: {exc}") from exc
