@@ -47,13 +47,9 @@ def redis_client(url: str, timeout_s: float) -> Redis | RedisCluster:
     try:
         if parts.scheme == CLUSTER_SCHEME:
             seed = urlunsplit(("redis", parts.netloc, "", parts.query, ""))
-            return RedisCluster.from_url(
-                seed, retry=no_retry, socket_connect_timeout=timeout_s
-            )
+            return RedisCluster.from_url(seed, retry=no_retry, socket_connect_timeout=timeout_s)
         if parts.scheme in ("redis", "rediss"):
-            return Redis.from_url(
-                url, retry=no_retry, socket_connect_timeout=timeout_s
-            )
+            return Redis.from_url(url, retry=no_retry, socket_connect_timeout=timeout_s)
     except ValueError as exc:
         raise ConfigurationError(f"invalid redis URL {url!r}: {exc}") from exc
     raise ConfigurationError(

@@ -10,7 +10,7 @@ codes and logged, but the plan returned is the one without them; their caps are 
 from __future__ import annotations
 
 import logging
-import uuid
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -229,7 +229,7 @@ def _decision(
     explanation: Explanation | None = None,
 ) -> Decision:
     return Decision(
-        decision_id=uuid.uuid4().hex,
+        decision_id=secrets.token_hex(16),
         verdict=outcome.verdict,
         steps=tuple(outcome.steps),
         send_at=outcome.send_at,
