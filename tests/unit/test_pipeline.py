@@ -135,3 +135,18 @@ async def test_on_cap_drop_suppresses(tmp_path, on_cap):
     assert second.verdict is Verdict.SUPPRESS
     cap_reason = next(r for r in second.reasons if r.code == "cap_exceeded")
     assert cap_reason.rule == "promo_sms_first" and "sms_hourly" in cap_reason.detail
+
+
+async def test_the_embedded_counter_store_forgets_users_whose_windows_passed():
+    from smart_dispatch.counters.base import CapSpec, ReserveRequest
+    from smart_dispatch.counters.memory import SWEEP_EVERY
+
+    clock = FixedClock(datetime(2026, 6, 1, 12, 0, tzinfo=UTC))
+    store = MemoryCounterStore(clock.seconds)
+    hourly = CapSpec("hourly", 1, 3600.0)
+    for i in range(SWEEP_EVERY - 1):
+        await store.reserve(ReserveRequest(f"user-{i}", f"m{i}", ((hourly,),)))
+    clock.now += timedelta(hours=2)
+    await store.reserve(ReserveRequest("late-user", "m-late", ((hourly,),)))  # triggers the sweep
+
+    assert list(store._entries) == [("late-user", "hourly")]

@@ -20,26 +20,43 @@ from smart_dispatch.counters.base import (
     to_ms,
 )
 
+#: Every this many reserves, entries of users not seen since are swept (bounded memory).
+SWEEP_EVERY = 10_000
+
 
 class MemoryCounterStore(CounterStore):
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         # (scope key, cap name) -> message id -> planned send instant (ms)
         self._entries: dict[tuple[str, str], dict[str, int]] = {}
+        self._windows_ms: dict[tuple[str, str], int] = {}
+        self._calls = 0
 
     @staticmethod
     def _key(cap: CapSpec, user_id: str) -> tuple[str, str]:
         return (user_id if cap.scope == "user" else "", cap.name)
 
     def _live(self, cap: CapSpec, user_id: str, now_ms: int) -> dict[str, int]:
-        entries = self._entries.setdefault(self._key(cap, user_id), {})
-        horizon = now_ms - to_ms(cap.window_s)
-        for member in [m for m, score in entries.items() if score <= horizon]:
-            del entries[member]
+        key = self._key(cap, user_id)
+        entries = self._entries.setdefault(key, {})
+        window_ms = self._windows_ms[key] = to_ms(cap.window_s)
+        _expire(entries, now_ms - window_ms)
         return entries
+
+    def _sweep(self, now_ms: int) -> None:
+        """Drop expired entries of every key, and keys left empty (users that went away)."""
+        for key in list(self._entries):
+            entries = self._entries[key]
+            _expire(entries, now_ms - self._windows_ms.get(key, 0))
+            if not entries:
+                del self._entries[key]
+                self._windows_ms.pop(key, None)
 
     async def reserve(self, request: ReserveRequest) -> ReserveOutcome:
         now_ms = to_ms(self._clock())
+        self._calls += 1
+        if self._calls % SWEEP_EVERY == 0:
+            self._sweep(now_ms)
         at_ms = now_ms if request.at_s is None else to_ms(request.at_s)
         sets = [[self._live(cap, request.user_id, now_ms) for cap in option] for option in request.options]
 
@@ -85,6 +102,11 @@ class MemoryCounterStore(CounterStore):
     async def refund(self, user_id: str, member: str, caps: Sequence[CapSpec]) -> None:
         for cap in caps:
             self._entries.get(self._key(cap, user_id), {}).pop(member, None)
+
+
+def _expire(entries: dict[str, int], horizon_ms: int) -> None:
+    for member in [m for m, score in entries.items() if score <= horizon_ms]:
+        del entries[member]
 
 
 def _usages(option: Sequence[CapSpec], sets: Sequence[dict[str, int]], at_ms: int) -> tuple[CapUsage, ...]:
