@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager
 
 from redis import exceptions as redis_errors
 
-from smart_dispatch.errors import StoreError, StoreUnavailableError
+from smart_dispatch.errors import ConfigurationError, StoreError, StoreUnavailableError
 
 # Conditions that pass: the server is down, slow, loading, failing over or being resharded.
 UNAVAILABLE: tuple[type[BaseException], ...] = (
@@ -47,3 +47,10 @@ async def guarded(timeout_s: float) -> AsyncIterator[None]:
         raise StoreUnavailableError(f"redis unavailable: {type(exc).__name__}: {exc}") from exc
     except redis_errors.RedisError as exc:
         raise StoreError(f"redis failed: {type(exc).__name__}: {exc}") from exc
+
+
+def checked_prefix(prefix: str) -> str:
+    """A key prefix; braces would break the `{hash tag}` of every key. Raises ConfigurationError."""
+    if "{" in prefix or "}" in prefix:
+        raise ConfigurationError(f"store prefix {prefix!r} must not contain braces (hash tags)")
+    return prefix

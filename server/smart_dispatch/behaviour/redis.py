@@ -16,7 +16,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
-from smart_dispatch._redis_guard import guarded
+from smart_dispatch._redis_guard import checked_prefix, guarded
 from smart_dispatch.behaviour.base import (
     CHANNEL_EVENTS,
     ENGAGEMENTS,
@@ -44,7 +44,7 @@ class RedisBehaviourStore(BehaviourStore):
         ttl_s: int = 180 * 86400,
     ) -> None:
         self._client = client
-        self._prefix = prefix
+        self._prefix = checked_prefix(prefix)
         self._timeout_s = timeout_s
         self._ttl_s = ttl_s
 

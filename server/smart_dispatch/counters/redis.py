@@ -46,7 +46,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError, RedisError
 
-from smart_dispatch._redis_guard import UNAVAILABLE, guarded
+from smart_dispatch._redis_guard import UNAVAILABLE, checked_prefix, guarded
 from smart_dispatch.counters.base import (
     CapSpec,
     CapUsage,
@@ -56,7 +56,7 @@ from smart_dispatch.counters.base import (
     ReserveRequest,
     to_ms,
 )
-from smart_dispatch.errors import ConfigurationError, StoreError, StoreUnavailableError
+from smart_dispatch.errors import StoreError, StoreUnavailableError
 
 SLIDING_COUNTER_MIN_LIMIT = 1000
 """A global cap whose limit exceeds this uses the approximate sliding-window counter."""
@@ -141,10 +141,8 @@ class RedisCounterStore(CounterStore):
         sliding_counter_min_limit: int = SLIDING_COUNTER_MIN_LIMIT,
         close_client: bool = True,
     ) -> None:
-        if "{" in prefix or "}" in prefix:
-            raise ConfigurationError(f"store prefix {prefix!r} must not contain braces (hash tags)")
         self._client = client
-        self._prefix = prefix
+        self._prefix = checked_prefix(prefix)
         self._timeout_s = timeout_s
         self._sliding_min = sliding_counter_min_limit
         self._close_client = close_client

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from smart_dispatch.decide.pipeline import Decider
 from smart_dispatch.dispatch.model import DispatchRecord, DispatchState
@@ -48,14 +49,8 @@ class Dispatcher:
             message=request.message,
             recipient=request.recipient,
             state=DispatchState.QUEUED,
-            steps=decision.steps,
             created_at=now,
-            send_at=decision.send_at,
-            decision_id=decision.decision_id,
-            ruleset_version=decision.ruleset_version,
-            reasons=decision.reasons,
-            escalate_after_s=decision.escalate_after_s,
-            redecide=decision.verdict is Verdict.DEFER,
+            **_plan_of(decision),
         ).moved(state, now, f"accepted: {decision.verdict.value} ({detail})")
         stored, created = await self._store.create(record)
         return stored, (decision if created else None), not created
@@ -121,15 +116,9 @@ class Dispatcher:
                 state,
                 now,
                 f"re-driven: {decision.verdict.value} under rules {decision.ruleset_version}",
-                steps=decision.steps,
                 step_index=0,
-                send_at=decision.send_at,
-                decision_id=decision.decision_id,
-                ruleset_version=decision.ruleset_version,
-                reasons=decision.reasons,
-                escalate_after_s=decision.escalate_after_s,
-                redecide=decision.verdict is Verdict.DEFER,
                 dead_lettered=False,
+                **_plan_of(decision),
             )
             stored = await self._store.update(again, record.version, run_at=run_at)
             if stored is None:
@@ -151,3 +140,16 @@ class Dispatcher:
             )
             if await self._store.update(done, record.version, unschedule=True) is not None:
                 return
+
+
+def _plan_of(decision: Decision) -> dict[str, Any]:
+    """The record fields a decision sets."""
+    return {
+        "steps": decision.steps,
+        "send_at": decision.send_at,
+        "decision_id": decision.decision_id,
+        "ruleset_version": decision.ruleset_version,
+        "reasons": decision.reasons,
+        "escalate_after_s": decision.escalate_after_s,
+        "redecide": decision.verdict is Verdict.DEFER,
+    }

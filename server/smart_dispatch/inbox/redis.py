@@ -42,8 +42,8 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 from redis.utils import str_if_bytes
 
-from smart_dispatch._redis_guard import guarded
-from smart_dispatch.errors import ConfigurationError, StoreUnavailableError
+from smart_dispatch._redis_guard import checked_prefix, guarded
+from smart_dispatch.errors import StoreUnavailableError
 from smart_dispatch.inbox.base import (
     MAX_ITEMS,
     InboxItem,
@@ -76,10 +76,8 @@ class RedisInboxStore(InboxStore):
         watch_block_s: float = 5.0,
         close_client: bool = True,
     ) -> None:
-        if "{" in prefix or "}" in prefix:
-            raise ConfigurationError(f"store prefix {prefix!r} must not contain braces (hash tags)")
         self._client = client
-        self._prefix = prefix
+        self._prefix = checked_prefix(prefix)
         self._timeout_s = timeout_s
         self._max_items = max_items
         self._idempotency_ttl_ms = max(1, int(idempotency_ttl_s * 1000))

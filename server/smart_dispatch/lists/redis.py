@@ -15,8 +15,7 @@ from collections.abc import Iterable
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
-from smart_dispatch._redis_guard import guarded
-from smart_dispatch.errors import ConfigurationError
+from smart_dispatch._redis_guard import checked_prefix, guarded
 from smart_dispatch.lists.base import LIST_NAMES, ListName, ListStore
 
 
@@ -35,10 +34,8 @@ class RedisListStore(ListStore):
         timeout_s: float = 0.25,
         close_client: bool = True,
     ) -> None:
-        if "{" in prefix or "}" in prefix:
-            raise ConfigurationError(f"store prefix {prefix!r} must not contain braces (hash tags)")
         self._client = client
-        self._prefix = prefix
+        self._prefix = checked_prefix(prefix)
         self._timeout_s = timeout_s
         self._close_client = close_client
 
