@@ -452,6 +452,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--warmup", type=float, default=2.0, help="warm-up seconds per server (default 2)")
     add("--clients", type=int, default=0, help="load-generator processes (default: CPUs - 1, at most 4)")
     add("--no-pin", dest="pin", action="store_false", help="do not pin servers to CPU 0, clients to the rest")
+    add(
+        "--workers",
+        default="",
+        help="scaling mode: comma-separated sidecar process counts (e.g. 1,2) for `serve --workers N`; "
+        "needs --store redis://…; measures Decide alone at each count, no pinning",
+    )
     add("--echo-server", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -461,6 +467,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.echo_server:
         serve_echo()
         return 0
+    if args.workers:
+        return scaling(args)
     import grpc
 
     levels = sorted({int(c) for c in args.concurrency.split(",") if c.strip()})
@@ -547,6 +555,49 @@ def main(argv: list[str] | None = None) -> int:
         for server in servers:
             server.stop()
         forget_keys(args.store, env["SD_KEY_PREFIX"])
+
+
+def scaling(args: argparse.Namespace) -> int:
+    """Decide throughput with `serve --workers N` for each N, same clients, same run."""
+    counts = sorted({int(w) for w in args.workers.split(",") if w.strip()})
+    levels = sorted({int(c) for c in args.concurrency.split(",") if c.strip()})
+    if not args.store.startswith("redis"):
+        raise SystemExit("--workers needs a shared store: --store redis://…")
+    # One connection per client process: SO_REUSEPORT spreads connections, not calls.
+    clients = max(args.clients or 2, max(counts))
+    env = os.environ | MALLOC_ENV | {"PYTHONUNBUFFERED": "1", "SD_KEY_PREFIX": f"sdbench{RUN_TAG}"}
+    templates, cycle = request_templates()
+    load = LoadGenerator(clients, templates, cycle, None)
+    results: dict[tuple[int, int], list[Sample]] = {}
+    print(
+        f"Decide scaling with serve --workers N | store {args.store} | {clients} client processes, no pinning"
+    )
+    try:
+        for count in counts:
+            argv = [sys.executable, "-m", "smart_dispatch", "serve", "--host", "127.0.0.1", "--port", "0"]
+            argv += ["--rules", str(args.rules), "--store", args.store, "--log-level", "WARNING"]
+            argv += ["--workers", str(count)]
+            server = start_server(f"{count}w", argv, "smart-dispatch listening on", env, None)
+            try:
+                load.run(server.address, DECIDE_METHOD, max(levels), args.warmup)
+                for level in levels:
+                    for _ in range(args.rounds):
+                        results.setdefault((count, level), []).append(
+                            measure(load, server, DECIDE_METHOD, level, args.seconds)
+                        )
+            finally:
+                server.stop()
+    finally:
+        load.close()
+        forget_keys(args.store, env["SD_KEY_PREFIX"])
+    print(f"{'workers':>7} {'in-flight':>9} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'vs 1 worker':>11}")
+    for level in levels:
+        base = median_sample(results[(counts[0], level)]).rps
+        for count in counts:
+            s = median_sample(results[(count, level)])
+            scale = s.rps / base
+            print(f"{count:>7} {level:>9} {s.rps:>8.0f} {s.p50_ms:>7.2f} {s.p99_ms:>7.2f} {scale:>10.2f}x")
+    return 0
 
 
 def forget_keys(store_url: str, prefix: str) -> None:
