@@ -53,6 +53,7 @@ breaking: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/decide.py
 	$(PY) bench/counters.py
+	$(PY) bench/dispatch.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache tests/interop/node/node_modules
