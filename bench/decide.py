@@ -41,12 +41,13 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from benchlib import MALLOC_ENV, forget_keys, machine_busy_s
+
 ROOT = Path(__file__).resolve().parent.parent
 DECIDE_METHOD = "/smartdispatch.v1.SmartDispatchService/Decide"
 ECHO_SERVICE, ECHO_NAME = "bench.v1.EchoService", "Echo"
 ECHO_METHOD = f"/{ECHO_SERVICE}/{ECHO_NAME}"
 # Same values as the Makefile: durable-rules' throughput is bimodal without them.
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "1048576", "MALLOC_TRIM_THRESHOLD_": "268435456"}
 # Ids are spliced into pre-serialized requests: fixed lengths keep every length prefix valid.
 ID_LEN = 24
 MSG_SLOT, USER_SLOT = b"#" * ID_LEN, b"%" * ID_LEN
@@ -377,26 +378,6 @@ def measure(load: LoadGenerator, server: Server, method: str, in_flight: int, se
     )
 
 
-def machine_busy_s() -> float:
-    """CPU seconds since boot spent in user processes, or stolen by the hypervisor, on the whole
-    machine (Linux /proc). Left out: interrupts and kernel threads (kworkers, ksoftirqd), whose
-    work under load is mostly our own loopback traffic."""
-    user, nice, system, _idle, _iowait, _irq, _softirq, steal = map(
-        int, Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
-    )
-    kernel_threads = 0
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:  # exited meanwhile
-            continue
-        if fields[1] == "2" or entry.name == "2":  # kthreadd and its children
-            kernel_threads += int(fields[11]) + int(fields[12])
-    return (user + nice + system + steal - kernel_threads) / os.sysconf("SC_CLK_TCK")
-
-
 def median_sample(samples: list[Sample]) -> Sample:
     def med(name: str) -> float:
         return statistics.median(getattr(s, name) for s in samples)
@@ -598,21 +579,6 @@ def scaling(args: argparse.Namespace) -> int:
             scale = s.rps / base
             print(f"{count:>7} {level:>9} {s.rps:>8.0f} {s.p50_ms:>7.2f} {s.p99_ms:>7.2f} {scale:>10.2f}x")
     return 0
-
-
-def forget_keys(store_url: str, prefix: str) -> None:
-    """Delete this run's keys from a single Redis server (they expire anyway, by cap window)."""
-    if not store_url.startswith(("redis://", "rediss://")):
-        return
-    import redis
-
-    try:
-        with redis.Redis.from_url(store_url, socket_timeout=5) as client:
-            keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-            for start in range(0, len(keys), 1000):
-                client.unlink(*keys[start : start + 1000])
-    except redis.RedisError as exc:
-        print(f"could not delete this run's keys ({prefix}:*): {exc}")
 
 
 def rss_mib(pid: int) -> float:

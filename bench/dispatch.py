@@ -62,10 +62,11 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from benchlib import MALLOC_ENV, forget_keys, machine_busy_s
+
 ROOT = Path(__file__).resolve().parent.parent
 DISPATCH_METHOD = "/smartdispatch.v1.SmartDispatchService/Dispatch"
 # Same values as the Makefile: durable-rules' throughput is bimodal without them.
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "1048576", "MALLOC_TRIM_THRESHOLD_": "268435456"}
 TARGET_PER_S = 2000.0
 RULES = "categories: [event]\nrules:\n  - {name: hook, when: {category: event}, then: {prefer: [webhook]}}\n"
 SECRET_ENV, SECRET = "SD_BENCH_HOOK_SECRET", "bench-secret"
@@ -352,26 +353,6 @@ def cpu_s(pid: int, thread: int | None = None) -> float:
     except OSError:
         return float("nan")
     return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def machine_busy_s() -> float:
-    """CPU seconds since boot spent in user processes, or stolen by the hypervisor, on the whole
-    machine (Linux /proc), less kernel threads (their work under load is mostly our own
-    loopback traffic). With our processes' CPU subtracted: what other processes took."""
-    user, nice, system, _idle, _iowait, _irq, _softirq, steal = map(
-        int, Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
-    )
-    kernel_threads = 0
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            parts = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:  # exited meanwhile
-            continue
-        if parts[1] == "2" or entry.name == "2":  # kthreadd and its children
-            kernel_threads += int(parts[11]) + int(parts[12])
-    return (user + nice + system + steal - kernel_threads) / os.sysconf("SC_CLK_TCK")
 
 
 # ----------------------------------------------------------------------------- the baseline
@@ -1071,19 +1052,6 @@ def flush_redis(url: str) -> None:
 
     with redis.Redis.from_url(url, socket_timeout=5) as client:
         client.flushall()
-
-
-def forget_keys(store_url: str, prefix: str) -> None:
-    """Delete this run's keys from a Redis we did not start."""
-    import redis
-
-    try:
-        with redis.Redis.from_url(store_url, socket_timeout=5) as client:
-            keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-            for start in range(0, len(keys), 1000):
-                client.unlink(*keys[start : start + 1000])
-    except redis.RedisError as exc:
-        print(f"could not delete this run's keys ({prefix}:*): {exc}")
 
 
 if __name__ == "__main__":
