@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
+import signal
+import subprocess
+import tempfile
 from pathlib import Path
+from typing import IO
+
+ROOT = Path(__file__).resolve().parent.parent
 
 #: glibc malloc thresholds pinned as in the Makefile (durable-rules' throughput is bimodal without).
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "1048576", "MALLOC_TRIM_THRESHOLD_": "268435456"}
@@ -42,3 +50,30 @@ def forget_keys(store_url: str, prefix: str) -> None:
                 client.unlink(*keys[start : start + 1000])
     except redis.RedisError as exc:
         print(f"could not delete this run's keys ({prefix}:*): {exc}")
+
+
+def launch(
+    argv: list[str], env: dict[str, str], cpus: set[int] | None
+) -> tuple[subprocess.Popen[str], IO[str]]:
+    """Start `argv` from the repository root, stdout piped, stderr to a temp file (returned; the
+    caller closes it); pinned to `cpus` (every thread) and SIGTERMed if the benchmark dies."""
+    log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - owned by the caller
+    process = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        preexec_fn=functools.partial(_in_child, cpus),
+    )
+    return process, log
+
+
+def _in_child(cpus: set[int] | None) -> None:
+    """Between fork and exec: SIGTERM when the benchmark dies, so no child outlives it; pin
+    every thread of the child to `cpus`."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    if cpus is not None:
+        os.sched_setaffinity(0, cpus)

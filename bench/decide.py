@@ -21,18 +21,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
-import functools
 import multiprocessing as mp
 import os
 import platform
 import random
 import secrets
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -41,7 +37,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from benchlib import MALLOC_ENV, forget_keys, machine_busy_s
+from benchlib import MALLOC_ENV, forget_keys, launch, machine_busy_s
 
 ROOT = Path(__file__).resolve().parent.parent
 DECIDE_METHOD = "/smartdispatch.v1.SmartDispatchService/Decide"
@@ -191,16 +187,7 @@ def start_server(
 ) -> Server:
     """Start `argv` (on `cpus` if given, every thread included), wait for the `<marker>
     HOST:PORT` line on stdout; stderr goes to a temp file that `Server.stop` closes."""
-    log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - owned by the Server
-    process = subprocess.Popen(
-        argv,
-        stdout=subprocess.PIPE,
-        stderr=log,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        preexec_fn=functools.partial(_in_child, cpus),
-    )
+    process, log = launch(argv, env, cpus)
     assert process.stdout is not None
     line = process.stdout.readline()
     if marker not in line:
@@ -209,15 +196,6 @@ def start_server(
         log.seek(0)
         raise SystemExit(f"{name} server did not start ({' '.join(argv)}):\n{line}{log.read()[-3000:]}")
     return Server(name, process, line.split(marker, 1)[1].strip(), log)
-
-
-def _in_child(cpus: set[int] | None) -> None:
-    """Between fork and exec: SIGTERM when the benchmark dies, so no server outlives it;
-    pin every thread of the server to `cpus`."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
-    if cpus is not None:
-        os.sched_setaffinity(0, cpus)
 
 
 def cpu_s(stat_path: str) -> float:

@@ -39,8 +39,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
-import functools
 import io
 import json
 import multiprocessing as mp
@@ -62,7 +60,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from benchlib import MALLOC_ENV, forget_keys, machine_busy_s
+from benchlib import MALLOC_ENV, forget_keys, launch, machine_busy_s
 
 ROOT = Path(__file__).resolve().parent.parent
 DISPATCH_METHOD = "/smartdispatch.v1.SmartDispatchService/Dispatch"
@@ -275,25 +273,8 @@ class Proc:
 
 
 def spawn(name: str, argv: list[str], env: dict[str, str], cpus: set[int] | None) -> Proc:
-    log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - owned by the Proc
-    process = subprocess.Popen(
-        argv,
-        stdout=subprocess.PIPE,
-        stderr=log,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        preexec_fn=functools.partial(_in_child, cpus),
-    )
+    process, log = launch(argv, env, cpus)
     return Proc(name, process, log)
-
-
-def _in_child(cpus: set[int] | None) -> None:
-    """Between fork and exec: SIGTERM when the benchmark dies, so no server outlives it; pin
-    every thread of the child to `cpus`."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
-    _pin(cpus)
 
 
 def _pin(cpus: set[int] | None) -> None:
