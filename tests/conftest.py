@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
+import grpc
 import pytest
+from smart_dispatch._proto.smartdispatch.v1 import smart_dispatch_pb2_grpc as pb_grpc
 
 from tests.support.redis_servers import RedisCluster, RedisServer, require_redis
 
@@ -29,3 +32,15 @@ def redis_cluster() -> Iterator[RedisCluster]:
     require_redis()
     with RedisCluster.start_new() as cluster:
         yield cluster
+
+
+@pytest.fixture
+async def channel(app: Any) -> AsyncIterator[grpc.aio.Channel]:
+    """A real channel to the directory's `app` fixture (a running App on a free port)."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as ch:
+        yield ch
+
+
+@pytest.fixture
+def stub(channel: grpc.aio.Channel) -> pb_grpc.SmartDispatchServiceStub:
+    return pb_grpc.SmartDispatchServiceStub(channel)

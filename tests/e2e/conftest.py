@@ -6,9 +6,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
 
-import grpc
 import pytest
-from smart_dispatch._proto.smartdispatch.v1 import smart_dispatch_pb2_grpc as pb_grpc
 from smart_dispatch.app import App
 from smart_dispatch.config import Settings
 
@@ -25,17 +23,6 @@ def settings() -> Settings:
 async def app(settings: Settings) -> AsyncIterator[App]:
     async with App(settings) as running:
         yield running
-
-
-@pytest.fixture
-async def channel(app: App) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as ch:
-        yield ch
-
-
-@pytest.fixture
-def stub(channel: grpc.aio.Channel) -> pb_grpc.SmartDispatchServiceStub:
-    return pb_grpc.SmartDispatchServiceStub(channel)
 
 
 @pytest.fixture

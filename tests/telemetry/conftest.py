@@ -8,10 +8,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import grpc
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from smart_dispatch._proto.smartdispatch.v1 import smart_dispatch_pb2_grpc as pb_grpc
 from smart_dispatch.app import App
 from smart_dispatch.config import Settings
 from smart_dispatch.telemetry import Telemetry
@@ -98,14 +96,3 @@ async def telemetry(settings: Settings, spans: InMemorySpanExporter) -> AsyncIte
 async def app(settings: Settings, telemetry: Telemetry) -> AsyncIterator[App]:
     async with App(settings, telemetry) as running:
         yield running
-
-
-@pytest.fixture
-async def channel(app: App) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as ch:
-        yield ch
-
-
-@pytest.fixture
-def stub(channel: grpc.aio.Channel) -> pb_grpc.SmartDispatchServiceStub:
-    return pb_grpc.SmartDispatchServiceStub(channel)
