@@ -158,6 +158,27 @@ async def test_a_failing_hook_or_audit_sink_never_breaks_a_decision(settings, ca
     await telemetry.close()
 
 
+async def test_a_sidecar_that_records_no_spans_still_logs_the_callers_trace(settings, audit_path):
+    # Given the default telemetry: no trace exporter, no metrics, only the decision log
+    telemetry = Telemetry(audit=AuditLog.to_target(str(audit_path)))
+    async with App(settings, telemetry) as app, grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as ch:
+        stub = pb_grpc.SmartDispatchServiceStub(ch)
+        # When one caller sends its traceparent and another does not
+        traced = decide_request("otp", user=USER, addresses=ADDRESSES)
+        untraced = decide_request("otp", user=USER, addresses=ADDRESSES)
+        await stub.Decide(traced, metadata=TRACEPARENT)
+        await stub.Decide(untraced)
+        found = await stub.GetDecision(pb.GetDecisionRequest(message_id=traced.message.id))
+    await telemetry.close()
+
+    # Then the first decision is filed under the caller's trace, the second under none
+    by_message = {line["message_id"]: line for line in records(audit_path)}
+    assert by_message[traced.message.id]["trace_id"] == CALLER_TRACE
+    assert by_message[untraced.message.id]["trace_id"] == ""
+    assert found.trace_id == CALLER_TRACE
+    assert found.decision.steps[0].address == mask_address("sms", PHONE)
+
+
 @pytest.mark.parametrize(
     ("channel", "address", "masked"),
     [

@@ -113,7 +113,8 @@ class AuditLog(TelemetryHooks):
     ) -> None:
         self._sink = sink
         self._owns_sink = owns_sink
-        self._index: OrderedDict[str, AuditEntry] = OrderedDict()
+        # Events, not entries: masking and hashing are paid by lookups, not by every decision.
+        self._index: OrderedDict[str, DecisionMade] = OrderedDict()
         self._index_size = max(0, index_size)
 
     @classmethod
@@ -129,18 +130,27 @@ class AuditLog(TelemetryHooks):
         return cls(path.open("a", encoding="utf-8", buffering=1), index_size, owns_sink=True)
 
     def on_decision(self, event: DecisionMade) -> None:
-        entry = AuditEntry.of(event)
         if self._index_size:
-            self._index[entry.message_id] = entry
-            self._index.move_to_end(entry.message_id)
-            while len(self._index) > self._index_size:
+            if event.decision.explanation is not None:  # its facts hold the recipient's profile
+                event = replace(event, decision=replace(event.decision, explanation=None))
+            message_id = event.request.message.id
+            self._index[message_id] = event
+            self._index.move_to_end(message_id)
+            if len(self._index) > self._index_size:
                 self._index.popitem(last=False)
         if self._sink is not None:
-            self._sink.write(json.dumps(entry.record(), separators=(",", ":")) + "\n")
+            record = AuditEntry.of(event).record()
+            self._sink.write(json.dumps(record, separators=(",", ":")) + "\n")
             self._sink.flush()
 
     def lookup(self, message_id: str) -> AuditEntry | None:
         """The latest decision for `message_id` still in the index."""
+        event = self._index.get(message_id)
+        return None if event is None else AuditEntry.of(event)
+
+    def decision_event(self, message_id: str) -> DecisionMade | None:
+        """The latest decision event for `message_id` still in the index, unmasked (for this
+        process's own use, e.g. its trace ids)."""
         return self._index.get(message_id)
 
     def close(self) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -62,7 +62,14 @@ class Telemetry:
         self.tracer = tracer or trace.NoOpTracer()
         self.metrics = metrics or Metrics(noop_meter())
         self.audit = audit or AuditLog(None, index_size=0)
-        self.hooks: tuple[TelemetryHooks, ...] = (self.metrics, self.audit, *hooks)
+        # A no-op meter's instruments are not fed at all: no hook, no timing.
+        self.hooks: tuple[TelemetryHooks, ...] = (
+            *((metrics,) if metrics is not None else ()),
+            self.audit,
+            *hooks,
+        )
+        self._tracing = not isinstance(self.tracer, trace.NoOpTracer)
+        self._subscribers = _subscribers(self.hooks)
         self._tracer_provider = tracer_provider
         self._meter_provider = meter_provider
         self._endpoint = endpoint
@@ -132,16 +139,23 @@ class Telemetry:
             self._meter_provider.shutdown()
 
     def interceptor(self) -> TelemetryInterceptor:
-        return TelemetryInterceptor(self.tracer, self.rpc_finished)
+        recording = self._tracing or bool(self._subscribers["on_rpc"])
+        return TelemetryInterceptor(self.tracer, self.rpc_finished, recording=recording)
 
     # -- spans -------------------------------------------------------------------------------
 
-    @contextlib.contextmanager
     def span(
         self, name: str, attributes: Attributes | None = None, *, kind: SpanKind = SpanKind.INTERNAL
-    ) -> Iterator[trace.Span]:
+    ) -> contextlib.AbstractContextManager[trace.Span]:
         """A child of the current span. An exception marks it ERROR with the exception's type
-        only (messages may quote request data)."""
+        only (messages may quote request data). Without tracing, the current span stays current
+        and nothing is allocated (a no-op tracer's child would only repeat its parent)."""
+        if not self._tracing:
+            return _NO_SPAN
+        return self._span(name, attributes, kind)
+
+    @contextlib.contextmanager
+    def _span(self, name: str, attributes: Attributes | None, kind: SpanKind) -> Iterator[trace.Span]:
         with self.tracer.start_as_current_span(
             name, kind=kind, attributes=attributes, record_exception=False, set_status_on_exception=False
         ) as span:
@@ -155,7 +169,7 @@ class Telemetry:
     def continue_decision(self, message_id: str) -> Iterator[None]:
         """Make the span of the decision last taken for `message_id` in this process the current
         parent (the sender pool's work then joins the trace of the Dispatch that accepted it)."""
-        entry = self.audit.lookup(message_id)
+        entry = self.audit.decision_event(message_id)
         if entry is None or not entry.trace_id or not entry.span_id:
             yield
             return
@@ -169,9 +183,15 @@ class Telemetry:
         finally:
             otel_context.detach(token)
 
+    def store_call(self, operation: str) -> contextlib.AbstractContextManager[None]:
+        """Time one store round trip (`smartdispatch_store_duration_seconds`); free when no hook
+        listens."""
+        if not self._subscribers["on_store_call"]:
+            return _UNTIMED
+        return self._store_call(operation)
+
     @contextlib.contextmanager
-    def store_call(self, operation: str) -> Iterator[None]:
-        """Time one store round trip (`smartdispatch_store_duration_seconds`)."""
+    def _store_call(self, operation: str) -> Iterator[None]:
         started, ok = time.perf_counter(), False
         try:
             yield
@@ -184,25 +204,32 @@ class Telemetry:
     def decided(self, request: DecideRequest, decision: Decision, at: datetime) -> None:
         """Annotate the current (decision) span and report the decision to every hook."""
         span = trace.get_current_span()
-        span.set_attributes(
-            {
-                "smartdispatch.decision_id": decision.decision_id,
-                "smartdispatch.ruleset_version": decision.ruleset_version,
-                "smartdispatch.verdict": decision.verdict.value,
-                "smartdispatch.rules.fired": list(decision.matched_rules),
-                "smartdispatch.reasons": [r.code for r in decision.reasons],
-                "smartdispatch.channel": decision.steps[0].channel if decision.steps else "",
-            }
-        )
+        if self._tracing:
+            span.set_attributes(
+                {
+                    "smartdispatch.decision_id": decision.decision_id,
+                    "smartdispatch.ruleset_version": decision.ruleset_version,
+                    "smartdispatch.verdict": decision.verdict.value,
+                    "smartdispatch.rules.fired": list(decision.matched_rules),
+                    "smartdispatch.reasons": [r.code for r in decision.reasons],
+                    "smartdispatch.channel": decision.steps[0].channel if decision.steps else "",
+                }
+            )
+        if not self._subscribers["on_decision"]:
+            return
         ctx = span.get_span_context()
-        ids: dict[str, Any] = {}
-        if ctx.is_valid:
-            ids = {
-                "trace_id": trace.format_trace_id(ctx.trace_id),
-                "span_id": trace.format_span_id(ctx.span_id),
-                "sampled": ctx.trace_flags.sampled,
-            }
-        self._report("on_decision", DecisionMade(request, decision, at, **ids))
+        if ctx.is_valid:  # the caller's trace, even when this sidecar records no spans
+            event = DecisionMade(
+                request,
+                decision,
+                at,
+                trace_id=trace.format_trace_id(ctx.trace_id),
+                span_id=trace.format_span_id(ctx.span_id),
+                sampled=ctx.trace_flags.sampled,
+            )
+        else:
+            event = DecisionMade(request, decision, at)
+        self._report("on_decision", event)
 
     def caps_refused(self, channel: str, caps: Sequence[str]) -> None:
         self._report("on_caps_refused", CapsRefused(channel, tuple(caps)))
@@ -231,5 +258,23 @@ class Telemetry:
         self._report("on_rpc", event)
 
     def _report(self, method: str, event: object) -> None:
-        for hook in self.hooks:
-            call_hook(getattr(hook, method), event)
+        for hook in self._subscribers[method]:
+            call_hook(hook, event)
+
+
+_NO_SPAN: contextlib.nullcontext[trace.Span] = contextlib.nullcontext(trace.INVALID_SPAN)
+_UNTIMED: contextlib.nullcontext[None] = contextlib.nullcontext()
+_HOOK_METHODS = tuple(name for name in vars(TelemetryHooks) if name.startswith("on_"))
+
+
+def _subscribers(hooks: Sequence[TelemetryHooks]) -> dict[str, tuple[Callable[[Any], None], ...]]:
+    """Per hook method, the bound methods of the hooks that override it (the base class's
+    methods do nothing, so calling them is skipped)."""
+    return {
+        name: tuple(
+            getattr(hook, name)
+            for hook in hooks
+            if getattr(type(hook), name, None) not in (None, getattr(TelemetryHooks, name))
+        )
+        for name in _HOOK_METHODS
+    }

@@ -102,9 +102,18 @@ class TelemetryInterceptor(_Interceptor):
     """One SERVER span and one `RpcFinished` report per RPC (health and reflection excepted).
     Put it first in the server's interceptors so it also sees calls others refuse."""
 
-    def __init__(self, tracer: trace.Tracer, on_rpc: Callable[[RpcFinished], None]) -> None:
+    def __init__(
+        self,
+        tracer: trace.Tracer,
+        on_rpc: Callable[[RpcFinished], None],
+        *,
+        recording: bool = True,
+    ) -> None:
+        """`recording=False`: neither spans nor RPC reports are wanted; calls are then wrapped
+        only to carry a caller's `traceparent` (the decision log quotes it)."""
         self._tracer = tracer
         self._on_rpc = on_rpc
+        self._recording = recording
 
     async def intercept_service(
         self,
@@ -117,6 +126,8 @@ class TelemetryInterceptor(_Interceptor):
         name = details.method.lstrip("/")
         service, _, method = name.rpartition("/")
         carrier = {str(k): v for k, v in (details.invocation_metadata or ())}
+        if not self._recording and "traceparent" not in carrier:
+            return handler
         parent = _PROPAGATOR.extract(carrier)
         attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}
 
