@@ -47,6 +47,10 @@ ECHO_METHOD = f"/{ECHO_SERVICE}/{ECHO_NAME}"
 # Ids are spliced into pre-serialized requests: fixed lengths keep every length prefix valid.
 ID_LEN = 24
 MSG_SLOT, USER_SLOT = b"#" * ID_LEN, b"%" * ID_LEN
+# last_active_at differs per request (as it does per person), so nothing can be served from a
+# memo of an earlier, identical profile: a fixed-width RFC 3339 instant, spliced like the ids.
+ACTIVE_SLOT = b"0000-00-00T00:00:00Z"
+ACTIVE_SPREAD_S = 86_400  # each request's instant: its template's age plus up to a day
 POOL_USERS = 5_000
 RUN_TAG = secrets.token_hex(3)  # keeps ids (and Redis keys) of separate runs apart
 TARGETS = {"ratio": 0.6, "p99_ms": 5.0, "p99_concurrency": 32}
@@ -55,15 +59,17 @@ TARGETS = {"ratio": 0.6, "p99_ms": 5.0, "p99_concurrency": 32}
 # ----------------------------------------------------------------------------- workload
 
 
-Template = tuple[bytes, bytes, bytes, bool]
+# (before the message id, between message id and user id, between user id and last_active_at
+# (the rest when there is none), after last_active_at or None, new user per request, the
+# template's last_active_at as epoch seconds)
+Template = tuple[bytes, bytes, bytes, bytes | None, bool, float]
 
 
 def request_templates() -> tuple[list[Template], list[int]]:
     """Serialized DecideRequests split around their id slots, and a weighted cycle over them.
 
-    Template i is (before the message id, between message id and user id, after the user id,
-    whether every request gets a new user); `cycle` is 100 template indices: 70 marketing, 20
-    otp, 10 transactional, shuffled with a fixed seed."""
+    See `Template`; `cycle` is 100 template indices: 70 marketing, 20 otp, 10 transactional,
+    shuffled with a fixed seed."""
     from google.protobuf import struct_pb2
     from smart_dispatch._proto.smartdispatch.v1 import smart_dispatch_pb2 as pb
 
@@ -76,10 +82,11 @@ def request_templates() -> tuple[list[Template], list[int]]:
     for category, count in (("marketing", 24), ("otp", 8), ("transactional", 8)):
         for i in range(count):
             attributes = struct_pb2.Struct()
+            last_active = None
             if i % 4 != 3:  # a quarter never seen active: no last_active_at
                 days = rng.choice([0.2, 1.5, 2.9, 4.0, 12.0, 40.0])
-                last = (now - timedelta(days=days)).replace(microsecond=0)
-                attributes.update({"last_active_at": last.isoformat().replace("+00:00", "Z")})
+                last_active = (now - timedelta(days=days)).timestamp()
+                attributes.update({"last_active_at": ACTIVE_SLOT.decode()})
             attributes.update({"segment": rng.choice(["free", "pro", "team"]), "vip": i % 5 == 0})
             addresses = {"email": "person@example.com", "sms": "+4915112345678"}
             if category != "otp":
@@ -102,8 +109,11 @@ def request_templates() -> tuple[list[Template], list[int]]:
             raw = request.SerializeToString()
             head, rest = raw.split(MSG_SLOT)
             middle, tail = rest.split(USER_SLOT)
+            after: bytes | None = None
+            if last_active is not None:
+                tail, after = tail.split(ACTIVE_SLOT)
             by_category[category].append(len(templates))
-            templates.append((head, middle, tail, category == "marketing"))
+            templates.append((head, middle, tail, after, category == "marketing", last_active or 0.0))
     cycle = [rng.choice(by_category["marketing"]) for _ in range(70)]
     cycle += [rng.choice(by_category["otp"]) for _ in range(20)]
     cycle += [rng.choice(by_category["transactional"]) for _ in range(10)]
@@ -124,10 +134,16 @@ class RequestStream:
 
     def next(self) -> bytes:
         seq = self._seq = self._seq + 1
-        head, middle, tail, new_user = self._templates[self._cycle[seq % len(self._cycle)]]
+        head, middle, tail, after, new_user, last_active = self._templates[
+            self._cycle[seq % len(self._cycle)]
+        ]
         message_id = self._message.format(seq)
         user_id = self._user.format(seq) if new_user else f"p{seq * 7919 % POOL_USERS:0{ID_LEN - 1}d}"
-        return b"".join((head, message_id.encode(), middle, user_id.encode(), tail))
+        parts = [head, message_id.encode(), middle, user_id.encode(), tail]
+        if after is not None:
+            instant = last_active - seq * 104_729 % ACTIVE_SPREAD_S
+            parts += [time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(instant)).encode(), after]
+        return b"".join(parts)
 
 
 # ----------------------------------------------------------------------------- servers

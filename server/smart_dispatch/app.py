@@ -56,7 +56,8 @@ class App:
         s = self.settings
         runtime = self.runtime = await Runtime.build(s, self.rules, self._telemetry)
         # Telemetry first, so refused calls are traced and counted too.
-        interceptors: list[Any] = [runtime.telemetry.interceptor()]
+        telemetry_interceptor = runtime.telemetry.interceptor()
+        interceptors: list[Any] = [] if telemetry_interceptor is None else [telemetry_interceptor]
         if s.auth_tokens_file is not None:
             interceptors.append(BearerAuthInterceptor(load_tokens(s.auth_tokens_file, os.environ)))
         server = grpc.aio.server(interceptors=interceptors)

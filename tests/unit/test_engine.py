@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from smart_dispatch.errors import NotReadyError, RuleFileError
 from smart_dispatch.rules.active import ActiveRules, compile_ruleset
-from smart_dispatch.rules.engine import CompiledRules, EngineError, project
+from smart_dispatch.rules.engine import MEMO_SIZE, CompiledRules, EngineError, project
 from smart_dispatch.rules.loader import parse_ruleset
 
 SHIPPED_RULES = Path(__file__).resolve().parents[2] / "rules"
@@ -393,3 +393,25 @@ def test_a_leased_version_outlives_a_swap_until_its_lease_ends(tmp_path):
         assert active.current().compiled.matches({"category": "otp"}) == ["otp_first", "otp_sms_now"]
     finally:
         active.close()
+
+
+def test_remembered_answers_are_the_engines_answers(compile_rules):
+    compiled = compile_rules("""\
+        - {name: low_score, when: {$lt: {user.score: 3}}, then: {}}
+        - {name: vip, when: {user.vip: true}, then: {}}
+        """)
+    facts = [{"user": {"score": score, "vip": vip}} for score in range(6) for vip in (True, False)]
+    first = [compiled.matches(f) for f in facts]
+    first[0].append("mutated by a caller")
+    # asked again, more often than the memo holds, in another order: the same answers
+    again = [compiled.matches(f) for f in reversed(facts * (MEMO_SIZE // len(facts) + 2))]
+    fresh = compile_rules("""\
+        - {name: low_score, when: {$lt: {user.score: 3}}, then: {}}
+        - {name: vip, when: {user.vip: true}, then: {}}
+        """)
+    assert again[-1] == fresh.matches(facts[0]) == ["low_score", "vip", "always"]
+    assert again[: len(facts)] == [fresh.matches(f) for f in reversed(facts)]
+    assert {tuple(compiled.matches({"user": {"score": n}})) for n in range(MEMO_SIZE + 5)} == {
+        ("low_score", "always"),
+        ("always",),
+    }

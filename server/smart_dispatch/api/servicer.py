@@ -49,13 +49,15 @@ class SmartDispatchServicer(pb_grpc.SmartDispatchServiceServicer):
 
     @grpc_errors
     async def Decide(self, request: pb.DecideRequest, context: Context) -> pb.DecideResponse:
-        decision = await self._decider.decide(decide_request(request))
+        with self._telemetry.caller_trace(context.invocation_metadata):
+            decision = await self._decider.decide(decide_request(request))
         return decide_response(decision)
 
     @grpc_errors
     async def Dispatch(self, request: pb.DispatchRequest, context: Context) -> pb.DispatchResponse:
         decide = decide_request(pb.DecideRequest(message=request.message, recipient=request.recipient))
-        record, decision, duplicate = await self._dispatcher.dispatch(decide)
+        with self._telemetry.caller_trace(context.invocation_metadata):
+            record, decision, duplicate = await self._dispatcher.dispatch(decide)
         response = pb.DispatchResponse(
             dispatch_id=record.dispatch_id, duplicate=duplicate, status=dispatch_status(record)
         )

@@ -34,13 +34,16 @@ class ChannelStats:
         return (self.opened + self.clicked + 1) / (self.delivered + 2)
 
 
+_NO_STATS = ChannelStats()
+
+
 @dataclass(frozen=True, slots=True)
 class Behaviour:
     last_active_at: datetime | None = None
     channels: Mapping[str, ChannelStats] = field(default_factory=dict)
 
     def stats(self, channel: str) -> ChannelStats:
-        return self.channels.get(channel, ChannelStats())
+        return self.channels.get(channel, _NO_STATS)
 
 
 class BehaviourStore(abc.ABC):

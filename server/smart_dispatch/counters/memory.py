@@ -32,16 +32,19 @@ class MemoryCounterStore(CounterStore):
         self._windows_ms: dict[tuple[str, str], int] = {}
         self._calls = 0
 
-    @staticmethod
-    def _key(cap: CapSpec, user_id: str) -> tuple[str, str]:
-        return (user_id if cap.scope == "user" else "", cap.name)
-
-    def _live(self, cap: CapSpec, user_id: str, now_ms: int) -> dict[str, int]:
-        key = self._key(cap, user_id)
-        entries = self._entries.setdefault(key, {})
-        window_ms = self._windows_ms[key] = to_ms(cap.window_s)
-        _expire(entries, now_ms - window_ms)
-        return entries
+    def _live(self, option: Sequence[CapSpec], user_id: str, now_ms: int) -> list[dict[str, int]]:
+        """The entries of each cap of `option` (created when missing), expired ones dropped."""
+        out = []
+        for cap in option:
+            key = (user_id if cap.scope == "user" else "", cap.name)
+            window_ms = self._windows_ms[key] = to_ms(cap.window_s)
+            entries = self._entries.get(key)
+            if entries is None:
+                entries = self._entries[key] = {}
+            elif entries:
+                _expire(entries, now_ms - window_ms)
+            out.append(entries)
+        return out
 
     def _sweep(self, now_ms: int) -> None:
         """Drop expired entries of every key, and keys left empty (users that went away)."""
@@ -58,7 +61,7 @@ class MemoryCounterStore(CounterStore):
         if self._calls % SWEEP_EVERY == 0:
             self._sweep(now_ms)
         at_ms = now_ms if request.at_s is None else to_ms(request.at_s)
-        sets = [[self._live(cap, request.user_id, now_ms) for cap in option] for option in request.options]
+        sets = [self._live(option, request.user_id, now_ms) for option in request.options]
 
         for index, option in enumerate(request.options):
             if option and all(request.member in entries for entries in sets[index]):
@@ -101,10 +104,12 @@ class MemoryCounterStore(CounterStore):
 
     async def refund(self, user_id: str, member: str, caps: Sequence[CapSpec]) -> None:
         for cap in caps:
-            self._entries.get(self._key(cap, user_id), {}).pop(member, None)
+            self._entries.get((user_id if cap.scope == "user" else "", cap.name), {}).pop(member, None)
 
 
 def _expire(entries: dict[str, int], horizon_ms: int) -> None:
+    if not entries or min(entries.values()) > horizon_ms:  # the common case: nothing expired
+        return
     for member in [m for m, score in entries.items() if score <= horizon_ms]:
         del entries[member]
 

@@ -30,13 +30,20 @@ def rank_channels(
     learned = behaviour or Behaviour()
     eligible = [c for c in reachable if c not in draft.deny and (draft.only is None or c in draft.only)]
 
+    rule_ranks, own_ranks = _first_index(draft.prefer), _first_index(preferred)
+
     def key(channel: str) -> tuple[int, int, float, float]:
-        rule_rank = draft.prefer.index(channel) if channel in draft.prefer else len(draft.prefer)
-        own_rank = list(preferred).index(channel) if channel in preferred else len(preferred)
+        rule_rank = rule_ranks.get(channel, len(draft.prefer))
+        own_rank = own_ranks.get(channel, len(preferred))
         engagement = round(learned.stats(channel).engagement, 2)
         return (rule_rank, own_rank, -engagement, CHANNEL_COST.get(channel, 1.0))
 
     return sorted(eligible, key=key)
+
+
+def _first_index(channels: Sequence[str]) -> dict[str, int]:
+    """Each channel's first position in `channels` (as `list.index` would find it)."""
+    return {channel: index for index, channel in reversed(list(enumerate(channels)))}
 
 
 def fallback_channels(primary: str, ranked: Sequence[str], draft: PlanDraft) -> list[str]:

@@ -36,6 +36,8 @@ _C = _durable.durable_rules_engine
 _STATE_GUARD = {"$nex": {"$s": 1}}
 _CATCH_ALL = "__sd_catch_all__"
 _LOWEST_PRIORITY = 65535
+#: Distinct projected fact documents whose matches one compiled version remembers.
+MEMO_SIZE = 4096
 
 
 class EngineError(SmartDispatchError):
@@ -75,6 +77,7 @@ class CompiledRules:
         self._order = {rule.name: index for index, rule in enumerate(ruleset.rules)}
         self._paths = [path.split(".") for path in sorted(ruleset.referenced_paths)]
         self._sids = itertools.count()
+        self._memo: dict[str, tuple[str, ...]] = {}
         self._name = f"sd_{ruleset.version}_{uuid.uuid4().hex[:8]}"
         try:
             self._handle: int | None = _C.create_ruleset(self._name, json.dumps(to_durable(ruleset)))
@@ -82,14 +85,31 @@ class CompiledRules:
             raise EngineError(f"durable-rules rejects the ruleset: {exc}") from exc
 
     def matches(self, facts: Mapping[str, Any]) -> list[str]:
-        """Names of every rule whose condition holds for `facts`, in firing order."""
+        """Names of every rule whose condition holds for `facts`, in firing order.
+
+        An evaluation depends on nothing but the projected facts (a fresh session each time), so
+        the last `MEMO_SIZE` distinct projections are remembered with their answer."""
         if self._handle is None:
             raise EngineError("ruleset is closed")
-        sid = str(next(self._sids))
-        fact = project(facts, self._paths)
-        fact["sid"] = sid
         try:
-            result = _C.assert_fact(self._handle, json.dumps(fact, allow_nan=False, separators=(",", ":")))
+            document = json.dumps(project(facts, self._paths), allow_nan=False, separators=(",", ":"))
+        except (TypeError, ValueError) as exc:  # a non-finite number, or not a JSON value
+            raise EngineError(f"durable-rules rejected the facts: {exc}") from exc
+        known = self._memo.get(document)
+        if known is not None:
+            return list(known)
+        matched = self._evaluate(document)
+        if len(self._memo) >= MEMO_SIZE:
+            del self._memo[next(iter(self._memo))]  # the oldest entry
+        self._memo[document] = tuple(matched)
+        return matched
+
+    def _evaluate(self, document: str) -> list[str]:
+        assert self._handle is not None
+        sid = str(next(self._sids))
+        session = f'{document[:-1]}{"," if len(document) > 2 else ""}"sid":"{sid}"}}'
+        try:
+            result = _C.assert_fact(self._handle, session)
         except Exception as exc:  # the engine refused the fact: no usable session was left
             with contextlib.suppress(Exception):
                 _C.delete_state(self._handle, sid)
@@ -98,10 +118,10 @@ class CompiledRules:
         try:
             state_handle = result[1]
             frame = _C.start_action_for_state(self._handle, state_handle)
-            while frame:
-                fired.extend(json.loads(frame[1]))
-                more = _C.complete_and_start_action(self._handle, state_handle)
-                frame = (None, more) if more else None
+            action = frame[1] if frame else None
+            while action:
+                fired.append(self._fired_rule(action))
+                action = _C.complete_and_start_action(self._handle, state_handle)
         except Exception as exc:
             raise EngineError(f"durable-rules failed on the facts: {exc}") from exc
         finally:
@@ -109,6 +129,16 @@ class CompiledRules:
         matched = [name for name in fired if name != _CATCH_ALL]
         matched.sort(key=self._order.__getitem__)
         return matched
+
+    def _fired_rule(self, action: str) -> str:
+        """The rule of one action frame, `{"<rule name>":{"m":{...}}}`. Rule names are plain
+        (`[A-Za-z][A-Za-z0-9_.-]*`, nothing JSON escapes), so the name is the first key as
+        written; anything else is parsed as JSON."""
+        name = action[2 : action.find('"', 2)]
+        if action.startswith('{"') and (name in self._order or name == _CATCH_ALL):
+            return name
+        (parsed,) = json.loads(action)
+        return str(parsed)
 
     def close(self) -> None:
         """Free the engine's ruleset. Safe to call twice."""

@@ -37,7 +37,12 @@ from smart_dispatch.telemetry.base import (
     call_hook,
 )
 from smart_dispatch.telemetry.metrics import Metrics, MetricsEndpoint, noop_meter, prometheus_meter_provider
-from smart_dispatch.telemetry.tracing import TRACER_NAME, TelemetryInterceptor, build_tracer_provider
+from smart_dispatch.telemetry.tracing import (
+    TRACER_NAME,
+    TelemetryInterceptor,
+    build_tracer_provider,
+    caller_context,
+)
 
 if TYPE_CHECKING:
     from smart_dispatch.config import Settings
@@ -70,6 +75,7 @@ class Telemetry:
         )
         self._tracing = not isinstance(self.tracer, trace.NoOpTracer)
         self._subscribers = _subscribers(self.hooks)
+        self._records_rpcs = self._tracing or bool(self._subscribers["on_rpc"])
         self._tracer_provider = tracer_provider
         self._meter_provider = meter_provider
         self._endpoint = endpoint
@@ -138,9 +144,23 @@ class Telemetry:
         if self._meter_provider is not None:
             self._meter_provider.shutdown()
 
-    def interceptor(self) -> TelemetryInterceptor:
-        recording = self._tracing or bool(self._subscribers["on_rpc"])
-        return TelemetryInterceptor(self.tracer, self.rpc_finished, recording=recording)
+    def interceptor(self) -> TelemetryInterceptor | None:
+        """The server interceptor, or None when neither spans nor RPC reports are recorded
+        (any interceptor costs every call; `caller_trace` then carries the caller's trace)."""
+        if not self._records_rpcs:
+            return None
+        return TelemetryInterceptor(self.tracer, self.rpc_finished)
+
+    def caller_trace(self, metadata: Callable[[], Any]) -> contextlib.AbstractContextManager[None]:
+        """Around a decision RPC: make the caller's `traceparent` (from `metadata()`, the call's
+        invocation metadata) current, so the decision log quotes the caller's trace. Does
+        nothing when the interceptor already did so."""
+        if self._records_rpcs:
+            return _UNTIMED
+        parent = caller_context(metadata())
+        if parent is None:
+            return _UNTIMED
+        return _attached(parent)
 
     # -- spans -------------------------------------------------------------------------------
 
@@ -260,6 +280,15 @@ class Telemetry:
     def _report(self, method: str, event: object) -> None:
         for hook in self._subscribers[method]:
             call_hook(hook, event)
+
+
+@contextlib.contextmanager
+def _attached(parent: otel_context.Context) -> Iterator[None]:
+    token = otel_context.attach(parent)
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
 
 
 _NO_SPAN: contextlib.nullcontext[trace.Span] = contextlib.nullcontext(trace.INVALID_SPAN)

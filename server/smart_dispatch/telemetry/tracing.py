@@ -8,17 +8,21 @@ global provider is installed: the tracer is passed down from the composition roo
 The interceptor continues the caller's W3C `traceparent` / `tracestate` from the invocation
 metadata, opens one SERVER span per RPC named `package.Service/Method` around the actual call
 (the handler's behaviour, not just the handler lookup), records `rpc.*` attributes and the
-status, and reports the RPC's duration. Health checks and reflection are not traced.
+status, and reports the RPC's duration. Health checks and reflection are not traced. Any
+interceptor costs every call, so it is installed only when spans or RPC metrics are recorded;
+without it the decision RPCs read the caller's `traceparent` themselves (`caller_context`), so
+the decision log still quotes the caller's trace.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -39,6 +43,7 @@ EXPORTERS = ("otlp-grpc", "otlp-http", "console", "none")
 UNTRACED_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 TRACER_NAME = "smart_dispatch"
 _PROPAGATOR = TraceContextTextMapPropagator()
+_TRACE_HEADERS = frozenset(_PROPAGATOR.fields)
 
 if TYPE_CHECKING:  # grpc's classes are generic in the stubs only
     Handler = grpc.RpcMethodHandler[Any, Any]
@@ -94,6 +99,14 @@ def _span_exporter(exporter: str, endpoint: str) -> SpanExporter:
     return HttpExporter(endpoint=endpoint or None)
 
 
+def caller_context(metadata: Sequence[tuple[str, Any]] | None) -> otel_context.Context | None:
+    """The caller's trace context from W3C `traceparent` / `tracestate` metadata, if any."""
+    carrier = {str(k): v for k, v in (metadata or ()) if k in _TRACE_HEADERS}
+    if "traceparent" not in carrier:
+        return None
+    return _PROPAGATOR.extract(carrier)
+
+
 def is_traced(method: str) -> bool:
     return not method.startswith(UNTRACED_PREFIXES)
 
@@ -102,18 +115,9 @@ class TelemetryInterceptor(_Interceptor):
     """One SERVER span and one `RpcFinished` report per RPC (health and reflection excepted).
     Put it first in the server's interceptors so it also sees calls others refuse."""
 
-    def __init__(
-        self,
-        tracer: trace.Tracer,
-        on_rpc: Callable[[RpcFinished], None],
-        *,
-        recording: bool = True,
-    ) -> None:
-        """`recording=False`: neither spans nor RPC reports are wanted; calls are then wrapped
-        only to carry a caller's `traceparent` (the decision log quotes it)."""
+    def __init__(self, tracer: trace.Tracer, on_rpc: Callable[[RpcFinished], None]) -> None:
         self._tracer = tracer
         self._on_rpc = on_rpc
-        self._recording = recording
 
     async def intercept_service(
         self,
@@ -126,8 +130,6 @@ class TelemetryInterceptor(_Interceptor):
         name = details.method.lstrip("/")
         service, _, method = name.rpartition("/")
         carrier = {str(k): v for k, v in (details.invocation_metadata or ())}
-        if not self._recording and "traceparent" not in carrier:
-            return handler
         parent = _PROPAGATOR.extract(carrier)
         attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}
 
