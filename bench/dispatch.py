@@ -684,8 +684,8 @@ def stop_py_spy(recorder: subprocess.Popen[bytes]) -> str:
 # What a sample was doing, by the frames on its stack (first match wins).
 ACTIVITIES = (
     (
-        "HTTP: WebhookProvider.send and httpx/httpcore/anyio/h11",
-        ("WebhookProvider.send", "httpcore/", "httpx/"),
+        "HTTP: WebhookProvider.send and aiohttp/multidict/yarl",
+        ("WebhookProvider.send", "aiohttp/"),
     ),
     ("Dispatch RPC: interceptor, request/response conversion, decide, store", ("SmartDispatchServicer",)),
     (
@@ -749,16 +749,14 @@ def _frame(text: str) -> str:
 
 
 def http_stack() -> str:
-    """The versions under the webhook provider, and whether `sniffio` is importable: without it
-    httpcore retries `import sniffio` (a full sys.path search) for every lock and event."""
-    from importlib import metadata, util
+    """The versions under the webhook provider (aiohttp)."""
+    from importlib import metadata
 
     versions = []
-    for name in ("httpx", "httpcore", "anyio"):
+    for name in ("aiohttp", "multidict", "yarl"):
         with contextlib.suppress(metadata.PackageNotFoundError):
             versions.append(f"{name} {metadata.version(name)}")
-    sniffio = "sniffio installed" if util.find_spec("sniffio") else "sniffio NOT installed"
-    return ", ".join(versions) + f", {sniffio}"
+    return ", ".join(versions)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

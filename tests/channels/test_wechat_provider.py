@@ -215,11 +215,21 @@ async def test_missing_template_id_is_permanent_without_a_request(wechat) -> Non
     assert fake.issued == []
 
 
-async def test_secret_and_token_stay_out_of_http_logs(wechat, caplog: pytest.LogCaptureFixture) -> None:
-    provider, _fake, _clock = wechat
+async def test_secret_and_tokens_stay_out_of_logs(wechat, caplog: pytest.LogCaptureFixture) -> None:
+    """Every logger at DEBUG across real request cycles (token fetch, send, token rejected →
+    fetched again → sent again, a failed send whose error is logged as the sender pool logs it):
+    neither the app secret nor an access token reaches the logs."""
+    provider, fake, _clock = wechat
+    fake.replies.append({"errcode": 40001, "errmsg": "invalid credential"})  # rejects tok1 once
 
-    with caplog.at_level(logging.INFO, logger="httpx"):
-        await provider.send(wechat_delivery())
+    with caplog.at_level(logging.DEBUG):  # the root logger: aiohttp, asyncio and ours
+        assert (await provider.send(wechat_delivery())).provider_message_id
+        fake.replies.append({"errcode": 45009, "errmsg": "api freq out of limit"})
+        with pytest.raises(ProviderError) as caught:
+            await provider.send(wechat_delivery())
+        logging.getLogger("smart_dispatch.dispatch.pool").warning("dispatch d-1 failed: %s", caught.value)
 
-    assert "/cgi-bin/token" in caplog.text and "/cgi-bin/message/template/send" in caplog.text
-    assert "wx-secret" not in caplog.text and "tok1" not in caplog.text
+    assert fake.issued == ["tok1", "tok2"] and len(fake.sent) == 3
+    assert "errcode 45009" in caplog.text  # the capture works
+    for secret in ("wx-secret", "tok1", "tok2"):
+        assert secret not in caplog.text

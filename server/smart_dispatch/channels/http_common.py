@@ -1,6 +1,13 @@
 """HTTP plumbing shared by the providers that speak HTTP (SMS gateway, WeChat, FCM-shaped push,
-webhook): one pooled `httpx.AsyncClient` per provider, one time bound per attempt, and ONE place
-that turns transport failures and HTTP statuses into `ProviderError`.
+webhook): one pooled `aiohttp.ClientSession` per provider, one time bound per attempt, and ONE
+place that turns transport failures and HTTP statuses into `ProviderError`.
+
+The session is created on the first request, inside the running event loop (a provider may be
+built before the loop runs), and closed by `HttpProvider.close`. Its connector keeps up to
+`max_connections` connections alive between attempts (idle ones for `KEEPALIVE_S` seconds).
+Proxies: `HTTP_PROXY` / `HTTPS_PROXY` / `NO_PROXY` (either case) are read once, when the
+provider is built, and applied per URL; ~/.netrc is not used. TLS is verified against the
+system's CA store.
 
 Classification (`HttpProvider.check`):
 
@@ -12,36 +19,49 @@ Classification (`HttpProvider.check`):
 Transport failures (`HttpProvider.request`): the attempt exceeding `timeout_s` (connect, write,
 read and the whole exchange) → retryable, code ``timeout``; connection refused / reset, protocol
 errors → retryable, code ``connection``; a reply that cannot be decoded → retryable, code
-``protocol``; a malformed or non-HTTP URL → permanent, code ``invalid_url``. The original
-exception stays attached as `__cause__`.
+``protocol``; a malformed or non-HTTP URL → permanent, code ``invalid_url``; a request the client
+refuses to build (credentials in the URL as well as an Authorization header, a line break in a
+header value) → permanent, code ``invalid_request``. The original exception stays attached as
+`__cause__`.
 
 Reply bodies are read up to `MAX_BODY_BYTES`: providers only need a small JSON answer, and a
 webhook receiver must not be able to make us buffer an unbounded body.
 
-httpx logs every request URL at INFO. Some APIs take secrets in the query string (WeChat's
-`secret` and `access_token`), so the first provider installs `RedactQuery` on the ``httpx``
-logger: logged URLs lose their query string.
+Secrets in URLs: some APIs take them in the query string (WeChat's `secret` and
+`access_token`). aiohttp's client logs no request URLs, but some of its exceptions carry the
+request URL, query included, in their text; the texts of transport errors therefore lose every
+URL's query string (`redact_queries`) before they become part of a `ProviderError`, which is
+logged and stored with the dispatch.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import urlsplit
+from urllib.request import getproxies_environment, proxy_bypass_environment
 
-import httpx
+import aiohttp
+from aiohttp.http_exceptions import ContentEncodingError
+from multidict import CIMultiDictProxy
 
 from smart_dispatch.channels.base import Provider, ProviderError
 
 MAX_BODY_BYTES = 64 * 1024
 RETRYABLE_STATUSES = frozenset({408, 425, 429})
 USER_AGENT = "smart-dispatch"
+KEEPALIVE_S = 5.0
+"""How long an idle pooled connection is kept. Many servers close idle connections after about
+5 s; reusing one they have just closed would fail the attempt."""
+
+# scheme://authority/path?query — group 1 is everything before the query.
+_URL_WITH_QUERY = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^\s?#'\"<>]*)\?[^\s#'\"<>]*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +78,8 @@ class HttpReply:
     """A provider's answer: status, headers and at most `MAX_BODY_BYTES` of body."""
 
     status: int
-    headers: httpx.Headers
+    headers: CIMultiDictProxy[str]
+    """Case-insensitive: ``reply.headers.get("retry-after")`` finds ``Retry-After``."""
     body: bytes
 
     @property
@@ -105,22 +126,25 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     return max(0.0, seconds)
 
 
-class RedactQuery(logging.Filter):
-    """Drops the query string of every `httpx.URL` in a log record's arguments (it may carry
-    secrets). Never rejects a record."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple) and any(isinstance(arg, httpx.URL) for arg in record.args):
-            record.args = tuple(
-                arg.copy_with(query=None) if isinstance(arg, httpx.URL) else arg for arg in record.args
-            )
-        return True
+def redact_queries(text: str) -> str:
+    """`text` with the query string of every URL in it removed (a query may carry secrets). Pure."""
+    return _URL_WITH_QUERY.sub(r"\1", text)
 
 
-def _redact_httpx_logs() -> None:
-    logger = logging.getLogger("httpx")
-    if not any(isinstance(existing, RedactQuery) for existing in logger.filters):
-        logger.addFilter(RedactQuery())
+def _describe(exc: BaseException) -> str:
+    """An exception as text for an error message, without URL query strings."""
+    return redact_queries(f"{type(exc).__name__}: {exc}")
+
+
+def _url_problem(exc: aiohttp.ClientError) -> str:
+    """What is wrong with the URL of an `InvalidURL` / `NonHttpUrlClientError`, without the URL
+    itself (its query may carry secrets)."""
+    if isinstance(exc, aiohttp.NonHttpUrlClientError):
+        scheme = urlsplit(str(exc.args[0]) if exc.args else "").scheme
+        return f"unsupported scheme {scheme!r} (http or https only)" if scheme else "no http(s) scheme"
+    description = exc.description if isinstance(exc, aiohttp.InvalidURL) else None
+    detail = description or exc.__cause__
+    return redact_queries(str(detail)) if detail else "malformed, or without a host"
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -129,34 +153,44 @@ def bearer(token: str) -> dict[str, str]:
 
 
 class HttpProvider(Provider):
-    """Base of the HTTP providers: owns the client, bounds and translates each request.
+    """Base of the HTTP providers: owns the session, bounds and translates each request.
 
-    `transport` replaces the network (tests, or `httpx.MockTransport` in a user's own tests).
     Subclasses implement `send` with `request` / `post_json` and `check`.
     """
 
-    def __init__(
-        self,
-        *,
-        channel: str,
-        name: str,
-        options: HttpOptions,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
+    def __init__(self, *, channel: str, name: str, options: HttpOptions) -> None:
         self.channel = channel
         self.name = name
         self.options = options
-        _redact_httpx_logs()
-        self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(options.timeout_s),
-            limits=httpx.Limits(
-                max_connections=options.max_connections,
-                max_keepalive_connections=options.max_connections,
-            ),
-            headers={"User-Agent": USER_AGENT},
-            follow_redirects=False,
-            transport=transport,
-        )
+        self._session: aiohttp.ClientSession | None = None
+        self._closed = False
+        self._proxies = getproxies_environment()  # read once: not per request
+
+    def _client(self) -> aiohttp.ClientSession:
+        """The provider's session, created on first use inside the running event loop."""
+        session = self._session
+        if session is None:
+            if self._closed:
+                raise RuntimeError(f"{self.name}: the HTTP client has been closed")
+            session = self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    limit=self.options.max_connections, keepalive_timeout=KEEPALIVE_S
+                ),
+                # One bound for the whole attempt; never rounded up to a whole second (aiohttp
+                # rounds bounds above `ceil_threshold`).
+                timeout=aiohttp.ClientTimeout(total=self.options.timeout_s, ceil_threshold=math.inf),
+                headers={"User-Agent": USER_AGENT},
+                skip_auto_headers=("Content-Type",),  # no application/octet-stream guess
+            )
+        return session
+
+    def _proxy_for(self, url: str) -> str | None:
+        """The environment's proxy for `url`, None when there is none or NO_PROXY exempts it."""
+        parts = urlsplit(url)
+        proxy = self._proxies.get(parts.scheme.lower())
+        if not proxy or proxy_bypass_environment(parts.hostname or "", self._proxies):
+            return None
+        return proxy
 
     def error(
         self, problem: str, *, retryable: bool, code: str = "", retry_after_s: float | None = None
@@ -182,31 +216,47 @@ class HttpProvider(Provider):
     ) -> HttpReply:
         """One HTTP exchange within `options.timeout_s`. Raises `ProviderError` for transport
         failures (see the module docstring); any HTTP status is returned, not raised."""
+        session = self._client()
         try:
-            async with asyncio.timeout(self.options.timeout_s):
-                async with self._client.stream(
-                    method, url, params=params, headers=headers, content=content
-                ) as response:
-                    body = bytearray()
-                    async for chunk in response.aiter_bytes():
-                        body += chunk
-                        if len(body) >= MAX_BODY_BYTES:
-                            break
-                    return HttpReply(response.status_code, response.headers, bytes(body[:MAX_BODY_BYTES]))
-        except (TimeoutError, httpx.TimeoutException) as exc:
+            async with session.request(
+                method,
+                url,
+                params=params,
+                headers=headers,
+                data=content,
+                allow_redirects=False,
+                proxy=self._proxy_for(url) if self._proxies else None,
+            ) as response:
+                body = bytearray()
+                while len(body) < MAX_BODY_BYTES:
+                    chunk = await response.content.read(MAX_BODY_BYTES - len(body))
+                    if not chunk:
+                        break
+                    body += chunk
+                return HttpReply(response.status, response.headers, bytes(body))
+        except TimeoutError as exc:  # aiohttp's own timeouts are TimeoutErrors too
             raise self.error(
                 f"no answer within {self.options.timeout_s} s", retryable=True, code="timeout"
             ) from exc
-        except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
-            # Named before TransportError: UnsupportedProtocol is one, but retrying cannot help.
-            raise self.error(f"invalid URL: {exc}", retryable=False, code="invalid_url") from exc
-        except httpx.TransportError as exc:
+        except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError) as exc:
             raise self.error(
-                f"connection failed: {type(exc).__name__}: {exc}", retryable=True, code="connection"
+                f"invalid URL: {_url_problem(exc)}", retryable=False, code="invalid_url"
             ) from exc
-        except httpx.RequestError as exc:  # e.g. a reply body that does not decode
+        except aiohttp.ClientPayloadError as exc:
+            if isinstance(exc.__cause__, ContentEncodingError):  # e.g. gzip that does not inflate
+                raise self.error(f"bad reply: {_describe(exc)}", retryable=True, code="protocol") from exc
+            raise self.error(  # the body ended early or was malformed
+                f"connection failed: {_describe(exc)}", retryable=True, code="connection"
+            ) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            # Refused / reset / closed connections, TLS and DNS failures, malformed status lines
+            # and headers (ClientResponseError: statuses themselves never raise here).
             raise self.error(
-                f"bad reply: {type(exc).__name__}: {exc}", retryable=True, code="protocol"
+                f"connection failed: {_describe(exc)}", retryable=True, code="connection"
+            ) from exc
+        except ValueError as exc:
+            raise self.error(
+                f"invalid request: {_describe(exc)}", retryable=False, code="invalid_request"
             ) from exc
 
     async def post_json(
@@ -244,7 +294,11 @@ class HttpProvider(Provider):
         )
 
     async def close(self) -> None:
-        await self._client.aclose()
+        """Close the session and its pooled connections; the provider cannot send afterwards."""
+        self._closed = True
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
 
 
 def encode_json(payload: Mapping[str, Any]) -> bytes:

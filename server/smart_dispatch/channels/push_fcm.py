@@ -30,8 +30,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-import httpx
-
 from smart_dispatch.channels.base import Delivery, SendResult
 from smart_dispatch.channels.http_common import HttpOptions, HttpProvider, HttpReply, bearer
 
@@ -78,9 +76,8 @@ class FcmProvider(HttpProvider):
         options: HttpOptions | None = None,
         channel: str = "push",
         name: str = "fcm",
-        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        super().__init__(channel=channel, name=name, options=options or HttpOptions(), transport=transport)
+        super().__init__(channel=channel, name=name, options=options or HttpOptions())
         self.config = config
         base = config.api_base.rstrip("/")
         self._url = f"{base}/v1/projects/{quote(config.project, safe='')}/messages:send"

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import httpx
-
 from smart_dispatch.channels.base import Delivery, SendResult
 from smart_dispatch.channels.http_common import HttpOptions, HttpProvider, bearer
 
@@ -42,9 +40,8 @@ class SmsGatewayProvider(HttpProvider):
         options: HttpOptions | None = None,
         channel: str = "sms",
         name: str = "http_sms",
-        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        super().__init__(channel=channel, name=name, options=options or HttpOptions(), transport=transport)
+        super().__init__(channel=channel, name=name, options=options or HttpOptions())
         self.config = config
 
     async def send(self, delivery: Delivery) -> SendResult:

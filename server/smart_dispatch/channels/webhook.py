@@ -32,8 +32,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-import httpx
-
 from smart_dispatch.channels.base import Delivery, SendResult
 from smart_dispatch.channels.http_common import HttpOptions, HttpProvider, encode_json
 
@@ -93,10 +91,9 @@ class WebhookProvider(HttpProvider):
         options: HttpOptions | None = None,
         channel: str = "webhook",
         name: str = "webhook",
-        transport: httpx.AsyncBaseTransport | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        super().__init__(channel=channel, name=name, options=options or HttpOptions(), transport=transport)
+        super().__init__(channel=channel, name=name, options=options or HttpOptions())
         self.config = config
         self._clock = clock
 

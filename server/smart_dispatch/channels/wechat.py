@@ -41,8 +41,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-
 from smart_dispatch.channels.base import Delivery, ProviderError, SendResult
 from smart_dispatch.channels.http_common import HttpOptions, HttpProvider
 
@@ -98,10 +96,9 @@ class WeChatProvider(HttpProvider):
         options: HttpOptions | None = None,
         channel: str = "wechat",
         name: str = "wechat",
-        transport: httpx.AsyncBaseTransport | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        super().__init__(channel=channel, name=name, options=options or HttpOptions(), transport=transport)
+        super().__init__(channel=channel, name=name, options=options or HttpOptions())
         self.config = config
         self._base = config.api_base.rstrip("/")
         self._clock = clock
