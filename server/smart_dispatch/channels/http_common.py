@@ -44,11 +44,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib import request as urllib_request
 from urllib.parse import urlsplit
-from urllib.request import (
-    getproxies_environment,
-    proxy_bypass_environment,  # type: ignore[attr-defined]  # not in typeshed
-)
 
 import aiohttp
 from aiohttp.http_exceptions import ContentEncodingError
@@ -167,7 +164,7 @@ class HttpProvider(Provider):
         self.options = options
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
-        self._proxies = getproxies_environment()  # read once: not per request
+        self._proxies: dict[str, str] = urllib_request.getproxies_environment()  # read once: not per request
 
     def _client(self) -> aiohttp.ClientSession:
         """The provider's session, created on first use inside the running event loop."""
@@ -191,7 +188,10 @@ class HttpProvider(Provider):
         """The environment's proxy for `url`, None when there is none or NO_PROXY exempts it."""
         parts = urlsplit(url)
         proxy = self._proxies.get(parts.scheme.lower())
-        if not proxy or proxy_bypass_environment(parts.hostname or "", self._proxies):
+        bypass: bool = urllib_request.proxy_bypass_environment(  # type: ignore[attr-defined]  # not in typeshed
+            parts.hostname or "", self._proxies
+        )
+        if not proxy or bypass:
             return None
         return proxy
 
