@@ -11,6 +11,7 @@ import contextlib
 import heapq
 import itertools
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import datetime
@@ -25,12 +26,13 @@ class MemoryDispatchStore(DispatchStore):
     def __init__(self, claim_timeout_s: float = 30.0) -> None:
         self._records: dict[str, DispatchRecord] = {}
         self._by_message: dict[str, str] = {}
-        self._ready: list[tuple[str, int]] = []
+        self._ready: deque[tuple[str, int]] = deque()
         self._scheduled: list[tuple[float, int, str, int]] = []
         self._pending: dict[str, tuple[Claim, float]] = {}
         self._dead: dict[str, float] = {}
         self._watchers: dict[str, list[asyncio.Queue[DispatchRecord]]] = {}
-        self._wakeup = asyncio.Event()
+        # Idle claimers, each waiting on its own future: new work wakes one of them, not all.
+        self._waiters: deque[asyncio.Future[None]] = deque()
         self._seq = itertools.count()
         self._claim_timeout_s = claim_timeout_s
 
@@ -71,40 +73,67 @@ class MemoryDispatchStore(DispatchStore):
         return stored
 
     def _queue(self, record: DispatchRecord, run_at: datetime | None) -> None:
-        when = time.time() if run_at is None else run_at.timestamp()
-        if when <= time.time():
+        now = time.time()
+        when = now if run_at is None else run_at.timestamp()
+        if when <= now:
             self._ready.append((record.dispatch_id, record.version))
         else:
-            heapq.heappush(self._scheduled, (when, next(self._seq), record.dispatch_id, record.version))
-        self._wakeup.set()
+            entry = (when, next(self._seq), record.dispatch_id, record.version)
+            heapq.heappush(self._scheduled, entry)
+            if self._scheduled[0] is not entry:
+                return  # idle claimers already wake up for an earlier entry
+        self._wake_one()  # to take it, or to wait until the new earliest entry is due
+
+    def _wake_one(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
 
     async def claim(self, consumer: str, count: int, wait_s: float) -> list[Claim]:
         deadline = time.monotonic() + wait_s
         while True:
             self._promote()
             if self._ready:
-                taken, self._ready = self._ready[:count], self._ready[count:]
-                claims = [Claim(i, token, f"{consumer}:{next(self._seq)}") for i, token in taken]
-                for claim in claims:
-                    self._pending[claim.receipt] = (claim, time.monotonic() + self._claim_timeout_s)
+                claims = []
+                expires = time.monotonic() + self._claim_timeout_s
+                for _ in range(min(count, len(self._ready))):
+                    dispatch_id, token = self._ready.popleft()
+                    claim = Claim(dispatch_id, token, f"{consumer}:{next(self._seq)}")
+                    self._pending[claim.receipt] = (claim, expires)
+                    claims.append(claim)
+                if self._ready:
+                    self._wake_one()  # more work than this claimer takes: pass it on
                 return claims
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return []
             next_due = self._scheduled[0][0] - time.time() if self._scheduled else remaining
-            self._wakeup.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout=max(0.001, min(remaining, next_due)))
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                async with asyncio.timeout(max(0.001, min(remaining, next_due))):
+                    await waiter
+            except TimeoutError:
+                pass
+            finally:
+                if not waiter.done():
+                    waiter.cancel()
+                    with contextlib.suppress(ValueError):  # already dropped by _wake_one
+                        self._waiters.remove(waiter)
 
     def _promote(self) -> None:
         now = time.time()
         while self._scheduled and self._scheduled[0][0] <= now:
             _, _, dispatch_id, token = heapq.heappop(self._scheduled)
             self._ready.append((dispatch_id, token))
-        expired = [r for r, (_, deadline) in self._pending.items() if deadline <= time.monotonic()]
-        for receipt in expired:
-            claim, _ = self._pending.pop(receipt)
-            self._ready.append((claim.dispatch_id, claim.token))
+        if self._pending:
+            clock = time.monotonic()
+            expired = [r for r, (_, deadline) in self._pending.items() if deadline <= clock]
+            for receipt in expired:
+                claim, _ = self._pending.pop(receipt)
+                self._ready.append((claim.dispatch_id, claim.token))
 
     async def ack(self, claim: Claim) -> None:
         self._pending.pop(claim.receipt, None)

@@ -19,7 +19,6 @@ at-least-once towards providers, exactly-once effect at providers that honour th
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -82,6 +81,7 @@ class SenderPool:
         self._telemetry = telemetry or Telemetry.noop()
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._claiming: set[asyncio.Task[None]] = set()  # workers waiting for work
 
     def start(self) -> None:
         self._stopping.clear()
@@ -91,14 +91,24 @@ class SenderPool:
         ]
 
     async def stop(self) -> None:
+        """Workers waiting for work stop at once (an entry a durable store handed out just then
+        stays pending and is handed out again after the claim timeout); busy ones finish."""
         self._stopping.set()
+        for task in self._claiming:
+            task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
 
     async def _run(self, consumer: str) -> None:
+        task = asyncio.current_task()
+        assert task is not None
         while not self._stopping.is_set():
             try:
-                claims = await self._claim_unless_stopping(consumer)
+                self._claiming.add(task)
+                try:
+                    claims = await self._store.claim(consumer, 1, _IDLE_WAIT_S)
+                finally:
+                    self._claiming.discard(task)
                 for claim in claims:
                     await self.process(claim)
             except StoreUnavailableError as exc:
@@ -108,20 +118,6 @@ class SenderPool:
                 # the claim stays unacked and is handed out again after the claim timeout
                 log.exception("sender %s failed on a claim", consumer)
                 await asyncio.sleep(_IDLE_WAIT_S)
-
-    async def _claim_unless_stopping(self, consumer: str) -> list[Claim]:
-        """Wait for work, but give up at once when the pool stops (an entry read just then stays
-        pending in a durable store and is handed out again after the claim timeout)."""
-        claiming = asyncio.ensure_future(self._store.claim(consumer, 1, _IDLE_WAIT_S))
-        stopping = asyncio.ensure_future(self._stopping.wait())
-        await asyncio.wait({claiming, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        stopping.cancel()
-        if claiming.done():
-            return claiming.result()
-        claiming.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await claiming
-        return []
 
     async def process(self, claim: Claim) -> None:
         """Move the claimed dispatch one stage on, then ack the claim."""
