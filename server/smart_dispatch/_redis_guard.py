@@ -8,6 +8,9 @@ Every Redis-backed store wraps each operation in `guarded(timeout_s)`:
 - unreachable / overloaded / failing-over Redis -> `StoreUnavailableError` (retryable);
 - any other Redis error (a script error, OOM) -> `StoreError` (not retryable);
 - the original exception stays attached as `__cause__`.
+
+`DirectSender` is a lean road for a hot command on one server: the exchange `execute_command`
+makes, without its per-command overhead.
 """
 
 from __future__ import annotations
@@ -15,8 +18,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
 
 from redis import exceptions as redis_errors
+from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.cluster import RedisCluster
 
 from smart_dispatch.errors import ConfigurationError, StoreError, StoreUnavailableError
 
@@ -54,3 +61,51 @@ def checked_prefix(prefix: str) -> str:
     if "{" in prefix or "}" in prefix:
         raise ConfigurationError(f"store prefix {prefix!r} must not contain braces (hash tags)")
     return prefix
+
+
+@dataclass(frozen=True, slots=True)
+class DirectSender:
+    """Sends commands packed here on a connection of a one-server client's pool, exactly the
+    exchange `Redis.execute_command` makes: a connection from the pool (connected and checked by
+    it), redis-py's own `send_packed_command` and `read_response` (socket timeouts, disconnect on
+    any error or cancellation, reconnect on the next use, server errors such as NoScriptError
+    raised), the connection released whatever happens. Left out is only per-command overhead:
+    packing in redis-py, its retry wrapper, response callbacks and observability hooks.
+
+    Build it with `for_client`, which declines (None) where those would do something: a Cluster,
+    a single-connection client, retries configured, a custom callback for the command. Errors
+    are redis-py's, for `guarded` (or its inlined equivalent) to bound and translate.
+    """
+
+    pool: ConnectionPool
+    encoding: str
+    encoding_errors: str
+
+    @classmethod
+    def for_client(cls, client: Redis | RedisCluster, command: str) -> DirectSender | None:
+        if isinstance(client, RedisCluster) or client.single_connection_client:
+            return None
+        retry = client.get_retry()
+        if (retry is not None and retry.get_retries() > 0) or command in client.response_callbacks:
+            return None
+        settings = client.connection_pool.connection_kwargs  # what the pool's encoder is made of
+        encoding: str = settings.get("encoding", "utf-8")
+        return cls(client.connection_pool, encoding, settings.get("encoding_errors", "strict"))
+
+    def pack(self, *args: str | bytes) -> bytes:
+        """`args` in the Redis protocol, as redis-py's `pack_command` makes them (str encoded as
+        the client's encoder does)."""
+        parts = [b"*%d\r\n" % len(args)]
+        for arg in args:
+            value = arg.encode(self.encoding, self.encoding_errors) if isinstance(arg, str) else arg
+            parts.append(b"$%d\r\n%b\r\n" % (len(value), value))
+        return b"".join(parts)
+
+    async def send(self, command: bytes) -> Any:
+        """Send a packed command and read its reply (redis-py's exceptions pass)."""
+        connection = await self.pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            await connection.send_packed_command(command)
+            return await connection.read_response()
+        finally:
+            await self.pool.release(connection)

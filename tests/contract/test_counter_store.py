@@ -169,6 +169,22 @@ async def test_deferred_reservation_occupies_its_slot_now(counter_store: Counter
     assert now.chosen is None and now.options[0].retry_at_s == t0 + 1800 + HOUR
 
 
+async def test_deferrals_queue_up_past_what_a_store_reads_in_one_go(counter_store: CounterStore, t0: float):
+    """70 deferred entries (reserve.lua reads a small cap's set whole only up to 64): each next
+    deferral still lands after all of them, and a repeat still finds its own."""
+    hourly = cap("hour", 1, HOUR)
+    for i in range(70):
+        deferred = await reserve(counter_store, f"m{i}", [hourly], at_s=t0, defer=True)
+        assert (deferred.chosen, deferred.reserved_at_s) == (0, t0 + i * HOUR)
+
+    late = await reserve(counter_store, "late", [hourly], at_s=t0 + 60, defer=True)
+    repeat = await reserve(counter_store, "m3", [hourly], at_s=t0 + 60, defer=True)
+
+    assert (late.deferred, late.reserved_at_s) == (True, t0 + 70 * HOUR)
+    assert late.options[0].usages == (CapUsage(hourly, 1, t0 + 71 * HOUR),)
+    assert (repeat.duplicate, repeat.reserved_at_s) == (True, t0 + 3 * HOUR)
+
+
 async def test_entries_leave_the_window(counter_store: CounterStore, t0: float):
     minute = cap("minute", 1, 60)
     await reserve(counter_store, "m1", [minute], at_s=t0)

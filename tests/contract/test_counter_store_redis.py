@@ -14,6 +14,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import pytest
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from smart_dispatch._redis_guard import DirectSender
 from smart_dispatch.counters import redis as counters_redis
 from smart_dispatch.counters.base import CounterStore, to_ms
 from smart_dispatch.counters.redis import SLIDING_COUNTER_MIN_LIMIT, RedisCounterStore
@@ -264,6 +268,58 @@ async def test_command_path_matches_the_reference(
         await replay_against_reference(counters, float(int(time.time())), seed)
     finally:
         await counters.close()
+
+
+@on_redis
+@pytest.mark.parametrize("seed", [21, 22, 23])
+async def test_general_path_matches_the_reference(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch, seed: int
+):
+    """reserve.lua answers the common request (mode "F", small sorted-set caps) on a fast path:
+    with it switched off, the general code gives the reference's outcomes too."""
+    fast_path = "local fast = mode == 'F' and"
+    assert fast_path in counters_redis.RESERVE.source
+    source = counters_redis.RESERVE.source.replace(fast_path, "local fast = false and")
+    sha = hashlib.sha1(source.encode()).hexdigest()
+    monkeypatch.setattr(counters_redis, "RESERVE", counters_redis.LuaScript("general", source, sha))
+    counters = RedisCounterStore(redis_client(backend.url, 2.0), prefix="t", timeout_s=2.0)
+    try:
+        await replay_against_reference(counters, float(int(time.time())), seed)
+    finally:
+        await counters.close()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("EVALSHA", "0" * 40, "2", "t:{u:alice}:cap:day", "t:{g}:cap:promo", "m1", "", b"F0", b"\x01\x02z"),
+        ("EVALSHA", "f" * 40, "1", "t:{u:\u00e9l\u00e8ve}:cap:100%", "", b"\r\n%d$*", "x" * 7000),
+        ("PING",),
+    ],
+)
+def test_direct_sender_packs_commands_as_redis_py_does(args: tuple[str | bytes, ...]):
+    client = redis_client("redis://127.0.0.1:1/0", 1.0)
+    sender = DirectSender.for_client(client, "EVALSHA")
+    assert sender is not None
+    connection = client.connection_pool.make_connection()
+    assert sender.pack(*args) == b"".join(connection.pack_command(*args))
+
+
+async def test_direct_sender_only_where_execute_command_adds_nothing():
+    plain = redis_client("redis://127.0.0.1:1/0", 1.0)
+    retrying = Redis(port=1, retry=Retry(NoBackoff(), 2))
+    single = Redis(port=1, single_connection_client=True)
+    cluster = redis_client("redis+cluster://127.0.0.1:1", 1.0)
+    try:
+        assert DirectSender.for_client(plain, "EVALSHA") is not None
+        assert DirectSender.for_client(retrying, "EVALSHA") is None
+        assert DirectSender.for_client(single, "EVALSHA") is None
+        assert DirectSender.for_client(cluster, "EVALSHA") is None
+        plain.set_response_callback("EVALSHA", bool)
+        assert DirectSender.for_client(plain, "EVALSHA") is None
+    finally:
+        for client in (plain, retrying, single, cluster):
+            await client.aclose()
 
 
 @on_redis

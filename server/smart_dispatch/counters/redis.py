@@ -18,7 +18,9 @@ Round trips per `reserve`:
 
 Lean hot path: what only depends on the options (key templates, the binary cap spec) is built
 once per options tuple (`Plan`); a call sends the keys and 4 arguments (6 with `defer`) and gets
-one flat array of integers back.
+one flat array of integers back. On one server the EVALSHA is packed here and sent straight on a
+pooled connection (`_redis_guard.DirectSender`: redis-py's exchange without its per-command
+overhead); on a Cluster it goes through `execute_command` (slot routing, redirections).
 
 High-volume global caps (`scope="global"` and `limit > SLIDING_COUNTER_MIN_LIMIT`) use an
 approximate sliding-window counter (two weighted fixed buckets, like `limits`) instead of one
@@ -46,7 +48,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError, RedisError
 
-from smart_dispatch._redis_guard import UNAVAILABLE, checked_prefix, guarded
+from smart_dispatch._redis_guard import UNAVAILABLE, DirectSender, checked_prefix, guarded
 from smart_dispatch.counters.base import (
     CapSpec,
     CapUsage,
@@ -147,6 +149,7 @@ class RedisCounterStore(CounterStore):
         self._sliding_min = sliding_counter_min_limit
         self._close_client = close_client
         self.is_cluster = isinstance(client, RedisCluster)
+        self._direct = DirectSender.for_client(client, "EVALSHA")
         self.round_trips = 0
         self._load_lock = asyncio.Lock()
         self._loads: dict[str, int] = {}  # script name -> SCRIPT LOADs done
@@ -279,6 +282,15 @@ class RedisCounterStore(CounterStore):
         return int(await self._evalsha(REFUND, zsets + pairs, [member, str(len(zsets))]))
 
     async def _evalsha(self, script: LuaScript, keys: list[str], args: Sequence[str | bytes]) -> Any:
+        if self._direct is not None:  # one server: see DirectSender
+            command = self._direct.pack("EVALSHA", script.sha, str(len(keys)), *keys, *args)
+            self.round_trips += 1
+            try:
+                return await self._direct.send(command)
+            except NoScriptError:  # first use, or the server restarted / flushed its script cache
+                await self._load(script)
+                self.round_trips += 1
+                return await self._direct.send(command)
         if self.is_cluster:
             # Topology discovery racing with the first concurrent commands (and their SCRIPT LOADs)
             # makes redis-py drop connections: discover once, under redis-py's own lock. A no-op
@@ -287,15 +299,19 @@ class RedisCounterStore(CounterStore):
         self.round_trips += 1
         try:
             return await self._client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-        except NoScriptError:  # first use, or the server restarted / flushed its script cache
-            missed = self._loads.get(script.name, 0)
-            async with self._load_lock:  # one SCRIPT LOAD for a burst of concurrent misses
-                if self._loads.get(script.name, 0) == missed:
-                    self.round_trips += 1
-                    await self._client.script_load(script.source)
-                    self._loads[script.name] = missed + 1
+        except NoScriptError:
+            await self._load(script)
             self.round_trips += 1
             return await self._client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+
+    async def _load(self, script: LuaScript) -> None:
+        """SCRIPT LOAD `script`, once for a burst of concurrent misses."""
+        missed = self._loads.get(script.name, 0)
+        async with self._load_lock:
+            if self._loads.get(script.name, 0) == missed:
+                self.round_trips += 1
+                await self._client.script_load(script.source)
+                self._loads[script.name] = missed + 1
 
 
 def spans_slot_groups(options: Options) -> bool:

@@ -32,6 +32,8 @@ Cost: a small sorted-set cap (limit <= SMALL_LIMIT holding <= MAX_ROWS entries) 
   ZRANGE; everything (count, retry instant, repeat, usages, stale entries, latest entry) is derived
   from those rows. Recording adds ZADD, plus PEXPIREAT / ZREMRANGEBYSCORE only when needed. Larger
   sets use ZCOUNT / ZSCORE / ZRANGEBYSCORE ... LIMIT (bounded work, whatever the set size).
+  A mode "F" call whose caps are all small sorted sets (the common one: a user's caps) runs the
+  "fast path" below: the same steps with less Lua work per call.
 
 KEYS  every key the call may touch, each once; caps name them by 1-based index.
 ARGV
@@ -84,6 +86,7 @@ if ARGV[6] and ARGV[6] ~= '' then
   not_after = tonumber(ARGV[6])
 end
 local SMALL_LIMIT, MAX_ROWS = 32, 64
+local ROWS_ARG = '64' -- MAX_ROWS as a ZRANGE argument (a Lua number is formatted on every call)
 local EPSILON = 1e-9 -- absorbs rounding in the counter's weighted sum (a count)
 local MS_EPSILON = 1e-6 -- and in an instant computed from a fraction of a window (ms)
 
@@ -97,6 +100,219 @@ for o = 1, n_options do
   total = total + sizes[o]
 end
 local fields = { struct.unpack('>' .. string.rep('BHddH', total), spec, 2 + n_options) }
+
+-- Fast path: mode "F" over small sorted-set caps ------------------------------------------------
+-- The common request (mode "F" without eligibility flags, defer "a" or none, only sorted-set caps
+-- with limit <= SMALL_LIMIT, e.g. a user's caps) takes the same steps as the general code below,
+-- written for that case: each set is read whole with ONE ZRANGE into a flat array, with no per-cap
+-- tables and few closures (every allocation costs, the more so as a lone call runs on cold caches).
+-- A set holding more than MAX_ROWS entries sends the call to the general code before anything is
+-- written. Cap j (1-based over all options) is fields[5j-4 .. 5j] (kind, key index, limit,
+-- window, marker); option o's caps are j = ends[o - 1] + 1 .. ends[o].
+local fast = mode == 'F' and #ctl <= 3 and (defer == '' or defer == 'a')
+for f = 1, fast and 5 * total or 0, 5 do
+  if fields[f] == 99 or fields[f + 2] < 1 or fields[f + 2] > SMALL_LIMIT then
+    fast = false
+    break
+  end
+end
+if fast then
+  local ends, rows, recorded = { [0] = 0 }, {}, {}
+  for o = 1, n_options do
+    ends[o] = ends[o - 1] + sizes[o]
+  end
+
+  -- The rows of cap j's set: { member, score, member, score, ... } by ascending score (view),
+  -- read once per key; false when the set is too large to read whole.
+  local function rows_of(j)
+    local k = fields[5 * j - 3]
+    local r = rows[k]
+    if r == nil then
+      r = redis.call('ZRANGE', KEYS[k], '0', ROWS_ARG, 'WITHSCORES')
+      if #r > 2 * MAX_ROWS then
+        r = false
+      else
+        for i = 2, #r, 2 do
+          r[i] = tonumber(r[i])
+        end
+      end
+      rows[k] = r
+    end
+    return r
+  end
+
+  -- The member's score in cap j if it counts there (score_of), false when absent or stale.
+  local function score_of(j)
+    local r = rows_of(j)
+    for i = 1, #r, 2 do
+      if r[i] == member then
+        return r[i + 1] > now - fields[5 * j - 1] and r[i + 1]
+      end
+    end
+    return false
+  end
+
+  -- Appends `used, reset_at` at t of every cap of option o to out (z_usage).
+  local function push_usages(out, o, t)
+    for j = ends[o - 1] + 1, ends[o] do
+      local k, window = fields[5 * j - 3], fields[5 * j - 1]
+      local r, mine = rows[k], recorded[k]
+      local low, used, oldest = math.max(t, now) - window, 0, nil
+      for i = 2, #r, 2 do
+        local s = r[i]
+        if s > low or (mine and r[i - 1] == member) then
+          used = used + 1
+          if oldest == nil or s < oldest then
+            oldest = s
+          end
+        end
+      end
+      local n = #out
+      out[n + 1], out[n + 2] = used, oldest and oldest + window or false
+    end
+  end
+
+  -- Records the member at t in every cap of option o (z_record); returns the caps' scores before.
+  local function record(o, t)
+    local previous = {}
+    for j = ends[o - 1] + 1, ends[o] do
+      previous[#previous + 1] = score_of(j)
+    end
+    for j = ends[o - 1] + 1, ends[o] do
+      local k, window = fields[5 * j - 3], fields[5 * j - 1]
+      local r, stale = rows[k], now - window
+      if r[2] and r[2] <= stale then -- drop what left every window (MemoryCounterStore._live)
+        redis.call('ZREMRANGEBYSCORE', KEYS[k], '-inf', fmt('%d', stale))
+      end
+      local kept, latest, placed = {}, nil, false
+      for i = 1, #r, 2 do
+        local s = r[i + 1]
+        if s > stale then
+          latest = s -- what is left of the set (the member's old entry too) lives until then
+          if r[i] ~= member then
+            if not placed and s > t then
+              kept[#kept + 1], kept[#kept + 2], placed = member, t, true
+            end
+            kept[#kept + 1], kept[#kept + 2] = r[i], s
+          end
+        end
+      end
+      if not placed then
+        kept[#kept + 1], kept[#kept + 2] = member, t
+      end
+      rows[k], recorded[k] = kept, true
+      redis.call('ZADD', KEYS[k], fmt('%d', t), member)
+      if latest == nil or t > latest then -- else the key already lives past t + window
+        redis.call('PEXPIREAT', KEYS[k], fmt('%d', math.max(t + window, now + 1)))
+      end
+    end
+    return previous
+  end
+
+  -- The reply as the general code's `reply`: out, then n_previous and previous, then with a
+  -- deferral option 1's usages at defer_at.
+  local out = { now, at, 0, -1, false, 0, false }
+  local function reply(previous, deferred)
+    local n = #out
+    out[n + 1] = previous and #previous or 0
+    for i = 1, previous and #previous or 0 do
+      out[n + 1 + i] = previous[i]
+    end
+    if deferred then
+      push_usages(out, 1, out[7])
+    end
+    return out
+  end
+
+  for o = 1, n_options do -- a repeat: the first option holding the member in all its caps
+    local held = ends[o] > ends[o - 1]
+    for j = ends[o - 1] + 1, ends[o] do
+      if not rows_of(j) then
+        fast = false
+        break
+      elseif not score_of(j) then
+        held = false
+        break
+      end
+    end
+    if not fast then
+      break
+    elseif held then
+      out[3], out[4], out[5], out[8], out[9] = 1, o - 1, score_of(ends[o - 1] + 1), 1, false
+      push_usages(out, o, at)
+      return reply()
+    end
+  end
+
+  -- Else the first option whose caps all have room at `at` (z_refusal: a full cap has room once
+  -- its (count - limit + 1)-th entry, ascending, the member's left out, leaves the window).
+  local first_retry = nil
+  for o = 1, fast and n_options or 0 do
+    local retry_at = nil
+    for j = ends[o - 1] + 1, ends[o] do
+      local r = rows_of(j)
+      if not r then
+        fast = false
+        break
+      end
+      local limit, window = fields[5 * j - 2], fields[5 * j - 1]
+      local low, wanted = math.max(at, now) - window, 1 - limit
+      for i = 2, #r, 2 do
+        if r[i] > low and r[i - 1] ~= member then
+          wanted = wanted + 1
+        end
+      end
+      for i = 2, wanted > 0 and #r or 0, 2 do
+        if r[i] > low and r[i - 1] ~= member then
+          wanted = wanted - 1
+          if wanted == 0 then
+            if retry_at == nil or r[i] + window > retry_at then
+              retry_at = r[i] + window
+            end
+            break
+          end
+        end
+      end
+    end
+    if not fast then
+      break
+    end
+    if o == 1 then
+      first_retry = retry_at
+    end
+    local n = #out
+    if retry_at then
+      out[n + 1], out[n + 2] = 0, retry_at
+      push_usages(out, o, at)
+    else
+      out[4], out[n + 1], out[n + 2] = o - 1, 1, false
+      if dry_run then
+        push_usages(out, o, at)
+        return reply()
+      end
+      local previous = record(o, at)
+      out[5] = at
+      push_usages(out, o, at)
+      return reply(previous)
+    end
+  end
+
+  if fast then -- no option chosen: defer option 1 at its retry instant (defer "a")
+    if defer == '' or dry_run or n_options == 0 then
+      return reply()
+    end
+    out[7] = first_retry or at
+    if not_after and out[7] > not_after then
+      out[6] = 2
+      return reply()
+    end
+    out[6] = 1
+    return reply(record(1, out[7]), true)
+  end
+end
+
+-- General path -----------------------------------------------------------------------------------
+
 local options, has_counters = {}, false
 local f = 1
 for o = 1, n_options do
@@ -125,7 +341,7 @@ local function view(cap)
   if v == nil then
     v = false
     if cap.limit <= SMALL_LIMIT then
-      local flat = redis.call('ZRANGE', cap.key, 0, MAX_ROWS, 'WITHSCORES')
+      local flat = redis.call('ZRANGE', cap.key, '0', ROWS_ARG, 'WITHSCORES')
       if #flat <= 2 * MAX_ROWS then
         local ms, ss = {}, {}
         for i = 2, #flat, 2 do
@@ -268,7 +484,7 @@ local function z_record(cap, t)
     v.m, v.s = keep_m, keep_s
   else
     redis.call('ZREMRANGEBYSCORE', cap.key, '-inf', fmt('%d', stale))
-    local top = redis.call('ZRANGE', cap.key, -1, -1, 'WITHSCORES')
+    local top = redis.call('ZRANGE', cap.key, '-1', '-1', 'WITHSCORES')
     latest = top[2] and tonumber(top[2])
   end
   redis.call('ZADD', cap.key, fmt('%d', t), member)
