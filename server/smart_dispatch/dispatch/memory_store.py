@@ -60,7 +60,10 @@ class MemoryDispatchStore(DispatchStore):
         *,
         run_at: datetime | None = None,
         unschedule: bool = False,
+        ack: Claim | None = None,
     ) -> DispatchRecord | None:
+        if ack is not None:
+            self._pending.pop(ack.receipt, None)  # no await before the update: one atomic step
         current = self._records.get(record.dispatch_id)
         if current is None or current.version != expected_version:
             return None
@@ -100,7 +103,8 @@ class MemoryDispatchStore(DispatchStore):
                 expires = time.monotonic() + self._claim_timeout_s
                 for _ in range(min(count, len(self._ready))):
                     dispatch_id, token = self._ready.popleft()
-                    claim = Claim(dispatch_id, token, f"{consumer}:{next(self._seq)}")
+                    record = self._records.get(dispatch_id)
+                    claim = Claim(dispatch_id, token, f"{consumer}:{next(self._seq)}", record)
                     self._pending[claim.receipt] = (claim, expires)
                     claims.append(claim)
                 if self._ready:

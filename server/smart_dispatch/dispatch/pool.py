@@ -120,22 +120,27 @@ class SenderPool:
                 await asyncio.sleep(_IDLE_WAIT_S)
 
     async def process(self, claim: Claim) -> None:
-        """Move the claimed dispatch one stage on, then ack the claim."""
-        record = await self._store.get(claim.dispatch_id)
+        """Move the claimed dispatch (as it was when claimed) one stage on and ack the claim:
+        with the update that finishes the stage when there is one, on its own otherwise."""
+        record = claim.record
         if record is not None:
             resumed = record.state is DispatchState.SENDING and record.version == claim.token + 1
             if resumed or (record.version == claim.token and not record.state.terminal):
                 with self._telemetry.continue_decision(record.message.id):
-                    await self._advance(record, resumed)
+                    if await self._advance(record, resumed, claim):
+                        return
         await self._store.ack(claim)
 
-    async def _advance(self, record: DispatchRecord, resumed: bool) -> None:
+    async def _advance(self, record: DispatchRecord, resumed: bool, claim: Claim) -> bool:
+        """True when the claim was acked by the update that finished this stage."""
         if not resumed:
             now = self._clock()
             not_after = record.message.not_after
             if not_after is not None and now > not_after:
-                await self._finish(record, DispatchState.EXPIRED, "not_after passed before it could go out")
-                return
+                await self._finish(
+                    record, DispatchState.EXPIRED, "not_after passed before it could go out", claim
+                )
+                return True
             if record.state is DispatchState.WAITING_ENGAGEMENT:
                 record = record.moved(
                     DispatchState.QUEUED,
@@ -144,33 +149,40 @@ class SenderPool:
                     step_index=record.step_index + 1,
                 )
             if record.redecide:
-                redecided = await self._redecide(record, now)
+                # A claim's record may be older than the stored one, which only the version check
+                # of the next update notices; deciding again reserves caps before that: read it.
+                current = await self._store.get(record.dispatch_id)
+                if current is None or current.version != record.version:
+                    return False
+                redecided = await self._redecide(current, now, claim)
                 if redecided is None:
-                    return
+                    return True
                 record = redecided
             # The only store write before the provider call (see the module docstring).
             sending = await self._store.update(record.moved(DispatchState.SENDING, now), record.version)
             if sending is None:
-                return  # changed meanwhile (e.g. cancelled)
+                return False  # changed meanwhile (e.g. cancelled)
             record = sending
         attributes = {
             "smartdispatch.dispatch_id": record.dispatch_id,
             "smartdispatch.step": record.step_index,
         }
         with self._telemetry.span("dispatch.send", attributes, kind=SpanKind.CLIENT):
-            await self._send_step(record)
+            await self._send_step(record, claim)
+        return True
 
-    async def _redecide(self, record: DispatchRecord, now: datetime) -> DispatchRecord | None:
+    async def _redecide(self, record: DispatchRecord, now: datetime, claim: Claim) -> DispatchRecord | None:
+        """The record with a new plan, or None when deciding again finished the claim."""
         decision = await self._decider.decide(DecideRequest(record.message, record.recipient))
         if decision.verdict is Verdict.SUPPRESS:
             detail = ", ".join(r.code for r in decision.reasons)
-            await self._finish(record, DispatchState.SUPPRESSED, f"decided again: {detail}")
+            await self._finish(record, DispatchState.SUPPRESSED, f"decided again: {detail}", claim)
             return None
         if decision.send_at is not None and decision.send_at > now + timedelta(seconds=1):
             later = record.moved(
                 DispatchState.SCHEDULED, now, "decided again: deferred", send_at=decision.send_at
             )
-            await self._store.update(later, record.version, run_at=decision.send_at)
+            await self._store.update(later, record.version, run_at=decision.send_at, ack=claim)
             return None
         return replace(
             record,
@@ -181,7 +193,8 @@ class SenderPool:
             ruleset_version=decision.ruleset_version,
         )
 
-    async def _send_step(self, record: DispatchRecord) -> None:
+    async def _send_step(self, record: DispatchRecord, claim: Claim) -> None:
+        """One attempt; its outcome is stored with the claim acked in the same update."""
         step = record.current_step
         assert step is not None
         provider = self._providers.get(step.channel)
@@ -201,7 +214,7 @@ class SenderPool:
                 "circuit open", provider=provider.name, channel=step.channel, retryable=True
             )
         else:
-            failure = await self._call(provider, record, key, number, policy)
+            failure = await self._call(provider, record, key, number, policy, claim)
             if failure is None:
                 return
             error = failure
@@ -218,12 +231,18 @@ class SenderPool:
             later = record.moved(
                 DispatchState.SCHEDULED, now, f"retry in {delay:.2f}s: {error}", send_at=run_at
             )
-            await self._store.update(later, record.version, run_at=run_at)
+            await self._store.update(later, record.version, run_at=run_at, ack=claim)
             return
-        await self._next_step_or_fail(record, str(error))
+        await self._next_step_or_fail(record, str(error), claim)
 
     async def _call(
-        self, provider: Provider, record: DispatchRecord, key: str, number: int, policy: RetryPolicy
+        self,
+        provider: Provider,
+        record: DispatchRecord,
+        key: str,
+        number: int,
+        policy: RetryPolicy,
+        claim: Claim,
     ) -> ProviderError | None:
         step = record.current_step
         assert step is not None
@@ -278,14 +297,13 @@ class SenderPool:
                 f"delivered by {step.channel}; waiting for engagement",
                 send_at=run_at,
             )
-            await self._store.update(waiting, record.version, run_at=run_at)
+            await self._store.update(waiting, record.version, run_at=run_at, ack=claim)
         else:
-            await self._store.update(
-                done.moved(DispatchState.DELIVERED, now, f"delivered by {step.channel}"), record.version
-            )
+            delivered = done.moved(DispatchState.DELIVERED, now, f"delivered by {step.channel}")
+            await self._store.update(delivered, record.version, ack=claim)
         return None
 
-    async def _next_step_or_fail(self, record: DispatchRecord, reason: str) -> None:
+    async def _next_step_or_fail(self, record: DispatchRecord, reason: str, claim: Claim) -> None:
         now = self._clock()
         if record.step_index + 1 < len(record.steps):
             following = record.steps[record.step_index + 1].channel
@@ -295,18 +313,25 @@ class SenderPool:
                 f"fallback to {following}: {reason}",
                 step_index=record.step_index + 1,
             )
-            await self._store.update(moved, record.version, run_at=now)
+            await self._store.update(moved, record.version, run_at=now, ack=claim)
             return
         await self._finish(
-            record, DispatchState.FAILED, f"every channel failed; last: {reason}", dead_letter=True
+            record, DispatchState.FAILED, f"every channel failed; last: {reason}", claim, dead_letter=True
         )
 
     async def _finish(
-        self, record: DispatchRecord, state: DispatchState, detail: str, *, dead_letter: bool = False
+        self,
+        record: DispatchRecord,
+        state: DispatchState,
+        detail: str,
+        claim: Claim,
+        *,
+        dead_letter: bool = False,
     ) -> None:
-        """A terminal state other than DELIVERED: the message's caps are given back."""
+        """A terminal state other than DELIVERED (the claim acked with it): the message's caps
+        are given back."""
         final = record.moved(state, self._clock(), detail, dead_lettered=dead_letter)
-        if await self._store.update(final, record.version, unschedule=True) is None:
+        if await self._store.update(final, record.version, unschedule=True, ack=claim) is None:
             return
         if dead_letter:
             await self._store.set_dead_letter(record.dispatch_id, True)

@@ -6,6 +6,14 @@ returns. Ready work is a stream read through the consumer group `senders`; sched
 due. A claimed entry that is not acked within `claim_timeout_s` (its worker crashed) is taken
 over by another worker (XAUTOCLAIM). Key schema and script contracts: see `create.lua`.
 
+Round trips, since each costs far more client CPU than the work Redis does for it: a stream
+entry carries its record as queued, so `claim` is one XREADGROUP; the upkeep (promotion, takeover
+of a crashed worker's entries) runs as one script every `_UPKEEP_EVERY_S` per store, not per
+claim; the update that finishes a claim acks it in the same script.
+
+`watch` sees every version: while a record is watched (a marker key with a TTL), `update` also
+appends each version to the record's change log, which the watcher reads with XREAD BLOCK.
+
 Every key carries the hash tag `{d}`, so on Redis Cluster all dispatch keys live in one slot.
 Failure modes: `StoreUnavailableError` when Redis cannot answer within `timeout_s`,
 `StoreError` for other Redis errors.
@@ -31,8 +39,10 @@ from smart_dispatch.dispatch.store import Claim, DispatchStore, Watch
 
 GROUP = "senders"
 _PROMOTE_BATCH = 500
-_BLOCK_SLICE_S = 0.1
-_WATCH_POLL_S = 0.1
+_UPKEEP_EVERY_S = 0.1  # promotion of due work and takeover of a crashed worker's claims
+_WATCH_BLOCK_S = 0.1  # one blocking read of a change log: well below any socket timeout
+_WATCH_MARKER_S = 60  # a watch marker's lifetime; watchers renew it every third of that
+_WATCH_BATCH = 100
 
 
 def _script(client: Redis | RedisCluster, name: str) -> Any:
@@ -61,17 +71,25 @@ class RedisDispatchStore(DispatchStore):
         self._sched = f"{base}:sched"
         self._dead = f"{base}:dead"
         self._base = base
+        self._rec_prefix = f"{base}:rec:"
         self._create = _script(client, "create.lua")
         self._update = _script(client, "update.lua")
-        self._promote = _script(client, "promote.lua")
-        self._group_ready = False
+        self._claim = _script(client, "claim.lua")
         self._reclaim_cursor = "0-0"
+        self._upkeep_at = 0.0  # event-loop time of the next upkeep (claim.lua): at once
+        self._group_ready = False
 
     def _rec(self, dispatch_id: str) -> str:
-        return f"{self._base}:rec:{dispatch_id}"
+        return f"{self._rec_prefix}{dispatch_id}"
 
     def _msg(self, message_id: str) -> str:
         return f"{self._base}:msg:{message_id}"
+
+    def _watched(self, dispatch_id: str) -> str:
+        return f"{self._base}:watched:{dispatch_id}"
+
+    def _changes(self, dispatch_id: str) -> str:
+        return f"{self._base}:changes:{dispatch_id}"
 
     async def create(self, record: DispatchRecord) -> tuple[DispatchRecord, bool]:
         record = replace(record, version=1)
@@ -104,55 +122,102 @@ class RedisDispatchStore(DispatchStore):
         *,
         run_at: datetime | None = None,
         unschedule: bool = False,
+        ack: Claim | None = None,
     ) -> DispatchRecord | None:
         # `unschedule` needs no work here: a scheduled entry carries the version it was queued
         # for, and workers skip entries whose version is stale.
         stored = replace(record, version=expected_version + 1)
         due = "" if run_at is None else str(int(run_at.timestamp() * 1000))
         retention = str(self._retention_s) if stored.state.terminal else ""
+        receipt = "" if ack is None else ack.receipt
         async with guarded(self._timeout_s):
             ok = await self._update(
-                keys=[self._rec(record.dispatch_id), self._ready, self._sched, self._msg(record.message.id)],
-                args=[str(expected_version), to_json(stored), record.dispatch_id, due, retention],
+                keys=[
+                    self._rec(record.dispatch_id),
+                    self._ready,
+                    self._sched,
+                    self._msg(record.message.id),
+                    self._watched(record.dispatch_id),
+                    self._changes(record.dispatch_id),
+                ],
+                args=[
+                    str(expected_version),
+                    to_json(stored),
+                    record.dispatch_id,
+                    due,
+                    retention,
+                    GROUP,
+                    receipt,
+                    _WATCH_MARKER_S,
+                ],
             )
         return stored if int(ok) else None
-
-    async def _ensure_group(self) -> None:
-        if self._group_ready:
-            return
-        try:
-            await self._client.xgroup_create(self._ready, GROUP, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-        self._group_ready = True
 
     async def claim(self, consumer: str, count: int, wait_s: float) -> list[Claim]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
         while True:
-            async with guarded(self._timeout_s):
-                await self._ensure_group()
-                await self._promote(keys=[self._sched, self._ready], args=[_PROMOTE_BATCH])
-                claims = await self._reclaim(consumer, count)
-                if not claims:
-                    block_ms = max(1, int(min(_BLOCK_SLICE_S, max(0.0, deadline - loop.time())) * 1000))
-                    reply: Any = await self._client.xreadgroup(
-                        GROUP, consumer, {self._ready: ">"}, count=count, block=block_ms
+            if loop.time() >= self._upkeep_at or not self._group_ready:
+                self._upkeep_at = loop.time() + _UPKEEP_EVERY_S
+                claims = await self._upkeep_and_claim(consumer, count)
+                self._group_ready = True  # the script creates the consumer group when missing
+                if claims:
+                    self._upkeep_at = loop.time()  # it found work: there may be more (taken over)
+                    return claims
+            # New entries carry their record: one round trip, at once when work is waiting. The
+            # wait is cut into slices so that some claimer does the upkeep on time.
+            remaining = deadline - loop.time()
+            block_s = min(remaining, self._upkeep_at - loop.time())
+            async with guarded(self._timeout_s + max(0.0, block_s)):
+                try:
+                    read: Any = await self._client.xreadgroup(
+                        GROUP,
+                        consumer,
+                        {self._ready: ">"},
+                        count=count,
+                        block=max(1, int(block_s * 1000)) if remaining > 0 else None,
                     )
-                    claims = [
-                        _claim(entry_id, fields) for _, entries in reply or [] for entry_id, fields in entries
-                    ]
+                except ResponseError as exc:
+                    if "NOGROUP" not in str(exc):
+                        raise
+                    self._group_ready = False  # the stream was deleted: the upkeep creates it again
+                    continue
+            claims = [
+                await self._claim_of(entry, fields)
+                for _, found in read or []
+                for entry, fields in found
+                if fields
+            ]
             if claims or loop.time() >= deadline:
                 return claims
 
-    async def _reclaim(self, consumer: str, count: int) -> list[Claim]:
-        """Entries another consumer claimed and did not ack within the claim timeout."""
-        reply: Any = await self._client.xautoclaim(
-            self._ready, GROUP, consumer, self._claim_timeout_ms, start_id=self._reclaim_cursor, count=count
-        )
+    async def _claim_of(self, entry: Any, fields: dict[bytes, bytes]) -> Claim:
+        dispatch_id = _text(fields[b"id"])
+        raw = fields.get(b"json")
+        # an entry queued by an older version carries no record
+        record = await self.get(dispatch_id) if raw is None else from_json(raw)
+        return Claim(dispatch_id, int(fields[b"token"]), _text(entry), record)
+
+    async def _upkeep_and_claim(self, consumer: str, count: int) -> list[Claim]:
+        """Promote due scheduled work, take over what crashed workers left, claim with records."""
+        async with guarded(self._timeout_s):
+            reply: Any = await self._claim(
+                keys=[self._ready, self._sched],
+                args=[
+                    GROUP,
+                    consumer,
+                    count,
+                    self._claim_timeout_ms,
+                    self._reclaim_cursor,
+                    self._rec_prefix,
+                    _PROMOTE_BATCH,
+                ],
+            )
         self._reclaim_cursor = _text(reply[0])
-        return [_claim(entry_id, fields) for entry_id, fields in reply[1] if fields]
+        return [
+            Claim(_text(reply[i + 1]), int(reply[i + 2]), _text(reply[i]), _record(reply[i + 3]))
+            for i in range(1, len(reply), 4)
+        ]
 
     async def ack(self, claim: Claim) -> None:
         async with guarded(self._timeout_s):
@@ -162,12 +227,9 @@ class RedisDispatchStore(DispatchStore):
             await pipe.execute()
 
     def watch(self, dispatch_id: str) -> Watch:
-        return _PollingWatch(self, dispatch_id)
-
-    async def version_of(self, dispatch_id: str) -> int | None:
-        async with guarded(self._timeout_s):
-            raw = await self._client.hget(self._rec(dispatch_id), "v")
-        return None if raw is None else int(raw)
+        return _ChangeLogWatch(
+            self._client, self._timeout_s, self._watched(dispatch_id), self._changes(dispatch_id)
+        )
 
     async def dead_letters(self, limit: int) -> list[str]:
         async with guarded(self._timeout_s):
@@ -182,33 +244,55 @@ class RedisDispatchStore(DispatchStore):
                 await self._client.zrem(self._dead, dispatch_id)
 
 
-class _PollingWatch(Watch):
-    """Watches a record by polling its version (cheap, and works on Cluster alike)."""
+class _ChangeLogWatch(Watch):
+    """Every version stored while subscribed: `update` appends each new version to the record's
+    change log while its watch marker exists, and the watch reads that log (XREAD BLOCK, in
+    short slices). Versions stored before `subscribe` returns may be missed: read the record
+    after subscribing. Holds one pooled connection while it blocks."""
 
-    def __init__(self, store: RedisDispatchStore, dispatch_id: str) -> None:
-        self._store = store
-        self._id = dispatch_id
-        self._seen = 0
+    def __init__(self, client: Redis | RedisCluster, timeout_s: float, marker: str, log: str) -> None:
+        self._client = client
+        self._timeout_s = timeout_s
+        self._marker = marker
+        self._log = log
+        self._last = "0-0"
+        self._renew_at = 0.0
 
     async def subscribe(self) -> None:
-        self._seen = await self._store.version_of(self._id) or 0
+        # The marker first, then the log's newest entry: every version stored after that entry
+        # is in the log (one stored in between is skipped here, but the record read after
+        # subscribing has it).
+        async with guarded(self._timeout_s):
+            pipe = self._client.pipeline(transaction=False)
+            pipe.set(self._marker, 1, ex=_WATCH_MARKER_S)
+            pipe.xrevrange(self._log, "+", "-", count=1)
+            _, newest = await pipe.execute()
+        self._last = _text(newest[0][0]) if newest else "0-0"
+        self._renew_at = asyncio.get_running_loop().time() + _WATCH_MARKER_S / 3
 
     async def changes(self) -> AsyncIterator[DispatchRecord]:
+        loop = asyncio.get_running_loop()
+        block_ms = int(_WATCH_BLOCK_S * 1000)
         while True:
-            await asyncio.sleep(_WATCH_POLL_S)
-            version = await self._store.version_of(self._id)
-            if version is not None and version > self._seen:
-                record = await self._store.get(self._id)
-                if record is not None:
-                    self._seen = record.version
-                    yield record
+            if loop.time() >= self._renew_at:
+                self._renew_at = loop.time() + _WATCH_MARKER_S / 3
+                async with guarded(self._timeout_s):
+                    await self._client.set(self._marker, 1, ex=_WATCH_MARKER_S)
+            async with guarded(self._timeout_s + _WATCH_BLOCK_S):
+                reply: Any = await self._client.xread(
+                    {self._log: self._last}, count=_WATCH_BATCH, block=block_ms
+                )
+            for _, entries in reply or []:
+                for entry_id, fields in entries:  # yielded outside the guard: consumer time is not Redis time
+                    self._last = _text(entry_id)
+                    yield from_json(fields[b"json"])
 
     async def unsubscribe(self) -> None:
-        return None
+        return None  # the marker expires: other watchers of the same record may still need it
 
 
-def _claim(entry_id: bytes | str, fields: dict[bytes, bytes]) -> Claim:
-    return Claim(_text(fields[b"id"]), int(fields[b"token"]), _text(entry_id))
+def _record(raw: bytes | str | None) -> DispatchRecord | None:
+    return None if raw is None else from_json(raw)
 
 
 def _text(value: Any) -> str:

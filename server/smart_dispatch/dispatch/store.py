@@ -2,8 +2,10 @@
 
 - `create` persists a record (accepted = persisted) and queues it: due now -> the ready queue,
   later -> the schedule. A message id already dispatched returns the first record instead.
-- Workers `claim` ready work (a claimed item not acked within `claim_timeout_s` is handed to
-  another worker: a crashed worker loses nothing), then `ack` it once its record is updated.
+- Workers `claim` ready work, each claim carrying its record (a claimed item not acked within
+  `claim_timeout_s` is handed to another worker: a crashed worker loses nothing), then `ack` it
+  once its record is updated - or let the update that finishes the claim ack it in the same
+  atomic step (`update(..., ack=claim)`).
 - `update` stores a new version of a record only if nobody stored another one since
   (`expected_version`), optionally scheduling it again; every update is published to `watch`.
 """
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from smart_dispatch.dispatch.model import DispatchRecord
@@ -21,11 +23,18 @@ from smart_dispatch.dispatch.model import DispatchRecord
 @dataclass(frozen=True, slots=True)
 class Claim:
     """A unit of ready work: `token` is the record version it was queued for (stale tokens
-    are skipped); `receipt` is the store's handle for `ack`."""
+    are skipped); `receipt` is the store's handle for `ack`.
+
+    `record` saves the worker a read: the record as it was queued or, at the latest, claimed
+    (None: there is no such record any more). It may be older than the stored one; the version
+    check of the next `update` (expected version = `token`) notices that, so anything that check
+    cannot undo needs a fresh `get` first. A claim taken over from another consumer carries the
+    record as stored when it was taken over."""
 
     dispatch_id: str
     token: int
     receipt: str
+    record: DispatchRecord | None = field(compare=False, repr=False)
 
 
 class Watch(abc.ABC):
@@ -70,15 +79,20 @@ class DispatchStore(abc.ABC):
         *,
         run_at: datetime | None = None,
         unschedule: bool = False,
+        ack: Claim | None = None,
     ) -> DispatchRecord | None:
         """Store `record` as version `expected_version + 1` if the stored version is still
         `expected_version`; queue it to run at `run_at` (now or later); `unschedule` drops a
-        pending scheduled run. Returns the stored record, None when the version was stale."""
+        pending scheduled run. `ack`: the claim this update finishes, acked in the same atomic
+        step whether or not the version matched (the caller is done with it either way; when the
+        update fails with an error, the claim stays unacked). Returns the stored record, None
+        when the version was stale."""
 
     @abc.abstractmethod
     async def claim(self, consumer: str, count: int, wait_s: float) -> list[Claim]:
-        """Up to `count` ready items, waiting up to `wait_s` for one. Includes items another
-        consumer claimed but did not ack within the claim timeout."""
+        """Up to `count` ready items, waiting up to `wait_s` for one, each with its record.
+        Includes items another consumer claimed but did not ack within the claim timeout, and
+        scheduled items that are due."""
 
     @abc.abstractmethod
     async def ack(self, claim: Claim) -> None: ...
