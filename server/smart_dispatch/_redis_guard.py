@@ -2,9 +2,10 @@
 
 Every Redis-backed store wraps each operation in `guarded(timeout_s)`:
 
-- the whole operation (all its round trips) must finish within `timeout_s` seconds; the socket
-  timeouts give up first in the normal case, `asyncio.timeout` is the backstop that also covers
-  connection pools, cluster topology refreshes and reconnects;
+- the whole operation (all its round trips, connection pool waits, cluster topology refreshes
+  and reconnects) must finish within `timeout_s` seconds (`asyncio.timeout`; the clients have no
+  socket timeout of their own, see `redis_stores.redis_client`); a cancelled read makes redis-py
+  drop that connection;
 - unreachable / overloaded / failing-over Redis -> `StoreUnavailableError` (retryable);
 - any other Redis error (a script error, OOM) -> `StoreError` (not retryable);
 - the original exception stays attached as `__cause__`.

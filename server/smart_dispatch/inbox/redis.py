@@ -11,15 +11,14 @@ Operations: `append` is one XADD with ``MAXLEN ~ max_items`` (or, with an idempo
 script that checks the marker, XADDs and sets the marker atomically); `list` is one XREVRANGE;
 `watch` repeats ``XREAD BLOCK`` from the last id seen.
 
-Blocking reads and the short socket timeout: the store's client has `socket_timeout` =
-`timeout_s` (tight, so decisions fail fast), and Redis ends a BLOCK only on its server tick
-(100 ms at the default `hz 10`), so a read blocks for up to ~150 ms longer than asked. Without a
-`watch_client`, `watch` therefore blocks in slices of `min(timeout_s / 2, timeout_s - 0.15 s)`
-(at least 10 ms), and takes a socket timeout of such a read as an empty slice up to
-`WATCH_READ_MISSES` times in a row (re-reading from the last id seen loses nothing). With a
-`watch_client` whose socket timeout exceeds `watch_block_s`, it blocks in slices of
-`watch_block_s`: fewer round trips per idle watcher. Each watcher holds one pooled connection
-while it blocks.
+Blocking reads: every read is bounded by `asyncio.timeout` (`timeout_s`, plus the BLOCK time for
+`watch`), and Redis ends a BLOCK only on its server tick (100 ms at the default `hz 10`), so a
+read blocks for up to ~150 ms longer than asked. Without a `watch_client`, `watch` therefore
+blocks in slices of `min(timeout_s / 2, timeout_s - 0.15 s)` (at least 10 ms), well inside the
+bound; a client-side socket timeout that ends such a read early (a `watch_client` configured with
+one) counts as an empty slice up to `WATCH_READ_MISSES` times in a row (re-reading from the last
+id seen loses nothing). With a `watch_client`, it blocks in slices of `watch_block_s`: fewer
+round trips per idle watcher. Each watcher holds one pooled connection while it blocks.
 
 Failure modes: `StoreUnavailableError` when Redis cannot answer within `timeout_s`, `StoreError`
 for other Redis errors (see `smart_dispatch._redis_guard`). A timed-out `append` may have been
