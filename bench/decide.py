@@ -54,6 +54,7 @@ ACTIVE_SPREAD_S = 86_400  # each request's instant: its template's age plus up t
 POOL_USERS = 5_000
 RUN_TAG = secrets.token_hex(3)  # keeps ids (and Redis keys) of separate runs apart
 TARGETS = {"ratio": 0.6, "p99_ms": 5.0, "p99_concurrency": 32}
+REDIS_RATIO_TARGET = 0.5  # issue 3: Decide/echo with the Redis store
 
 
 # ----------------------------------------------------------------------------- workload
@@ -646,14 +647,11 @@ def report(
     echo, decide = results[("echo", at)], results[("Decide", at)]
     ratio = decide.rps / echo.rps
     errors = sum(s.errors for s in results.values())
+    target = TARGETS["ratio"] if args.store.startswith("memory:") else REDIS_RATIO_TARGET
     print(f"targets at {at} in flight{note}:")
-    ok = ratio >= TARGETS["ratio"] and errors == 0
-    gap = (
-        ""
-        if ratio >= TARGETS["ratio"]
-        else f" (Decide needs {TARGETS['ratio'] / ratio - 1:.0%} more throughput)"
-    )
-    print(f"  Decide/echo throughput >= {TARGETS['ratio']}: {ratio:.2f}  {'MET' if ok else 'NOT MET'}{gap}")
+    ok = ratio >= target and errors == 0
+    gap = "" if ratio >= target else f" (Decide needs {target / ratio - 1:.0%} more throughput)"
+    print(f"  Decide/echo throughput >= {target}: {ratio:.2f}  {'MET' if ok else 'NOT MET'}{gap}")
     ok = decide.p99_ms <= TARGETS["p99_ms"] and errors == 0
     gap = (
         ""
