@@ -11,7 +11,8 @@ Every Redis-backed store wraps each operation in `guarded(timeout_s)`:
 - the original exception stays attached as `__cause__`.
 
 `DirectSender` is a lean road for a hot command on one server: the exchange `execute_command`
-makes, without its per-command overhead.
+makes, without its per-command overhead (also: a command's constant head packed once, an EVALSHA
+that reloads its script when the server lost it).
 """
 
 from __future__ import annotations
@@ -110,3 +111,27 @@ class DirectSender:
             return await connection.read_response()
         finally:
             await self.pool.release(connection)
+
+    def pack_head(self, argc: int, *args: str | bytes) -> bytes:
+        """The start of a command of `argc` arguments in all: its header and `args`, the first
+        ones. Append the others with `pack_tail`: the result equals `pack` of all of them. For a
+        hot command whose first arguments never change (pack those once)."""
+        return b"*%d\r\n" % argc + self.pack_tail(*args)
+
+    def pack_tail(self, *args: str | bytes) -> bytes:
+        """`args` as the Redis protocol's bulk strings, without a header (see `pack_head`)."""
+        parts = []
+        for arg in args:
+            value = arg.encode(self.encoding, self.encoding_errors) if isinstance(arg, str) else arg
+            parts.append(b"$%d\r\n%b\r\n" % (len(value), value))
+        return b"".join(parts)
+
+    async def send_script(self, evalsha: bytes, source: str) -> Any:
+        """Send a packed EVALSHA of the script `source` and read its reply. When the server lacks
+        the script (first use, a restart, SCRIPT FLUSH): SCRIPT LOAD it and send once more; no
+        lock, so a burst of concurrent misses loads it several times (harmless, idempotent)."""
+        try:
+            return await self.send(evalsha)
+        except redis_errors.NoScriptError:
+            await self.send(self.pack("SCRIPT", "LOAD", source))
+            return await self.send(evalsha)

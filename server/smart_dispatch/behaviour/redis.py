@@ -2,14 +2,16 @@
 so it shares a Cluster slot with the user's caps).
 
 Fields: `active_ms` (last activity, epoch ms) and `<channel>:<event>` counters. A user's hash
-expires `ttl_s` after their last event (default 180 days): idle users cost nothing.
+expires `ttl_s` after their last event (default 180 days): idle users cost nothing. A decision
+reads the hash together with the list memberships (`redis_stores.RedisUserStateReader`: on one
+server with user_state.lua, whose header documents this key schema too).
 Failure modes: `StoreUnavailableError` / `StoreError` as for every Redis store.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -72,9 +74,22 @@ def decode_behaviour(raw: Mapping[Any, Any]) -> Behaviour:
     """A `Behaviour` from the user's hash as HGETALL returns it."""
     if not raw:
         return Behaviour()
+    return _behaviour(raw.items())
+
+
+def decode_behaviour_flat(flat: Sequence[Any], start: int = 0) -> Behaviour:
+    """A `Behaviour` from the user's hash laid out flat, field then value, from `flat[start]` on
+    (HGETALL's reply inside a script, e.g. user_state.lua's)."""
+    if len(flat) <= start:
+        return Behaviour()
+    pairs = iter(flat[start:])
+    return _behaviour(zip(pairs, pairs, strict=False))
+
+
+def _behaviour(fields: Iterable[tuple[Any, Any]]) -> Behaviour:
     counts: dict[str, dict[str, int]] = defaultdict(dict)
     active: datetime | None = None
-    for field_b, value_b in raw.items():
+    for field_b, value_b in fields:
         field = field_b.decode() if isinstance(field_b, bytes) else str(field_b)
         value = int(value_b)
         if field == "active_ms":

@@ -1,7 +1,10 @@
 """Allow/deny lists in Redis: one set per list, `<prefix>:{list}:allow` and `<prefix>:{list}:deny`.
 
 Both sets carry the hash tag `{list}`, so on Redis Cluster they share a slot and `memberships` is
-one round trip there too (a non-transactional pipeline of two SISMEMBER).
+one round trip there too (a non-transactional pipeline of two SISMEMBER). A decision reads the
+memberships together with the user's behaviour hash (`redis_stores.RedisUserStateReader`, on one
+server with user_state.lua, whose header repeats this key schema), never from a cache: a change
+applies to the next decision of every sidecar.
 
 The sets are shared by every sidecar on the same Redis and outlive restarts. The app adds the
 configured members (`StoreOptions.allow` / `deny`) at start-up through `add`; `seed` does the
