@@ -3,7 +3,8 @@
 What the sender pool relies on: accepted = persisted and queued; claims carry their record; an
 unacked claim is handed out again after the claim timeout, with the record as stored by then;
 the update that finishes a claim acks it in the same step; updates are optimistic; scheduled
-work comes out when due, not before; a cancelled dispatch is never handed out as sendable.
+work comes out when due, not before; a cancelled dispatch is never handed out as sendable; the
+dead-letter index changes with the record, in the same update, and only when the record does.
 """
 
 from __future__ import annotations
@@ -279,6 +280,111 @@ async def test_watchers_of_one_record_each_see_every_change(store: DispatchStore
         seen_second = [await asyncio.wait_for(anext(second), 5) for _ in range(2)]
 
     assert seen_first == seen_second == [sending, done]
+
+
+def dead(stored: DispatchRecord) -> DispatchRecord:
+    """`stored` as the sender pool finishes it when every channel failed."""
+    return stored.moved(DispatchState.FAILED, datetime.now(UTC), "every channel failed", dead_lettered=True)
+
+
+def redriven(stored: DispatchRecord) -> DispatchRecord:
+    """`stored` (a dead letter) as `RedriveDeadLetters` queues it again."""
+    return stored.moved(
+        DispatchState.QUEUED, datetime.now(UTC), "re-driven", step_index=0, dead_lettered=False
+    )
+
+
+async def test_the_update_that_dead_letters_a_record_indexes_it(store: DispatchStore):
+    # Given a claimed dispatch whose every channel failed
+    await store.create(record(1))
+    claim = await claim_one(store)
+    assert claim.record is not None and await store.dead_letters(10) == []
+
+    # When one update stores it as a dead letter, finishing the claim
+    stored = await store.update(dead(claim.record), claim.token, unschedule=True, ack=claim)
+
+    # Then that one call indexed it (there is no second step a crash could skip) and acked the claim
+    assert stored is not None and stored.dead_lettered
+    assert await store.get("d1") == stored
+    assert await store.dead_letters(10) == ["d1"]
+    assert await store.claim("c2", 10, CLAIM_TIMEOUT_S * 3) == []
+
+
+async def test_a_stale_update_changes_neither_the_record_nor_the_dead_letter_index(store: DispatchStore):
+    # Given d1, dead-lettered at version 2, and d2, cancelled at version 2
+    first, _ = await store.create(record(1))
+    dead_letter = await store.update(dead(first), 1)
+    second, _ = await store.create(record(2))
+    cancelled = await store.update(second.moved(DispatchState.CANCELLED, datetime.now(UTC)), 1)
+    assert dead_letter is not None and cancelled is not None
+
+    # When updates based on version 1 try to re-drive d1 and to dead-letter d2
+    assert await store.update(redriven(first), 1, run_at=datetime.now(UTC)) is None
+    assert await store.update(dead(second), 1, unschedule=True) is None
+
+    # Then both records and the index are as they were: d1 still indexed, d2 never
+    assert await store.get("d1") == dead_letter
+    assert await store.get("d2") == cancelled
+    assert await store.dead_letters(10) == ["d1"]
+
+
+async def test_the_update_that_redrives_a_dead_letter_takes_it_out_of_the_index(store: DispatchStore):
+    stored, _ = await store.create(record(1))
+    dead_letter = await store.update(dead(stored), 1)
+    assert dead_letter is not None
+    await store.ack(await claim_one(store))
+
+    again = await store.update(redriven(dead_letter), dead_letter.version, run_at=datetime.now(UTC))
+
+    assert again is not None and not again.dead_lettered
+    assert await store.dead_letters(10) == []
+    claim = await claim_one(store)
+    assert (claim.dispatch_id, claim.token, claim.record) == ("d1", again.version, again)
+
+
+async def test_dead_letters_come_oldest_first_and_keep_their_place(store: DispatchStore):
+    # Given d1 dead-lettered before d2
+    for n in (1, 2):
+        stored, _ = await store.create(record(n))
+        assert await store.update(dead(stored), 1) is not None
+        await asyncio.sleep(0.01)
+    dead_first = await store.get("d1")
+    assert dead_first is not None
+
+    # When d1 is stored again, still a dead letter
+    assert await store.update(dead_first.moved(DispatchState.FAILED, datetime.now(UTC)), 2) is not None
+
+    # Then it is still the oldest; the limit takes the oldest
+    assert await store.dead_letters(10) == ["d1", "d2"]
+    assert await store.dead_letters(1) == ["d1"]
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [pytest.param("redis", marks=pytest.mark.redis), pytest.param("cluster", marks=pytest.mark.redis)],
+    indirect=True,
+)
+async def test_a_dead_letter_is_found_even_when_its_worker_dies_right_after_storing_it(backend: Backend):
+    # Given a worker process (its own store and connections) finishing a claim as a dead letter
+    options = StoreOptions(timeout_s=TIMEOUT_S, prefix=PREFIX, claim_timeout_s=CLAIM_TIMEOUT_S)
+    worker, survivor = stores_from_url(backend.url, options), stores_from_url(backend.url, options)
+    try:
+        await worker.dispatches.create(record(1))
+        claim = await claim_one(worker.dispatches)
+        assert claim.record is not None
+        stored = await worker.dispatches.update(dead(claim.record), claim.token, unschedule=True, ack=claim)
+        assert stored is not None
+
+        # When that worker dies before it makes another call
+        await worker.close()
+
+        # Then another process finds the dead letter to re-drive, and no work left over
+        assert await survivor.dispatches.dead_letters(10) == ["d1"]
+        assert await survivor.dispatches.get("d1") == stored
+        assert await survivor.dispatches.claim("c2", 10, CLAIM_TIMEOUT_S * 3) == []
+    finally:
+        await worker.close()
+        await survivor.close()
 
 
 # --- Redis only: the layout of the keys of one server ---------------------------------------------

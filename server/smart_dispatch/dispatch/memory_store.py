@@ -69,6 +69,10 @@ class MemoryDispatchStore(DispatchStore):
             return None
         stored = replace(record, version=expected_version + 1)
         self._records[stored.dispatch_id] = stored
+        if stored.dead_lettered:
+            self._dead.setdefault(stored.dispatch_id, time.time())
+        else:
+            self._dead.pop(stored.dispatch_id, None)
         if run_at is not None:
             self._queue(stored, run_at)
         for queue in self._watchers.get(stored.dispatch_id, ()):
@@ -147,12 +151,6 @@ class MemoryDispatchStore(DispatchStore):
 
     async def dead_letters(self, limit: int) -> list[str]:
         return [i for i, _ in sorted(self._dead.items(), key=lambda item: item[1])][:limit]
-
-    async def set_dead_letter(self, dispatch_id: str, dead: bool) -> None:
-        if dead:
-            self._dead.setdefault(dispatch_id, time.time())
-        else:
-            self._dead.pop(dispatch_id, None)
 
 
 class _MemoryWatch(Watch):

@@ -329,12 +329,11 @@ class SenderPool:
         dead_letter: bool = False,
     ) -> None:
         """A terminal state other than DELIVERED (the claim acked with it): the message's caps
-        are given back."""
+        are given back. A dead letter is indexed by the same update that stores it."""
         final = record.moved(state, self._clock(), detail, dead_lettered=dead_letter)
         if await self._store.update(final, record.version, unschedule=True, ack=claim) is None:
             return
         if dead_letter:
-            await self._store.set_dead_letter(record.dispatch_id, True)
             log.warning("dispatch %s dead-lettered: %s", record.dispatch_id, detail)
             step = record.current_step
             channel = step.channel if step else ""

@@ -9,7 +9,8 @@ over by another worker (XAUTOCLAIM). Key schema and script contracts: see `creat
 Round trips, since each costs far more client CPU than the work Redis does for it: a stream
 entry carries its record as queued, so `claim` is one XREADGROUP; the upkeep (promotion, takeover
 of a crashed worker's entries) runs as one script every `_UPKEEP_EVERY_S` per store, not per
-claim; the update that finishes a claim acks it in the same script.
+claim; the update that finishes a claim acks it in the same script, which also keeps the
+dead-letter index in step with the record.
 
 `watch` sees every version: while a record is watched (a marker key with a TTL), `update` also
 appends each version to the record's change log, which the watcher reads with XREAD BLOCK.
@@ -22,7 +23,6 @@ Failure modes: `StoreUnavailableError` when Redis cannot answer within `timeout_
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import datetime
@@ -139,6 +139,7 @@ class RedisDispatchStore(DispatchStore):
                     self._msg(record.message.id),
                     self._watched(record.dispatch_id),
                     self._changes(record.dispatch_id),
+                    self._dead,
                 ],
                 args=[
                     str(expected_version),
@@ -149,6 +150,7 @@ class RedisDispatchStore(DispatchStore):
                     GROUP,
                     receipt,
                     _WATCH_MARKER_S,
+                    "1" if stored.dead_lettered else "0",
                 ],
             )
         return stored if int(ok) else None
@@ -235,13 +237,6 @@ class RedisDispatchStore(DispatchStore):
         async with guarded(self._timeout_s):
             ids = await self._client.zrange(self._dead, 0, max(0, limit - 1))
         return [_text(i) for i in ids]
-
-    async def set_dead_letter(self, dispatch_id: str, dead: bool) -> None:
-        async with guarded(self._timeout_s):
-            if dead:
-                await self._client.zadd(self._dead, {dispatch_id: time.time()}, nx=True)
-            else:
-                await self._client.zrem(self._dead, dispatch_id)
 
 
 class _ChangeLogWatch(Watch):

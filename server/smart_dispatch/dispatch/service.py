@@ -120,10 +120,10 @@ class Dispatcher:
                 dead_lettered=False,
                 **_plan_of(decision),
             )
+            # leaves the dead-letter index in the same step (`dead_lettered=False`)
             stored = await self._store.update(again, record.version, run_at=run_at)
             if stored is None:
                 raise ConflictError(f"dispatch {dispatch_id} changed while re-driving; try again")
-            await self._store.set_dead_letter(dispatch_id, False)
             redriven.append(stored)
         return redriven
 

@@ -8,6 +8,9 @@
   atomic step (`update(..., ack=claim)`).
 - `update` stores a new version of a record only if nobody stored another one since
   (`expected_version`), optionally scheduling it again; every update is published to `watch`.
+- The dead-letter index (`dead_letters`) follows `record.dead_lettered`: the update that stores a
+  record indexes or unindexes it in the same atomic step, so a crash can never leave a dead
+  letter that `RedriveDeadLetters` does not find.
 """
 
 from __future__ import annotations
@@ -85,8 +88,10 @@ class DispatchStore(abc.ABC):
         `expected_version`; queue it to run at `run_at` (now or later); `unschedule` drops a
         pending scheduled run. `ack`: the claim this update finishes, acked in the same atomic
         step whether or not the version matched (the caller is done with it either way; when the
-        update fails with an error, the claim stays unacked). Returns the stored record, None
-        when the version was stale."""
+        update fails with an error, the claim stays unacked). In the same step the record joins
+        the dead-letter index when `record.dead_lettered` (keeping its place if already there)
+        and leaves it otherwise. Returns the stored record, None when the version was stale
+        (then neither the record nor the index changed)."""
 
     @abc.abstractmethod
     async def claim(self, consumer: str, count: int, wait_s: float) -> list[Claim]:
@@ -104,10 +109,7 @@ class DispatchStore(abc.ABC):
 
     @abc.abstractmethod
     async def dead_letters(self, limit: int) -> list[str]:
-        """Dispatch ids of dead letters, oldest first."""
-
-    @abc.abstractmethod
-    async def set_dead_letter(self, dispatch_id: str, dead: bool) -> None: ...
+        """Dispatch ids of dead letters, oldest first (maintained by `update`)."""
 
     async def close(self) -> None:
         return None

@@ -1,16 +1,21 @@
 -- update.lua: store a new version of a dispatch if nobody stored another one since; queue it;
--- log it for watchers; ack the claim it finishes in the same atomic step.
+-- log it for watchers; keep the dead-letter index in step with it; ack the claim it finishes;
+-- all in one atomic step.
 --
--- Key schema: see create.lua.
+-- Key schema: see create.lua (every key carries the hash tag {d}).
 -- KEYS[1] rec key   KEYS[2] ready stream   KEYS[3] sched zset   KEYS[4] msg key
--- KEYS[5] watch marker   KEYS[6] change log
+-- KEYS[5] watch marker   KEYS[6] change log   KEYS[7] dead-letter zset
 -- ARGV[1] expected version   ARGV[2] record JSON (version expected + 1)   ARGV[3] dispatch id
 -- ARGV[4] due time in ms ("" = do not queue, "0" = now)   ARGV[5] retention in seconds once the
 -- record is final ("" = not final: keep)   ARGV[6] consumer group   ARGV[7] ready-stream entry
 -- to ack and delete ("" = none): acked whether or not the version matched, as the caller is done
--- with that claim either way   ARGV[8] change log lifetime in seconds
+-- with that claim either way   ARGV[8] change log lifetime in seconds   ARGV[9] "1" when the
+-- new version is a dead letter (indexed, keeping an earlier entry's time), "0" when it is not
+-- (unindexed)
 -- While the watch marker exists, the new version is appended to the change log (capped).
--- Returns 1 when stored, 0 when the stored version was not the expected one.
+-- Returns 1 when stored, 0 when the stored version was not the expected one (then only the
+-- claim is acked: neither the record nor the dead-letter index changes).
+-- Clock: Redis TIME.
 
 local function ack()
   if ARGV[7] ~= '' then
@@ -30,8 +35,13 @@ if redis.call('EXISTS', KEYS[5]) == 1 then
   redis.call('XADD', KEYS[6], 'MAXLEN', '~', 100, '*', 'v', token, 'json', ARGV[2])
   redis.call('EXPIRE', KEYS[6], tonumber(ARGV[8]))
 end
+local t = redis.call('TIME')
+if ARGV[9] == '1' then
+  redis.call('ZADD', KEYS[7], 'NX', t[1] .. '.' .. string.format('%06d', tonumber(t[2])), ARGV[3])
+else
+  redis.call('ZREM', KEYS[7], ARGV[3])
+end
 if ARGV[4] ~= '' then
-  local t = redis.call('TIME')
   local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   if tonumber(ARGV[4]) <= now_ms then
     redis.call('XADD', KEYS[2], '*', 'id', ARGV[3], 'token', token, 'json', ARGV[2])
