@@ -432,3 +432,31 @@ async def test_the_queue_is_set_up_again_when_its_keys_are_gone(
     claim = await claim_one(redis_store)
 
     assert claim.dispatch_id == "d2"
+
+
+@pytest.mark.redis
+async def test_a_dead_letter_never_expires_while_other_final_records_do(
+    single_redis: RedisServer, redis_store: RedisDispatchStore
+):
+    # Given one dispatch delivered and one dead-lettered (both final)
+    delivered, _ = await redis_store.create(record(1))
+    failed, _ = await redis_store.create(record(2))
+    assert await redis_store.update(delivered.moved(DispatchState.DELIVERED, datetime.now(UTC)), 1)
+    assert await redis_store.update(dead(failed), 1)
+
+    # Then the delivered record is kept for the retention time, the dead letter until re-driven
+    # (an index entry whose record had expired would stop RedriveDeadLetters)
+    with single_redis.client() as client:
+        assert 0 < client.ttl(f"{PREFIX}:{{d}}:rec:d1") <= 7 * 86400
+        assert 0 < client.ttl(f"{PREFIX}:{{d}}:msg:m1") <= 7 * 86400
+        assert client.ttl(f"{PREFIX}:{{d}}:rec:d2") == -1
+        assert client.ttl(f"{PREFIX}:{{d}}:msg:m2") == -1
+
+    # And once re-driven and delivered, it expires like any other
+    dead_letter = await redis_store.get("d2")
+    assert dead_letter is not None
+    again = await redis_store.update(redriven(dead_letter), dead_letter.version)
+    assert again is not None
+    assert await redis_store.update(again.moved(DispatchState.DELIVERED, datetime.now(UTC)), again.version)
+    with single_redis.client() as client:
+        assert 0 < client.ttl(f"{PREFIX}:{{d}}:rec:d2") <= 7 * 86400

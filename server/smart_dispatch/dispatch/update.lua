@@ -7,7 +7,7 @@
 -- KEYS[5] watch marker   KEYS[6] change log   KEYS[7] dead-letter zset
 -- ARGV[1] expected version   ARGV[2] record JSON (version expected + 1)   ARGV[3] dispatch id
 -- ARGV[4] due time in ms ("" = do not queue, "0" = now)   ARGV[5] retention in seconds once the
--- record is final ("" = not final: keep)   ARGV[6] consumer group   ARGV[7] ready-stream entry
+-- record is final ("" = not final: keep; a dead letter is kept whatever ARGV[5] says)   ARGV[6] consumer group   ARGV[7] ready-stream entry
 -- to ack and delete ("" = none): acked whether or not the version matched, as the caller is done
 -- with that claim either way   ARGV[8] change log lifetime in seconds   ARGV[9] "1" when the
 -- new version is a dead letter (indexed, keeping an earlier entry's time), "0" when it is not
@@ -49,7 +49,10 @@ if ARGV[4] ~= '' then
     redis.call('ZADD', KEYS[3], tonumber(ARGV[4]), ARGV[3] .. '|' .. token)
   end
 end
-if ARGV[5] ~= '' then
+if ARGV[9] == '1' then  -- a dead letter waits for an operator: it never expires
+  redis.call('PERSIST', KEYS[1])
+  redis.call('PERSIST', KEYS[4])
+elseif ARGV[5] ~= '' then
   redis.call('EXPIRE', KEYS[1], tonumber(ARGV[5]))
   redis.call('EXPIRE', KEYS[4], tonumber(ARGV[5]))
 end
