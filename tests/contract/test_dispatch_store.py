@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from smart_dispatch.dispatch.memory_store import MemoryDispatchStore
 from smart_dispatch.dispatch.model import DispatchRecord, DispatchState
 from smart_dispatch.dispatch.redis_store import RedisDispatchStore
 from smart_dispatch.dispatch.store import Claim, DispatchStore
@@ -460,3 +461,23 @@ async def test_a_dead_letter_never_expires_while_other_final_records_do(
     assert await redis_store.update(again.moved(DispatchState.DELIVERED, datetime.now(UTC)), again.version)
     with single_redis.client() as client:
         assert 0 < client.ttl(f"{PREFIX}:{{d}}:rec:d2") <= 7 * 86400
+
+
+async def test_the_memory_store_forgets_final_records_after_their_retention_but_not_dead_letters():
+    store = MemoryDispatchStore(claim_timeout_s=CLAIM_TIMEOUT_S, retention_s=0.05)
+    delivered, _ = await store.create(record(1))
+    failed, _ = await store.create(record(2))
+    queued, _ = await store.create(record(3))
+    done = await store.update(delivered.moved(DispatchState.DELIVERED, datetime.now(UTC)), 1)
+    assert done is not None and await store.update(dead(failed), 1) is not None
+
+    await asyncio.sleep(0.1)
+    await store.create(record(4))  # any write sweeps
+
+    # the delivered record is gone, and its message id may be dispatched anew
+    assert await store.get("d1") is None and await store.get_by_message("m1") is None
+    again, created = await store.create(record(1))
+    assert created and again.version == 1
+    # the dead letter and the unfinished dispatch stay
+    assert (await store.get("d2")) is not None and await store.dead_letters(10) == ["d2"]
+    assert await store.get("d3") == queued

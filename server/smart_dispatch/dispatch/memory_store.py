@@ -1,7 +1,9 @@
 """The embedded dispatch store (`memory://`): an in-process queue and schedule.
 
 NOT durable: accepted dispatches that are not delivered yet are lost when the process stops
-(`serve` says so at start). Same contract as the Redis store otherwise.
+(`serve` says so at start). Same contract as the Redis store otherwise, retention included: a
+record is forgotten `retention_s` after it reached a final state (its message id may then be
+dispatched again), a dead letter only once re-driven and finished.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from smart_dispatch.dispatch.store import Claim, DispatchStore, Watch
 class MemoryDispatchStore(DispatchStore):
     durable = False
 
-    def __init__(self, claim_timeout_s: float = 30.0) -> None:
+    def __init__(self, claim_timeout_s: float = 30.0, retention_s: float = 7 * 86400) -> None:
         self._records: dict[str, DispatchRecord] = {}
         self._by_message: dict[str, str] = {}
         self._ready: deque[tuple[str, int]] = deque()
@@ -35,8 +37,12 @@ class MemoryDispatchStore(DispatchStore):
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._seq = itertools.count()
         self._claim_timeout_s = claim_timeout_s
+        self._retention_s = retention_s
+        # (forget at, dispatch id, version that was final): in time order, as retention is fixed
+        self._expiry: deque[tuple[float, str, int]] = deque()
 
     async def create(self, record: DispatchRecord) -> tuple[DispatchRecord, bool]:
+        self._forget_expired()
         existing = self._by_message.get(record.message.id)
         if existing is not None:
             return self._records[existing], False
@@ -73,11 +79,26 @@ class MemoryDispatchStore(DispatchStore):
             self._dead.setdefault(stored.dispatch_id, time.time())
         else:
             self._dead.pop(stored.dispatch_id, None)
+            if stored.state.terminal:
+                self._expiry.append((time.time() + self._retention_s, stored.dispatch_id, stored.version))
         if run_at is not None:
             self._queue(stored, run_at)
         for queue in self._watchers.get(stored.dispatch_id, ()):
             queue.put_nowait(stored)
         return stored
+
+    def _forget_expired(self) -> None:
+        """Drop records whose retention after their final state has passed (and that did not
+        change since)."""
+        now = time.time()
+        while self._expiry and self._expiry[0][0] <= now:
+            _, dispatch_id, version = self._expiry.popleft()
+            record = self._records.get(dispatch_id)
+            if record is None or record.version != version:
+                continue
+            del self._records[dispatch_id]
+            if self._by_message.get(record.message.id) == dispatch_id:
+                del self._by_message[record.message.id]
 
     def _queue(self, record: DispatchRecord, run_at: datetime | None) -> None:
         now = time.time()
