@@ -40,8 +40,8 @@ gen: $(STAMP)
 check-gen: $(STAMP)
 	@tmp=$$(mktemp -d); cp -r server/smart_dispatch/_proto $$tmp/before; \
 	PY=$(PY) scripts/gen_proto.sh; \
-	if ! diff -r $$tmp/before server/smart_dispatch/_proto >/dev/null; then \
-	  diff -r $$tmp/before server/smart_dispatch/_proto | head -20; \
+	if ! diff -r -x __pycache__ $$tmp/before server/smart_dispatch/_proto >/dev/null; then \
+	  diff -r -x __pycache__ $$tmp/before server/smart_dispatch/_proto | head -20; \
 	  echo "generated code drifted from proto/: run 'make gen' and commit"; rm -rf $$tmp; exit 1; fi; \
 	rm -rf $$tmp; echo "check-gen: generated code matches proto/"
 
