@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from smart_dispatch.channels.base import Provider
+from smart_dispatch.channels.destinations import DEFAULT_POLICY, DestinationPolicy
 from smart_dispatch.channels.email_smtp import SmtpProvider
 from smart_dispatch.channels.in_app import InboxProvider
 from smart_dispatch.channels.push_fcm import FcmProvider
@@ -153,6 +154,42 @@ async def test_name_can_be_set_and_defaults_to_the_type(closing) -> None:
             "max_connections",
             "whole number",
         ),
+        (
+            "webhook: {type: webhook, secret_env: WEBHOOK_SECRET, deny_networks: 10.0.0.0/8}",
+            "webhook",
+            "deny_networks",
+            "must be list",
+        ),
+        (
+            "webhook: {type: webhook, secret_env: WEBHOOK_SECRET, deny_networks: [10.0.0.0/8, 10.0.0.1/8]}",
+            "webhook",
+            "deny_networks",
+            "item 2: '10.0.0.1/8' has host bits set; did you mean 10.0.0.0/8?",
+        ),
+        (
+            "webhook: {type: webhook, secret_env: WEBHOOK_SECRET, allow_networks: [internal]}",
+            "webhook",
+            "allow_networks",
+            "item 1: 'internal' is not an IP network in CIDR notation",
+        ),
+        (
+            "webhook: {type: webhook, secret_env: WEBHOOK_SECRET, allow_networks: [10]}",
+            "webhook",
+            "allow_networks",
+            "item 1: must be a CIDR network as text, got 10",
+        ),
+        (
+            "webhook: {type: webhook, secret_env: WEBHOOK_SECRET, deny_private: 'true'}",
+            "webhook",
+            "deny_private",
+            "must be bool",
+        ),
+        (
+            "webhook: {type: webhook, secret_env: WEBHOOK_SECRET, deny_privat: true}",
+            "webhook",
+            "deny_privat",
+            "unknown key for type webhook; known: allow_networks, deny_networks, deny_private",
+        ),
         ("fax: {type: stub}", "fax", "", "unknown channel; known: sms, email"),
         ("sms: [http_sms]", "sms", "", "must be a mapping"),
     ],
@@ -170,6 +207,33 @@ def test_errors_name_file_channel_and_key(
     assert isinstance(error, ConfigurationError)
     assert (error.file, error.channel, error.key) == (str(path), channel, key)
     assert str(path) in str(error) and words in str(error)
+
+
+async def test_webhook_destination_keys_build_its_policy(tmp_path: Path, closing) -> None:
+    text = """\
+webhook:
+  type: webhook
+  secret_env: WEBHOOK_SECRET
+  deny_private: true
+  deny_networks: ["203.0.113.0/24"]
+  allow_networks: ["10.1.0.0/16", "fd00:1::/64"]
+"""
+    providers = load_providers_file(write(tmp_path, text), ENV, MemoryInboxStore())
+    closing.append(providers)
+
+    webhook = providers["webhook"]
+    assert isinstance(webhook, WebhookProvider)
+    assert webhook.config.destinations == DestinationPolicy.build(
+        deny_private=True, deny_networks=["203.0.113.0/24"], allow_networks=["10.1.0.0/16", "fd00:1::/64"]
+    )
+
+
+async def test_webhook_destinations_default_to_the_default_policy(tmp_path: Path, closing) -> None:
+    providers = load_providers_file(write(tmp_path, EXAMPLE), ENV, MemoryInboxStore())
+    closing.append(providers)
+
+    webhook = providers["webhook"]
+    assert isinstance(webhook, WebhookProvider) and webhook.config.destinations == DEFAULT_POLICY
 
 
 def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:

@@ -21,8 +21,14 @@ read and the whole exchange) → retryable, code ``timeout``; connection refused
 errors → retryable, code ``connection``; a reply that cannot be decoded → retryable, code
 ``protocol``; a malformed or non-HTTP URL → permanent, code ``invalid_url``; a request the client
 refuses to build (credentials in the URL as well as an Authorization header, a line break in a
-header value) → permanent, code ``invalid_request``. The original exception stays attached as
-`__cause__`.
+header value) → permanent, code ``invalid_request``; a destination the provider's policy refuses
+(`destinations.ForbiddenDestination`, raised by its resolver or `_check_destination`) →
+permanent, code ``forbidden_destination``, and no request is made. The original exception stays
+attached as `__cause__`.
+
+Provider-specific hooks (no-ops here): `_make_resolver` supplies the DNS resolver of the
+provider's connection pool; `_check_destination` vets each URL (and the proxy it will go through)
+before the request.
 
 Reply bodies are read up to `MAX_BODY_BYTES`: providers only need a small JSON answer, and a
 webhook receiver must not be able to make us buffer an unbounded body.
@@ -48,10 +54,12 @@ from urllib import request as urllib_request
 from urllib.parse import urlsplit
 
 import aiohttp
+from aiohttp.abc import AbstractResolver
 from aiohttp.http_exceptions import ContentEncodingError
 from multidict import CIMultiDictProxy
 
 from smart_dispatch.channels.base import Provider, ProviderError
+from smart_dispatch.channels.destinations import ForbiddenDestination
 
 MAX_BODY_BYTES = 64 * 1024
 RETRYABLE_STATUSES = frozenset({408, 425, 429})
@@ -147,6 +155,16 @@ def _url_problem(exc: aiohttp.ClientError) -> str:
     return redact_queries(str(detail)) if detail else "malformed, or without a host"
 
 
+def _forbidden(exc: BaseException) -> ForbiddenDestination | None:
+    """The `ForbiddenDestination` behind `exc` (aiohttp wraps resolver errors), if any."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ForbiddenDestination):
+            return seen
+        seen = seen.__cause__
+    return None
+
+
 def bearer(token: str) -> dict[str, str]:
     """An Authorization header for `token`; no header when the token is empty."""
     return {"Authorization": f"Bearer {token}"} if token else {}
@@ -163,6 +181,7 @@ class HttpProvider(Provider):
         self.name = name
         self.options = options
         self._session: aiohttp.ClientSession | None = None
+        self._resolver: AbstractResolver | None = None
         self._closed = False
         self._proxies: dict[str, str] = urllib_request.getproxies_environment()  # read once: not per request
 
@@ -172,9 +191,12 @@ class HttpProvider(Provider):
         if session is None:
             if self._closed:
                 raise RuntimeError(f"{self.name}: the HTTP client has been closed")
+            self._resolver = self._make_resolver()
             session = self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(
-                    limit=self.options.max_connections, keepalive_timeout=KEEPALIVE_S
+                    limit=self.options.max_connections,
+                    keepalive_timeout=KEEPALIVE_S,
+                    resolver=self._resolver,  # None: aiohttp's default
                 ),
                 # One bound for the whole attempt; never rounded up to a whole second (aiohttp
                 # rounds bounds above `ceil_threshold`).
@@ -183,6 +205,19 @@ class HttpProvider(Provider):
                 skip_auto_headers=("Content-Type",),  # no application/octet-stream guess
             )
         return session
+
+    def _make_resolver(self) -> AbstractResolver | None:
+        """Hook: the DNS resolver of the provider's connection pool, None for aiohttp's default.
+        Called once, inside the running event loop, when the session is created; closed with
+        the session."""
+        return None
+
+    async def _check_destination(self, url: str, *, proxy: str | None) -> None:
+        """Hook: raise `ForbiddenDestination` when no request may be made to `url` (through
+        `proxy`, None for a direct connection). Called before every request, outside the session's
+        `timeout_s` bound: an override doing I/O bounds it itself (a TimeoutError is classified
+        as ``timeout``). Default: every destination is fine."""
+        return None
 
     def _proxy_for(self, url: str) -> str | None:
         """The environment's proxy for `url`, None when there is none or NO_PROXY exempts it."""
@@ -221,6 +256,8 @@ class HttpProvider(Provider):
         failures (see the module docstring); any HTTP status is returned, not raised."""
         session = self._client()
         try:
+            proxy = self._proxy_for(url) if self._proxies else None
+            await self._check_destination(url, proxy=proxy)
             async with session.request(
                 method,
                 url,
@@ -228,7 +265,7 @@ class HttpProvider(Provider):
                 headers=headers,
                 data=content,
                 allow_redirects=False,
-                proxy=self._proxy_for(url) if self._proxies else None,
+                proxy=proxy,
             ) as response:
                 body = bytearray()
                 while len(body) < MAX_BODY_BYTES:
@@ -252,6 +289,13 @@ class HttpProvider(Provider):
                 f"connection failed: {_describe(exc)}", retryable=True, code="connection"
             ) from exc
         except (aiohttp.ClientError, OSError) as exc:
+            refused = _forbidden(exc)
+            if refused is not None:
+                raise self.error(
+                    f"forbidden destination: {redact_queries(str(refused))}",
+                    retryable=False,
+                    code="forbidden_destination",
+                ) from exc
             # Refused / reset / closed connections, TLS and DNS failures, malformed status lines
             # and headers (ClientResponseError: statuses themselves never raise here).
             raise self.error(
@@ -300,8 +344,11 @@ class HttpProvider(Provider):
         """Close the session and its pooled connections; the provider cannot send afterwards."""
         self._closed = True
         session, self._session = self._session, None
+        resolver, self._resolver = self._resolver, None
         if session is not None:
             await session.close()
+        if resolver is not None:  # a resolver passed to the connector is not closed by it
+            await resolver.close()
 
 
 def encode_json(payload: Mapping[str, Any]) -> bytes:

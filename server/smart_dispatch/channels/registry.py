@@ -12,9 +12,18 @@ and circuit breakers.
               token_margin_s: 300, timeout_s: 5, max_connections: 100}
     push:    {type: fcm, project*, token_env*, api_base: https://fcm.googleapis.com,
               timeout_s: 5, max_connections: 100}
-    webhook: {type: webhook, secret_env*, timeout_s: 5, max_connections: 100}
+    webhook: {type: webhook, secret_env*, timeout_s: 5, max_connections: 100,
+              deny_private: false, deny_networks: [], allow_networks: []}
     in_app:  {type: inbox}
     <any>:   {type: stub, delay_s: 0}             records deliveries in memory, sends nothing
+
+Webhook destinations (the URL comes with each message; `smart_dispatch.channels.destinations`):
+link-local (169.254.0.0/16, fe80::/10), unspecified (0.0.0.0/8, ::/128) and fd00:ec2::254 are
+always denied; `deny_private: true` also denies loopback, RFC 1918, 100.64.0.0/10 and fc00::/7;
+`deny_networks` adds CIDR networks; `allow_networks` (CIDR) are exceptions that win over every
+deny entry. IPv4-mapped addresses are judged as the IPv4 address too. Quote IPv6 networks in
+YAML flow lists (``["fd00::/8"]``). A denied address fails the send permanently with code
+``forbidden_destination``.
 
 Channels must be known (`smart_dispatch.domain.KNOWN_CHANNELS`); a channel absent from the file
 has no provider. Unknown types, channels or keys, a missing required key, a wrong value type and
@@ -35,6 +44,7 @@ import yaml
 
 from smart_dispatch.channels import push_fcm, wechat
 from smart_dispatch.channels.base import Provider
+from smart_dispatch.channels.destinations import DestinationPolicy, IPNetwork, parse_network
 from smart_dispatch.channels.email_smtp import SmtpConfig, SmtpProvider, mailbox
 from smart_dispatch.channels.http_common import HttpOptions
 from smart_dispatch.channels.in_app import InboxProvider
@@ -138,6 +148,19 @@ class Section:
             raise self.error(key, f"must be an http(s) URL, got {value!r}")
         return value
 
+    def networks(self, key: str) -> tuple[IPNetwork, ...]:
+        """A list of IP networks in CIDR notation (default: empty)."""
+        values = self._get(key, list, [])
+        networks: list[IPNetwork] = []
+        for index, value in enumerate(values):
+            if not isinstance(value, str):
+                raise self.error(key, f"item {index + 1}: must be a CIDR network as text, got {value!r}")
+            try:
+                networks.append(parse_network(value))
+            except ValueError as exc:
+                raise self.error(key, f"item {index + 1}: {exc}") from None
+        return tuple(networks)
+
     def secret(self, key: str, *, required: bool = True) -> str:
         """The value of the environment variable named by `key` ("" when optional and unset)."""
         variable = self.text(key, None if required else "")
@@ -217,7 +240,12 @@ def _fcm(section: Section) -> Provider:
 
 @register("webhook")
 def _webhook(section: Section) -> Provider:
-    config = WebhookConfig(secret=section.secret("secret_env"))
+    destinations = DestinationPolicy.build(
+        deny_networks=section.networks("deny_networks"),
+        allow_networks=section.networks("allow_networks"),
+        deny_private=section.flag("deny_private", False),
+    )
+    config = WebhookConfig(secret=section.secret("secret_env"), destinations=destinations)
     return WebhookProvider(
         config, options=section.http_options(), channel=section.channel, name=section.name("webhook")
     )

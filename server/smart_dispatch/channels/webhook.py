@@ -21,10 +21,20 @@ replays, and deduplicate on `Idempotency-Key`, which is the same for every retry
 Outcome: exactly as for SMS — 2xx sent (`provider_message_id` from a JSON `id`, if any); 429 with
 Retry-After, 408, 5xx, timeouts and connection errors retryable; other 4xx permanent; an address
 that is not an http(s) URL fails permanently without a request.
+
+Destinations: the address comes with each message, so the provider only connects where its
+`DestinationPolicy` allows (`smart_dispatch.channels.destinations`: link-local, unspecified and
+the AWS IPv6 metadata address denied by default; `deny_private`, `deny_networks`,
+`allow_networks` in the providers file). The policy is enforced on the addresses actually
+connected to — resolved names through the connection pool's resolver, IP literals before the
+request — and, through a proxy, on the target name as resolved here before the request. A denied
+destination fails permanently with code ``forbidden_destination`` without a request; the message
+names the host and the denied address and network, never the URL's query.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import time
@@ -32,7 +42,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from aiohttp.abc import AbstractResolver
+
 from smart_dispatch.channels.base import Delivery, SendResult
+from smart_dispatch.channels.destinations import (
+    DEFAULT_POLICY,
+    DestinationPolicy,
+    PolicyResolver,
+    proxy_endpoints,
+)
 from smart_dispatch.channels.http_common import HttpOptions, HttpProvider, encode_json
 
 TIMESTAMP_HEADER = "X-SmartDispatch-Timestamp"
@@ -76,9 +94,12 @@ def verify(
 
 @dataclass(frozen=True, slots=True)
 class WebhookConfig:
-    """`secret` keys the HMAC signature (shared with every receiver)."""
+    """`secret` keys the HMAC signature (shared with every receiver); `destinations` says which
+    IP addresses may be connected to (default: all but link-local, unspecified and the AWS IPv6
+    metadata address)."""
 
     secret: str
+    destinations: DestinationPolicy = DEFAULT_POLICY
 
 
 class WebhookProvider(HttpProvider):
@@ -96,6 +117,15 @@ class WebhookProvider(HttpProvider):
         super().__init__(channel=channel, name=name, options=options or HttpOptions())
         self.config = config
         self._clock = clock
+        self._guard = PolicyResolver(config.destinations, trusted=proxy_endpoints(self._proxies))
+
+    def _make_resolver(self) -> AbstractResolver:
+        return self._guard
+
+    async def _check_destination(self, url: str, *, proxy: str | None) -> None:
+        # May resolve the target (through a proxy): bounded like the attempt itself.
+        async with asyncio.timeout(self.options.timeout_s):
+            await self._guard.check_url(url, via_proxy=proxy is not None)
 
     async def send(self, delivery: Delivery) -> SendResult:
         url = delivery.address.strip()
