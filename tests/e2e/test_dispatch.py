@@ -202,6 +202,23 @@ async def test_everything_down_dead_letters_with_full_history_and_redrive_delive
     assert delivered.attempts[-1].outcome == "delivered"
 
 
+async def test_rejected_messages_do_not_open_the_circuit_for_the_next_ones(world: World):
+    # Given more webhook messages rejected for their own sake (400) than the breaker tolerates
+    # provider failures in a row (5)
+    world.sink.script.extend([400] * 6)
+    for _ in range(6):
+        rejected = await world.dispatch("event")
+        assert (await world.settled(rejected.dispatch_id)).state == S.DISPATCH_STATE_FAILED
+
+    # When the next one is addressed properly
+    accepted = await world.dispatch("event")
+    delivered = await world.settled(accepted.dispatch_id)
+
+    # Then it goes out at once: the provider answered every time, it was never down
+    assert delivered.state == S.DISPATCH_STATE_DELIVERED
+    assert [(a.channel, a.outcome) for a in delivered.attempts] == [("webhook", "delivered")]
+
+
 async def test_a_cancelled_scheduled_message_never_goes_out(world: World):
     first = await world.dispatch("promo", user="u-cancel")
     deferred = await world.dispatch("promo", user="u-cancel")

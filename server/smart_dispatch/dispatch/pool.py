@@ -261,7 +261,13 @@ class SenderPool:
             async with asyncio.timeout(policy.timeout_s):  # no extra task per send, unlike wait_for
                 result = await provider.send(delivery)
         except ProviderError as exc:
-            breaker.record_failure()
+            # The breaker tracks the provider's health: a permanent error (4xx, a bad address, a
+            # forbidden destination) is an answer about this message, and must not let a run of
+            # bad messages open the circuit for good ones.
+            if exc.retryable:
+                breaker.record_failure()
+            else:
+                breaker.record_success()
             return exc
         except TimeoutError:
             breaker.record_failure()

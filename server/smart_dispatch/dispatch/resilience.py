@@ -38,7 +38,8 @@ def compute_backoff(
 
 
 class CircuitBreaker:
-    """Opens after `failure_threshold` consecutive failures; while open, calls are refused for
+    """Opens after `failure_threshold` consecutive failures (the sender pool counts only
+    retryable ones: a provider that rejects a message has answered); while open, calls are refused for
     `reset_after_s`; then one trial call is let through (half-open): success closes it, failure
     opens it again."""
 
