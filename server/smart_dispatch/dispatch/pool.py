@@ -262,12 +262,12 @@ class SenderPool:
                 result = await provider.send(delivery)
         except ProviderError as exc:
             # The breaker tracks the provider's health: a permanent error (4xx, a bad address, a
-            # forbidden destination) is an answer about this message, and must not let a run of
-            # bad messages open the circuit for good ones.
+            # forbidden destination) is about this message, and must not let a run of bad
+            # messages open the circuit for good ones.
             if exc.retryable:
                 breaker.record_failure()
             else:
-                breaker.record_success()
+                breaker.release()
             return exc
         except TimeoutError:
             breaker.record_failure()
@@ -278,7 +278,11 @@ class SenderPool:
                 retryable=True,
             )
         except SmartDispatchError as exc:  # e.g. a template that fails to render: never retryable
+            breaker.release()
             return ProviderError(str(exc), provider=provider.name, channel=step.channel, retryable=False)
+        except BaseException:  # cancelled (stop) or a bug: a half-open trial must not stay taken
+            breaker.release()
+            raise
         breaker.record_success()
         now = self._clock()
         attempt = Attempt(

@@ -76,6 +76,11 @@ class CircuitBreaker:
         self._opened_at = None
         self._trial_running = False
 
+    def release(self) -> None:
+        """An attempt that says nothing about the provider's health (it refused this message, or
+        the attempt ended before an answer): counts neither way, but frees the half-open trial."""
+        self._trial_running = False
+
     def record_failure(self) -> None:
         self._failures += 1
         if self._trial_running or self._failures >= self.failure_threshold:
