@@ -360,34 +360,6 @@ async def test_dead_letters_come_oldest_first_and_keep_their_place(store: Dispat
     assert await store.dead_letters(1) == ["d1"]
 
 
-@pytest.mark.parametrize(
-    "backend",
-    [pytest.param("redis", marks=pytest.mark.redis), pytest.param("cluster", marks=pytest.mark.redis)],
-    indirect=True,
-)
-async def test_a_dead_letter_is_found_even_when_its_worker_dies_right_after_storing_it(backend: Backend):
-    # Given a worker process (its own store and connections) finishing a claim as a dead letter
-    options = StoreOptions(timeout_s=TIMEOUT_S, prefix=PREFIX, claim_timeout_s=CLAIM_TIMEOUT_S)
-    worker, survivor = stores_from_url(backend.url, options), stores_from_url(backend.url, options)
-    try:
-        await worker.dispatches.create(record(1))
-        claim = await claim_one(worker.dispatches)
-        assert claim.record is not None
-        stored = await worker.dispatches.update(dead(claim.record), claim.token, unschedule=True, ack=claim)
-        assert stored is not None
-
-        # When that worker dies before it makes another call
-        await worker.close()
-
-        # Then another process finds the dead letter to re-drive, and no work left over
-        assert await survivor.dispatches.dead_letters(10) == ["d1"]
-        assert await survivor.dispatches.get("d1") == stored
-        assert await survivor.dispatches.claim("c2", 10, CLAIM_TIMEOUT_S * 3) == []
-    finally:
-        await worker.close()
-        await survivor.close()
-
-
 # --- Redis only: the layout of the keys of one server ---------------------------------------------
 
 
@@ -472,7 +444,7 @@ async def test_the_memory_store_forgets_final_records_after_their_retention_but_
     assert done is not None and await store.update(dead(failed), 1) is not None
 
     await asyncio.sleep(0.1)
-    await store.create(record(4))  # any write sweeps
+    await store.create(record(4))  # a create sweeps
 
     # the delivered record is gone, and its message id may be dispatched anew
     assert await store.get("d1") is None and await store.get_by_message("m1") is None
@@ -481,3 +453,22 @@ async def test_the_memory_store_forgets_final_records_after_their_retention_but_
     # the dead letter and the unfinished dispatch stay
     assert (await store.get("d2")) is not None and await store.dead_letters(10) == ["d2"]
     assert await store.get("d3") == queued
+
+
+@pytest.mark.redis
+async def test_index_entries_whose_record_expired_are_dropped_not_redriven(
+    single_redis: RedisServer, redis_store: RedisDispatchStore
+):
+    # Given two dead letters, the older one stored before dead letters were kept for good: its
+    # record has expired, its index entry has not
+    for n in (1, 2):
+        stored, _ = await redis_store.create(record(n))
+        assert await redis_store.update(dead(stored), 1) is not None
+        await asyncio.sleep(0.01)
+    with single_redis.client() as client:
+        client.delete(f"{PREFIX}:{{d}}:rec:d1")
+
+    # Then the index offers only the dead letter that can be re-driven, and forgets the other
+    assert await redis_store.dead_letters(10) == ["d2"]
+    with single_redis.client() as client:
+        assert client.zrange(f"{PREFIX}:{{d}}:dead", 0, -1) == [b"d2"]

@@ -146,6 +146,10 @@ class MemoryDispatchStore(DispatchStore):
                     await waiter
             except TimeoutError:
                 pass
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled() and self._ready:
+                    self._wake_one()  # woken, then cancelled before taking the work: pass it on
+                raise
             finally:
                 if not waiter.done():
                     waiter.cancel()

@@ -40,7 +40,7 @@ from smart_dispatch.dispatch.store import Claim, DispatchStore, Watch
 GROUP = "senders"
 _PROMOTE_BATCH = 500
 _UPKEEP_EVERY_S = 0.1  # promotion of due work and takeover of a crashed worker's claims
-_WATCH_BLOCK_S = 0.1  # one blocking read of a change log: well below any socket timeout
+_WATCH_BLOCK_S = 0.1  # one blocking read of a change log (bounded by timeout_s + this)
 _WATCH_MARKER_S = 60  # a watch marker's lifetime; watchers renew it every third of that
 _WATCH_BATCH = 100
 
@@ -234,9 +234,20 @@ class RedisDispatchStore(DispatchStore):
         )
 
     async def dead_letters(self, limit: int) -> list[str]:
+        """The oldest dead letters. Entries whose record is gone (dead letters stored before they
+        were kept for good expired with the retention) are dropped from the index on the way."""
         async with guarded(self._timeout_s):
-            ids = await self._client.zrange(self._dead, 0, max(0, limit - 1))
-        return [_text(i) for i in ids]
+            ids = [_text(i) for i in await self._client.zrange(self._dead, 0, max(0, limit - 1))]
+            if not ids:
+                return []
+            pipe = self._client.pipeline(transaction=False)
+            for dispatch_id in ids:
+                pipe.exists(self._rec(dispatch_id))
+            present = await pipe.execute()
+            gone = [i for i, there in zip(ids, present, strict=True) if not there]
+            if gone:
+                await self._client.zrem(self._dead, *gone)
+        return [i for i, there in zip(ids, present, strict=True) if there]
 
 
 class _ChangeLogWatch(Watch):
