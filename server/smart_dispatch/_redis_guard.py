@@ -97,11 +97,7 @@ class DirectSender:
     def pack(self, *args: str | bytes) -> bytes:
         """`args` in the Redis protocol, as redis-py's `pack_command` makes them (str encoded as
         the client's encoder does)."""
-        parts = [b"*%d\r\n" % len(args)]
-        for arg in args:
-            value = arg.encode(self.encoding, self.encoding_errors) if isinstance(arg, str) else arg
-            parts.append(b"$%d\r\n%b\r\n" % (len(value), value))
-        return b"".join(parts)
+        return self.pack_head(len(args), *args)
 
     async def send(self, command: bytes) -> Any:
         """Send a packed command and read its reply (redis-py's exceptions pass)."""

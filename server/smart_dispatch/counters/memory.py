@@ -36,7 +36,7 @@ class MemoryCounterStore(CounterStore):
         """The entries of each cap of `option` (created when missing), expired ones dropped."""
         out = []
         for cap in option:
-            key = (user_id if cap.scope == "user" else "", cap.name)
+            key = _key(cap, user_id)
             window_ms = self._windows_ms[key] = to_ms(cap.window_s)
             entries = self._entries.get(key)
             if entries is None:
@@ -104,7 +104,11 @@ class MemoryCounterStore(CounterStore):
 
     async def refund(self, user_id: str, member: str, caps: Sequence[CapSpec]) -> None:
         for cap in caps:
-            self._entries.get((user_id if cap.scope == "user" else "", cap.name), {}).pop(member, None)
+            self._entries.get(_key(cap, user_id), {}).pop(member, None)
+
+
+def _key(cap: CapSpec, user_id: str) -> tuple[str, str]:
+    return (user_id if cap.scope == "user" else "", cap.name)
 
 
 def _expire(entries: dict[str, int], horizon_ms: int) -> None:
