@@ -40,6 +40,8 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
     redis_errors.TryAgainError,
     redis_errors.ReadOnlyError,  # writing to a replica that was just demoted
 )
+#: What `guarded` (and its inlined form) translates.
+TRANSLATED: tuple[type[BaseException], ...] = (*UNAVAILABLE, redis_errors.RedisError)
 
 
 @asynccontextmanager
@@ -52,10 +54,17 @@ async def guarded(timeout_s: float) -> AsyncIterator[None]:
     try:
         async with asyncio.timeout(timeout_s):
             yield
-    except UNAVAILABLE as exc:
-        raise StoreUnavailableError(f"redis unavailable: {type(exc).__name__}: {exc}") from exc
-    except redis_errors.RedisError as exc:
-        raise StoreError(f"redis failed: {type(exc).__name__}: {exc}") from exc
+    except TRANSLATED as exc:
+        raise translated(exc) from exc
+
+
+def translated(exc: BaseException) -> StoreError:
+    """The Smart Dispatch error for a redis-py (or timeout) failure: `StoreUnavailableError` when
+    Redis is down, slow, loading or failing over, `StoreError` otherwise. For hot paths that
+    inline `guarded`: ``except TRANSLATED as exc: raise translated(exc) from exc``."""
+    if isinstance(exc, UNAVAILABLE):
+        return StoreUnavailableError(f"redis unavailable: {type(exc).__name__}: {exc}")
+    return StoreError(f"redis failed: {type(exc).__name__}: {exc}")
 
 
 def checked_prefix(prefix: str) -> str:

@@ -27,13 +27,12 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
 
-from smart_dispatch._redis_guard import UNAVAILABLE, DirectSender, guarded
+from smart_dispatch._redis_guard import TRANSLATED, DirectSender, guarded, translated
 from smart_dispatch.behaviour.redis import RedisBehaviourStore, decode_behaviour, decode_behaviour_flat
 from smart_dispatch.counters.redis import RedisCounterStore
 from smart_dispatch.dispatch.redis_store import RedisDispatchStore
-from smart_dispatch.errors import ConfigurationError, StoreError, StoreUnavailableError
+from smart_dispatch.errors import ConfigurationError
 from smart_dispatch.inbox.redis import RedisInboxStore
 from smart_dispatch.lists.base import LIST_NAMES
 from smart_dispatch.lists.redis import RedisListStore
@@ -131,10 +130,8 @@ class RedisUserStateReader(UserStateReader):
         try:
             async with asyncio.timeout(self._timeout_s):
                 raw = await direct.send_script(command, USER_STATE_LUA)
-        except UNAVAILABLE as exc:
-            raise StoreUnavailableError(f"redis unavailable: {type(exc).__name__}: {exc}") from exc
-        except RedisError as exc:
-            raise StoreError(f"redis failed: {type(exc).__name__}: {exc}") from exc
+        except TRANSLATED as exc:
+            raise translated(exc) from exc
         memberships = frozenset(name for name, member in zip(LIST_NAMES, raw, strict=False) if member)
         return UserState(memberships, decode_behaviour_flat(raw, len(LIST_NAMES)))
 

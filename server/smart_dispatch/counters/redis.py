@@ -46,9 +46,9 @@ from typing import Any, Literal
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError
 
-from smart_dispatch._redis_guard import UNAVAILABLE, DirectSender, checked_prefix, guarded
+from smart_dispatch._redis_guard import TRANSLATED, DirectSender, checked_prefix, guarded, translated
 from smart_dispatch.counters.base import (
     CapSpec,
     CapUsage,
@@ -58,7 +58,6 @@ from smart_dispatch.counters.base import (
     ReserveRequest,
     to_ms,
 )
-from smart_dispatch.errors import StoreError, StoreUnavailableError
 
 SLIDING_COUNTER_MIN_LIMIT = 1000
 """A global cap whose limit exceeds this uses the approximate sliding-window counter."""
@@ -223,10 +222,8 @@ class RedisCounterStore(CounterStore):
         try:
             async with asyncio.timeout(self._timeout_s):
                 raw = await self._evalsha(RESERVE, plan.key_names(request.user_id, request.member), args)
-        except UNAVAILABLE as exc:
-            raise StoreUnavailableError(f"redis unavailable: {type(exc).__name__}: {exc}") from exc
-        except RedisError as exc:
-            raise StoreError(f"redis failed: {type(exc).__name__}: {exc}") from exc
+        except TRANSLATED as exc:
+            raise translated(exc) from exc
         return full_outcome(raw, options)
 
     async def refund(self, user_id: str, member: str, caps: Sequence[CapSpec]) -> None:
