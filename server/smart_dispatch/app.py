@@ -8,10 +8,8 @@ period, lets in-flight sends finish, then closes providers and stores.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
-import signal
 from typing import Any
 
 import grpc
@@ -27,7 +25,7 @@ from smart_dispatch.config import Settings
 from smart_dispatch.errors import ConfigurationError
 from smart_dispatch.rules.active import ActiveRules
 from smart_dispatch.rules.watch import RulesWatcher
-from smart_dispatch.runtime import Runtime
+from smart_dispatch.runtime import Runtime, stop_on_signals, unless_stopped
 from smart_dispatch.security import load_tokens, server_credentials
 from smart_dispatch.telemetry import Telemetry
 
@@ -44,7 +42,7 @@ class App:
     def __init__(self, settings: Settings, telemetry: Telemetry | None = None) -> None:
         self.settings = settings
         self._telemetry = telemetry
-        self.rules = ActiveRules(settings.rules_dir)
+        self.rules = ActiveRules.for_settings(settings)
         self.watcher = RulesWatcher(self.rules, poll_s=settings.rules_poll_s)
         self.runtime: Runtime | None = None
         self.port: int | None = None
@@ -103,12 +101,12 @@ class App:
 
     async def run_until_signal(self) -> None:
         """Serve until SIGTERM or SIGINT, then stop gracefully. SIGHUP reloads the rules."""
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, self.watcher.reload_now)
-        await self.start()
+        stop = stop_on_signals(self.watcher.reload_soon)
+        started, _ = await unless_stopped(self.start(), stop)
+        if not started:
+            log.info("signal received during start-up: stopping")
+            await self.stop(grace_s=0)
+            return
         print(f"smart-dispatch listening on {self.settings.host}:{self.port}", flush=True)
         await stop.wait()
         log.info("signal received: draining")

@@ -183,14 +183,18 @@ def _why(message_id: str, log: Path | None, as_json: bool) -> int:
 
 
 def _rules_check(directory: Path) -> int:
-    from smart_dispatch.rules.active import compile_ruleset
-    from smart_dispatch.rules.loader import load_ruleset
+    """Validate and compile in a child process with the configured budget (rules/guard.py), so
+    a hostile directory cannot hang the command; Ctrl-C stops it."""
+    from smart_dispatch.rules.guard import CompileBudget, check_sources
+    from smart_dispatch.rules.loader import content_version, read_sources
 
-    version = compile_ruleset(load_ruleset(directory))
-    ruleset = version.ruleset
-    version.compiled.close()
-    counts = f"{len(ruleset.rules)} rules, {len(ruleset.caps)} caps in {len(ruleset.files)} files"
-    print(f"ok: {counts}; version {ruleset.version}")
+    settings = settings_from_env()
+    sources = read_sources(directory)
+    budget = CompileBudget(settings.rules_compile_timeout_s, settings.rules_compile_memory_mb)
+    report = check_sources(sources, budget, str(directory))
+    counts = f"{report.rules} rules, {report.caps} caps in {len(sources)} files"
+    engine = f"; {report.shards} engine rulesets" if report.shards > 1 else ""
+    print(f"ok: {counts}{engine}; version {content_version(sources)}")
     return 0
 
 

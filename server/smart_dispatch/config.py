@@ -17,7 +17,11 @@ Environment variables (all optional):
     the exporter's default or OTEL_EXPORTER_OTLP_* variables), SD_TRACE_SAMPLE_RATIO (0..1, for
     traces the caller did not sample already), SD_METRICS_PORT (Prometheus `/metrics` on SD_HOST,
     0 for none), SD_AUDIT_LOG (decision log file, `-` for stdout, empty for none),
-    SD_AUDIT_INDEX_SIZE (message ids `GetDecision` remembers).
+    SD_AUDIT_INDEX_BYTES (memory the `GetDecision` index may use, masked entries).
+    Rule loading: SD_RULES_COMPILE_TIMEOUT_S and SD_RULES_COMPILE_MEMORY_MB (the budget of the
+    child process that tries every candidate ruleset first, see rules/guard.py).
+    Health: SD_HEALTH_PORT (a plaintext grpc.health.v1-only port on SD_HEALTH_HOST, default
+    SD_HOST; 0 for none), for probes that cannot speak TLS.
 """
 
 from __future__ import annotations
@@ -65,7 +69,11 @@ class Settings:
     trace_sample_ratio: float = 1.0
     metrics_port: int = 0
     audit_log: str = ""
-    audit_index_size: int = 10_000
+    audit_index_bytes: int = 16 * 1024 * 1024
+    rules_compile_timeout_s: float = 30.0
+    rules_compile_memory_mb: int = 1024
+    health_port: int = 0
+    health_host: str = ""
 
     def with_overrides(self, **overrides: Any) -> Settings:
         """A copy with every override that is not None applied."""
@@ -105,7 +113,11 @@ _ENV = {
     "trace_sample_ratio": "SD_TRACE_SAMPLE_RATIO",
     "metrics_port": "SD_METRICS_PORT",
     "audit_log": "SD_AUDIT_LOG",
-    "audit_index_size": "SD_AUDIT_INDEX_SIZE",
+    "audit_index_bytes": "SD_AUDIT_INDEX_BYTES",
+    "rules_compile_timeout_s": "SD_RULES_COMPILE_TIMEOUT_S",
+    "rules_compile_memory_mb": "SD_RULES_COMPILE_MEMORY_MB",
+    "health_port": "SD_HEALTH_PORT",
+    "health_host": "SD_HEALTH_HOST",
 }
 
 

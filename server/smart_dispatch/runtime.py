@@ -7,9 +7,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
+import signal
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from smart_dispatch.channels.base import Provider
 from smart_dispatch.config import Settings
@@ -23,6 +28,35 @@ from smart_dispatch.stores import StoreOptions, Stores, stores_from_url
 from smart_dispatch.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def stop_on_signals(on_reload: Callable[[], None]) -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT; SIGHUP calls `on_reload`. Install before starting,
+    so a signal that arrives during start-up is not lost."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, on_reload)
+    return stop
+
+
+async def unless_stopped(starting: Awaitable[T], stop: asyncio.Event) -> tuple[bool, T | None]:
+    """Await `starting` unless `stop` is set first, in which case it is cancelled.
+    Returns (started, its result)."""
+    start = asyncio.ensure_future(starting)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({start, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if start.done():
+        return True, start.result()
+    start.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await start
+    return False, None
 
 
 @dataclass
@@ -59,7 +93,7 @@ class Runtime:
     @classmethod
     async def _build(cls, settings: Settings, rules: ActiveRules, telemetry: Telemetry) -> Runtime:
         rules.on_load(telemetry.rules_loaded)
-        rules.load()
+        await rules.load_async()
         await telemetry.start()
         s = settings
         options = StoreOptions(s.store_timeout_s, s.key_prefix, s.claim_timeout_s, s.allow_list, s.deny_list)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -50,15 +51,27 @@ class Supervisor:
         env = {**os.environ, "SD_WORKERS": "1"}
         if self._metrics_port:  # one /metrics port per process: base, base + 1, …
             env["SD_METRICS_PORT"] = str(self._metrics_port + index)
-        child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
+        return subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
+
+    def _await_listening(self, child: subprocess.Popen[str]) -> None:
+        """Wait for the child's `listening` line; a signal to stop ends the wait early."""
         assert child.stdout is not None
         deadline = time.monotonic() + _START_TIMEOUT_S
-        line = child.stdout.readline()
-        if not line.startswith("smart-dispatch listening on ") or time.monotonic() > deadline:
-            child.kill()
-            child.wait()
-            raise ConfigurationError(f"a worker process did not start (exit {child.returncode}): {line!r}")
-        return child
+        while not self._stopping:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            ready, _, _ = select.select([child.stdout], [], [], min(left, 0.1))
+            if ready:
+                line = child.stdout.readline()
+                if line.startswith("smart-dispatch listening on "):
+                    return
+                break
+        if self._stopping:
+            return
+        child.kill()
+        child.wait()
+        raise ConfigurationError(f"a worker process did not start (exit {child.returncode})")
 
     def _forward(self, signum: int, _frame: FrameType | None) -> None:
         if signum in (signal.SIGTERM, signal.SIGINT):
@@ -68,23 +81,32 @@ class Supervisor:
                 child.send_signal(signal.SIGTERM if signum == signal.SIGINT else signum)
 
     def run(self, metrics_port: int = 0) -> int:
-        """Serve until SIGTERM / SIGINT; returns the exit status."""
+        """Serve until SIGTERM / SIGINT; returns the exit status. A signal during start-up
+        stops the children started so far (each stops its own start-up) and returns."""
         self._metrics_port = metrics_port
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._forward)
         try:
-            self._children = [self._spawn(i) for i in range(self._workers)]
+            for index in range(self._workers):
+                if self._stopping:
+                    break
+                self._children.append(self._spawn(index))
+            for child in self._children:
+                self._await_listening(child)
         except BaseException:
-            self._stopping = True
             self._forward(signal.SIGTERM, None)
             raise
-        log.info("%d sidecar processes share %s:%d", self._workers, self._host, self._port)
-        print(f"smart-dispatch listening on {self._host}:{self._port}", flush=True)
+        if self._stopping:
+            self._forward(signal.SIGTERM, None)  # children spawned while the signal came in
+        else:
+            log.info("%d sidecar processes share %s:%d", self._workers, self._host, self._port)
+            print(f"smart-dispatch listening on {self._host}:{self._port}", flush=True)
         while True:
             for index, child in enumerate(self._children):
                 if child.poll() is not None and not self._stopping:
                     log.error("worker %d exited with %s; restarting it", child.pid, child.returncode)
                     self._children[index] = self._spawn(index)
+                    self._await_listening(self._children[index])
             if self._stopping and all(child.poll() is not None for child in self._children):
                 return 0
             time.sleep(0.1)

@@ -6,15 +6,13 @@ Runs no gRPC server; claims dispatches from the store (Redis) like the in-proces
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import signal
 
 from smart_dispatch.config import Settings
 from smart_dispatch.errors import ConfigurationError
 from smart_dispatch.rules.active import ActiveRules
 from smart_dispatch.rules.watch import RulesWatcher
-from smart_dispatch.runtime import Runtime
+from smart_dispatch.runtime import Runtime, stop_on_signals, unless_stopped
 
 log = logging.getLogger(__name__)
 
@@ -22,17 +20,16 @@ log = logging.getLogger(__name__)
 async def run_worker(settings: Settings) -> None:
     if settings.senders < 1:
         raise ConfigurationError("a worker needs --senders >= 1")
-    rules = ActiveRules(settings.rules_dir)
+    rules = ActiveRules.for_settings(settings)
     watcher = RulesWatcher(rules, poll_s=settings.rules_poll_s)
-    runtime = await Runtime.build(settings, rules)
+    stop = stop_on_signals(watcher.reload_soon)
+    started, runtime = await unless_stopped(Runtime.build(settings, rules), stop)
+    if not started or runtime is None:
+        rules.close()
+        return
     if not runtime.stores.dispatches.durable:
         await runtime.close()
         raise ConfigurationError("a separate worker needs a shared store: use --store redis://…")
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, watcher.reload_now)
     assert runtime.pool is not None
     runtime.pool.start()
     if settings.watch_rules:

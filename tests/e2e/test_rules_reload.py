@@ -41,28 +41,33 @@ def admin(channel: grpc.aio.Channel) -> pb_grpc.RulesAdminServiceStub:
     return pb_grpc.RulesAdminServiceStub(channel)
 
 
-async def test_decisions_during_fifty_reloads_always_see_one_complete_version(stub, admin, rules_dir):
+async def test_decisions_during_twenty_reloads_always_see_one_complete_version(stub, admin, rules_dir):
     # Given: version -> the marker rule that only that version has
     first = (await admin.GetRulesStatus(pb.GetRulesStatusRequest())).status.version
     marker_of = {first: "marker_0"}
+    reloading = True
 
-    async def reload_fifty_times() -> None:
-        for n in range(1, 51):
+    async def reload_twenty_times() -> None:
+        nonlocal reloading
+        for n in range(1, 21):
             (rules_dir / "marker.yaml").write_text(marker_rule(n))
             reloaded = await admin.ReloadRules(pb.ReloadRulesRequest())
             assert reloaded.changed
             marker_of[reloaded.status.version] = f"marker_{n}"
-            await asyncio.sleep(0)
+        reloading = False
 
-    async def decide(i: int) -> pb.DecideResponse:
-        return await stub.Decide(decide_request("otp", user=f"u{i}"))
+    async def decide_while_reloading(worker: int) -> list[pb.DecideResponse]:
+        responses = []
+        while reloading:
+            responses.append(await stub.Decide(decide_request("otp", user=f"u{worker}-{len(responses)}")))
+        return responses
 
-    # When 200 Decides race 50 reloads
-    results = await asyncio.gather(reload_fifty_times(), *(decide(i) for i in range(200)))
-    responses = results[1:]
+    # When Decides from 8 callers race 20 reloads (each tried in a child process first)
+    results = await asyncio.gather(reload_twenty_times(), *(decide_while_reloading(i) for i in range(8)))
+    responses = [response for batch in results[1:] for response in batch]
 
     # Then none failed, and each carries exactly its own version's marker rule
-    assert len(marker_of) == 51
+    assert len(marker_of) == 21
     assert len({r.ruleset_version for r in responses}) > 5, "reloads did not interleave with decisions"
     for response in responses:
         markers = [r for r in response.matched_rules if r.startswith("marker_")]

@@ -17,7 +17,7 @@ from smart_dispatch.app import App
 from smart_dispatch.cli import main
 from smart_dispatch.domain import Decision, Verdict
 from smart_dispatch.telemetry import Telemetry, TelemetryHooks
-from smart_dispatch.telemetry.audit import AuditLog
+from smart_dispatch.telemetry.audit import AuditEntry, AuditLog
 from smart_dispatch.telemetry.base import DecisionMade, RpcFinished
 from smart_dispatch.telemetry.redact import hash_user, mask_address
 
@@ -51,7 +51,7 @@ async def test_every_decision_is_a_json_line_with_personal_data_masked(stub, aud
     assert [(c["name"], c["used"], c["remaining"]) for c in sent_line["caps"]] == [("promo_hourly", 1, 0)]
     assert [(s["channel"], s["address"]) for s in sent_line["plan"]] == [
         ("email", "a***@example.com"),
-        ("sms", "+1555****100"),
+        ("sms", "+1****00"),
     ]
     assert sent_line["trace_id"] == CALLER_TRACE
     assert sent_line["user"] == hash_user(USER)
@@ -81,7 +81,7 @@ async def test_get_decision_answers_why_for_a_message_id(stub):
     assert list(found.decision.matched_rules) == ["promo_by_email"]
     assert [(s.channel, s.address) for s in found.decision.steps] == [
         ("email", "a***@example.com"),
-        ("sms", "+1555****100"),
+        ("sms", "+1****00"),
     ]
     assert [c.name for c in found.decision.caps] == ["promo_hourly"]
 
@@ -142,7 +142,7 @@ class BrokenSink:
 
 async def test_a_failing_hook_or_audit_sink_never_breaks_a_decision(settings, caplog):
     # Given a decision log whose disk is full and a hook that raises on every report
-    telemetry = Telemetry(audit=AuditLog(BrokenSink(), index_size=10), hooks=[Exploding()])  # type: ignore[arg-type]
+    telemetry = Telemetry(audit=AuditLog(BrokenSink(), index_bytes=100_000), hooks=[Exploding()])  # type: ignore[arg-type]
     async with App(settings, telemetry) as app, grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as ch:
         stub = pb_grpc.SmartDispatchServiceStub(ch)
         with caplog.at_level(logging.ERROR, logger="smart_dispatch.telemetry.base"):
@@ -182,8 +182,9 @@ async def test_a_sidecar_that_records_no_spans_still_logs_the_callers_trace(sett
 @pytest.mark.parametrize(
     ("channel", "address", "masked"),
     [
-        ("sms", "+15551234100", "+1555****100"),
-        ("sms", "+4930123", "+49****23"),
+        ("sms", "+15551234100", "+1****00"),
+        ("sms", "+4930123", "****23"),
+        ("email", "a@" + "x" * 5000, "a***@" + "x" * 75),
         ("sms", "12345", "****"),
         ("email", "ada@example.com", "a***@example.com"),
         ("email", "@example.com", "@example.com"),
@@ -202,13 +203,28 @@ def test_addresses_are_masked_per_channel(channel: str, address: str, masked: st
     assert mask_address(channel, address) == masked
 
 
-def test_the_index_forgets_the_oldest_message_ids_first():
-    audit = AuditLog(None, index_size=2)
+def test_the_index_forgets_the_oldest_message_ids_first_when_full_in_bytes():
+    first = _made(decide_request("otp", message_id="a"))
+    one_entry = AuditEntry.of(first).size_bytes()
+    audit = AuditLog(None, index_bytes=2 * one_entry)
     for message_id in ("a", "b", "c"):
         request = decide_request("otp", message_id=message_id)
         audit.on_decision(_made(request))
     assert audit.lookup("a") is None
     assert audit.lookup("b") is not None and audit.lookup("c") is not None
+    assert audit.index_bytes <= 2 * one_entry
+
+
+def test_the_index_keeps_no_request_so_huge_labels_cost_nothing():
+    # Given decisions whose requests carry 1 MB of labels and attributes each
+    audit = AuditLog(None, index_bytes=1_000_000)
+    for index in range(50):
+        request = decide_request("otp", message_id=f"m{index}")
+        request.message.labels["blob"] = "x" * 1_000_000
+        audit.on_decision(_made(request))
+    # Then every entry is kept, and the index holds a few KB, not 50 MB
+    assert all(audit.lookup(f"m{index}") is not None for index in range(50))
+    assert audit.index_bytes < 100_000
 
 
 def _made(request: pb.DecideRequest) -> DecisionMade:

@@ -24,7 +24,7 @@ def test_telemetry_settings_come_from_sd_variables():
             "SD_TRACE_SAMPLE_RATIO": "0.25",
             "SD_METRICS_PORT": "9464",
             "SD_AUDIT_LOG": "/var/log/smart-dispatch/decisions.jsonl",
-            "SD_AUDIT_INDEX_SIZE": "500",
+            "SD_AUDIT_INDEX_BYTES": "500000",
         }
     )
 
@@ -33,7 +33,7 @@ def test_telemetry_settings_come_from_sd_variables():
     assert settings.trace_sample_ratio == 0.25
     assert settings.metrics_port == 9464
     assert settings.audit_log == "/var/log/smart-dispatch/decisions.jsonl"
-    assert settings.audit_index_size == 500
+    assert settings.audit_index_bytes == 500_000
     defaults = Settings()
     assert (defaults.otel_exporter, defaults.metrics_port, defaults.audit_log) == ("none", 0, "")
 

@@ -21,7 +21,7 @@ class RulesAdminServicer(pb_grpc.RulesAdminServiceServicer):
 
     @grpc_errors
     async def ReloadRules(self, request: pb.ReloadRulesRequest, context: Context) -> pb.ReloadRulesResponse:
-        changed = self._rules.load()
+        changed = await self._rules.load_async()
         return pb.ReloadRulesResponse(changed=changed, status=rules_status(self._rules.status()))
 
     @grpc_errors

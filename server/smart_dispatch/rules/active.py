@@ -5,11 +5,19 @@ then swapped in with one reference assignment. Decisions hold a lease on the ver
 started with, so they finish on it; a replaced version's engine ruleset is freed when its last
 lease ends. A failed load leaves the serving version untouched and is recorded in `status()`.
 Reloads whose content hash equals the serving version are skipped (each engine rebuild leaks a
-little memory inside durable-rules).
+little memory inside durable-rules), and so are reloads of content that already failed: a broken
+file is tried again when it changes, not on every poll.
+
+Every candidate is first tried in a child process with a time and memory budget (guard.py);
+only one that passed is built here. `load_async` does that without blocking the event loop:
+the child is awaited, and the parse and the engine build run in a worker thread. The engine's
+C calls never release the GIL, so each is atomic with respect to the event loop's own
+evaluations; what the thread adds is that the loop runs between them (Health keeps answering).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Iterator
@@ -17,8 +25,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from smart_dispatch.config import Settings
 from smart_dispatch.errors import NotReadyError, RuleFileError
 from smart_dispatch.rules.engine import CompiledRules, EngineError, condition_error
+from smart_dispatch.rules.guard import CompileBudget, check_sources, check_sources_async
 from smart_dispatch.rules.loader import content_version, parse_ruleset, read_sources
 from smart_dispatch.rules.model import Rule, Ruleset
 
@@ -72,8 +82,11 @@ def compile_ruleset(ruleset: Ruleset) -> RulesVersion:
 class ActiveRules:
     """Holds the serving `RulesVersion`. Use from one thread (the event loop)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, budget: CompileBudget | None = None) -> None:
         self.directory = directory
+        self.budget = budget or CompileBudget()
+        self._failed: tuple[str, RuleFileError] | None = None  # content version, its error
+        self._loading: asyncio.Lock | None = None
         self._current: RulesVersion | None = None
         self._leases: dict[int, int] = {}
         self._retired: dict[int, RulesVersion] = {}
@@ -81,6 +94,13 @@ class ActiveRules:
         self._failures = 0
         self._last_error: LoadFailure | None = None
         self._on_load: Callable[[str], None] = _ignore
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> ActiveRules:
+        return cls(
+            settings.rules_dir,
+            CompileBudget(settings.rules_compile_timeout_s, settings.rules_compile_memory_mb),
+        )
 
     def on_load(self, hook: Callable[[str], None]) -> None:
         """Call `hook(result)` after every load: "loaded", "unchanged" or "failed" (metrics)."""
@@ -109,31 +129,72 @@ class ActiveRules:
 
     def load(self) -> bool:
         """Load the directory and swap it in when its content changed; returns whether it did.
-        On any error the serving version stays, the failure is recorded, and it is raised."""
+        On any error the serving version stays, the failure is recorded, and it is raised.
+        Blocks while the candidate is tried and built: for the command line and tests."""
+        candidate = self._candidate()
+        if candidate is None:
+            return False
+        content, sources = candidate
         try:
-            sources = read_sources(self.directory)
-            if self._current is not None and content_version(sources) == self._current.version:
-                self._last_error = None
-                self._on_load("unchanged")
-                return False
+            check_sources(sources, self.budget, str(self.directory))
             version = compile_ruleset(parse_ruleset(sources))
         except RuleFileError as exc:
-            self._failures += 1
-            self._last_error = LoadFailure(exc.file, exc.line, str(exc), datetime.now(UTC))
-            log.error(
-                "rules reload failed (%d since last load), keeping %s: %s",
-                self._failures,
-                self._current.version if self._current else "nothing",
-                exc,
-            )
-            self._on_load("failed")
+            self._failed_load(exc, content)
             raise
         self._swap(version)
-        self._on_load("loaded")
         return True
+
+    async def load_async(self) -> bool:
+        """`load` for a server: the event loop keeps running throughout; loads never overlap."""
+        if self._loading is None:
+            self._loading = asyncio.Lock()
+        async with self._loading:
+            candidate = self._candidate()
+            if candidate is None:
+                return False
+            content, sources = candidate
+            try:
+                await check_sources_async(sources, self.budget, str(self.directory))
+                version = await asyncio.to_thread(lambda: compile_ruleset(parse_ruleset(sources)))
+            except RuleFileError as exc:
+                self._failed_load(exc, content)
+                raise
+            self._swap(version)
+            return True
+
+    def _candidate(self) -> tuple[str, dict[str, str]] | None:
+        """The directory's content version and rule files, or None when they are the serving
+        version. Content that failed before raises the same error at once, uncounted."""
+        try:
+            sources = read_sources(self.directory)
+        except RuleFileError as exc:
+            self._failed_load(exc, None)
+            raise
+        content = content_version(sources)
+        if self._current is not None and content == self._current.version:
+            self._last_error = None
+            self._failed = None
+            self._on_load("unchanged")
+            return None
+        if self._failed is not None and self._failed[0] == content:
+            raise self._failed[1]
+        return content, sources
+
+    def _failed_load(self, exc: RuleFileError, content: str | None) -> None:
+        self._failed = None if content is None else (content, exc)
+        self._failures += 1
+        self._last_error = LoadFailure(exc.file, exc.line, str(exc), datetime.now(UTC))
+        log.error(
+            "rules reload failed (%d since last load), keeping %s: %s",
+            self._failures,
+            self._current.version if self._current else "nothing",
+            exc,
+        )
+        self._on_load("failed")
 
     def _swap(self, version: RulesVersion) -> None:
         old, self._current = self._current, version
+        self._failed = None
         self._reloads += 1
         self._failures = 0
         self._last_error = None
@@ -142,6 +203,7 @@ class ActiveRules:
         )
         if old is not None:
             self._retire(old)
+        self._on_load("loaded")
 
     def _retire(self, version: RulesVersion) -> None:
         if self._leases.get(id(version)):

@@ -15,7 +15,9 @@ directly instead of through `durable.lang` / `durable.engine.Host`:
 - an internal catch-all rule (lowest priority) always fires: deleting a session in which no rule
   fired frees an action context durable-rules never initialised (abort / SIGSEGV);
 - a ruleset is registered under a unique versioned name and deleted with `close()`, so reloads
-  can build a new version beside the old one.
+  can build a new version beside the old one;
+- a ruleset larger than one engine ruleset can hold is split into shards (network.py), each
+  evaluated in turn; the fired rules are merged in firing order.
 """
 
 from __future__ import annotations
@@ -30,10 +32,11 @@ from typing import Any
 from durable import engine as _durable
 
 from smart_dispatch.errors import SmartDispatchError
-from smart_dispatch.rules.model import Ruleset
+from smart_dispatch.rules.model import Rule, Ruleset
+from smart_dispatch.rules.network import STATE_GUARD, plan_shards
 
 _C = _durable.durable_rules_engine
-_STATE_GUARD = {"$nex": {"$s": 1}}
+_STATE_GUARD = dict(STATE_GUARD)
 _CATCH_ALL = "__sd_catch_all__"
 _LOWEST_PRIORITY = 65535
 #: Distinct projected fact documents whose matches one compiled version remembers.
@@ -48,10 +51,10 @@ class EngineError(SmartDispatchError):
         self.code = code
 
 
-def to_durable(ruleset: Ruleset) -> dict[str, Any]:
-    """The durable-rules JSON definition of `ruleset`: one rule per rule, guarded."""
+def to_durable(rules: Sequence[Rule]) -> dict[str, Any]:
+    """The durable-rules JSON definition of `rules`: one rule per rule, guarded."""
     definition: dict[str, Any] = {}
-    for rule in ruleset.rules:
+    for rule in rules:
         condition = {"$and": [dict(rule.when), _STATE_GUARD]} if rule.when else dict(_STATE_GUARD)
         definition[rule.name] = {"pri": rule.priority, "all": [{"m": condition}]}
     definition[_CATCH_ALL] = {"pri": _LOWEST_PRIORITY, "all": [{"m": dict(_STATE_GUARD)}]}
@@ -70,7 +73,9 @@ def condition_error(rule_name: str, when: Mapping[str, Any]) -> EngineError | No
 
 
 class CompiledRules:
-    """One ruleset version compiled into the engine. Not thread-safe: call from one thread."""
+    """One ruleset version compiled into the engine (one or more engine rulesets, see
+    network.py). Not thread-safe: call from one thread. Raises `RuleFileError` for a ruleset
+    over the engine's limits and `EngineError` for one durable-rules refuses."""
 
     def __init__(self, ruleset: Ruleset) -> None:
         self.ruleset = ruleset
@@ -78,18 +83,29 @@ class CompiledRules:
         self._paths = [path.split(".") for path in sorted(ruleset.referenced_paths)]
         self._sids = itertools.count()
         self._memo: dict[str, tuple[str, ...]] = {}
-        self._name = f"sd_{ruleset.version}_{uuid.uuid4().hex[:8]}"
+        self._handles: list[int] = []
+        tag = f"sd_{ruleset.version}_{uuid.uuid4().hex[:8]}"
         try:
-            self._handle: int | None = _C.create_ruleset(self._name, json.dumps(to_durable(ruleset)))
+            for index, shard in enumerate(plan_shards(ruleset.rules)):
+                definition = json.dumps(to_durable(shard))
+                self._handles.append(_C.create_ruleset(f"{tag}_{index}", definition))
         except Exception as exc:
+            self.close()
+            if isinstance(exc, SmartDispatchError):
+                raise
             raise EngineError(f"durable-rules rejects the ruleset: {exc}") from exc
+
+    @property
+    def shards(self) -> int:
+        """Engine rulesets this version is split into (each costs one evaluation)."""
+        return len(self._handles)
 
     def matches(self, facts: Mapping[str, Any]) -> list[str]:
         """Names of every rule whose condition holds for `facts`, in firing order.
 
         An evaluation depends on nothing but the projected facts (a fresh session each time), so
         the last `MEMO_SIZE` distinct projections are remembered with their answer."""
-        if self._handle is None:
+        if not self._handles:
             raise EngineError("ruleset is closed")
         try:
             document = json.dumps(project(facts, self._paths), allow_nan=False, separators=(",", ":"))
@@ -98,34 +114,37 @@ class CompiledRules:
         known = self._memo.get(document)
         if known is not None:
             return list(known)
-        matched = self._evaluate(document)
+        matched = []
+        for handle in self._handles:
+            matched += self._evaluate(handle, document)
+        if len(self._handles) > 1:
+            matched.sort(key=self._order.__getitem__)
         if len(self._memo) >= MEMO_SIZE:
             del self._memo[next(iter(self._memo))]  # the oldest entry
         self._memo[document] = tuple(matched)
         return matched
 
-    def _evaluate(self, document: str) -> list[str]:
-        assert self._handle is not None
+    def _evaluate(self, handle: int, document: str) -> list[str]:
         sid = str(next(self._sids))
         session = f'{document[:-1]}{"," if len(document) > 2 else ""}"sid":"{sid}"}}'
         try:
-            result = _C.assert_fact(self._handle, session)
+            result = _C.assert_fact(handle, session)
         except Exception as exc:  # the engine refused the fact: no usable session was left
             with contextlib.suppress(Exception):
-                _C.delete_state(self._handle, sid)
+                _C.delete_state(handle, sid)
             raise EngineError(f"durable-rules rejected the facts: {exc}") from exc
         fired: list[str] = []
         try:
             state_handle = result[1]
-            frame = _C.start_action_for_state(self._handle, state_handle)
+            frame = _C.start_action_for_state(handle, state_handle)
             action = frame[1] if frame else None
             while action:
                 fired.append(self._fired_rule(action))
-                action = _C.complete_and_start_action(self._handle, state_handle)
+                action = _C.complete_and_start_action(handle, state_handle)
         except Exception as exc:
             raise EngineError(f"durable-rules failed on the facts: {exc}") from exc
         finally:
-            _C.delete_state(self._handle, sid)
+            _C.delete_state(handle, sid)
         matched = [name for name in fired if name != _CATCH_ALL]
         matched.sort(key=self._order.__getitem__)
         return matched
@@ -141,10 +160,9 @@ class CompiledRules:
         return str(parsed)
 
     def close(self) -> None:
-        """Free the engine's ruleset. Safe to call twice."""
-        if self._handle is not None:
-            _C.delete_ruleset(self._handle)
-            self._handle = None
+        """Free the engine's rulesets. Safe to call twice."""
+        while self._handles:
+            _C.delete_ruleset(self._handles.pop())
 
 
 def project(facts: Mapping[str, Any], paths: Sequence[list[str]]) -> dict[str, Any]:

@@ -12,7 +12,9 @@ A file (all keys optional):
         when: {category: otp}             durable-rules condition (see conditions.py)
         then: {prefer: [sms], fallback: [email], bypass_caps: true, bypass_quiet_hours: true}
 
-Every problem raises `RuleFileError(file, line, problem)`; nothing is half-loaded.
+Every problem raises `RuleFileError(file, line, problem)`; nothing is half-loaded. A file may
+have at most `MAX_FILE_BYTES` bytes and a directory at most `MAX_RULES` rules (see also the
+bounds of yaml_lines.py and network.py).
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ from smart_dispatch.rules.model import Effects, OnCap, QuietHours, QuietPolicy, 
 from smart_dispatch.rules.yaml_lines import LineDict, load_yaml
 
 DEFAULT_PRIORITY = 100
+#: Bytes of one rule file (checked before it is read).
+MAX_FILE_BYTES = 2 * 1024 * 1024
+#: Rules of one rules directory.
+MAX_RULES = 10_000
 MAX_PRIORITY = 65535
 _FILE_KEYS = frozenset({"categories", "caps", "rules"})
 _CAP_KEYS = frozenset({"name", "limit", "window", "scope", "channel", "description"})
@@ -71,9 +77,20 @@ def read_sources(directory: Path) -> dict[str, str]:
         files = rule_files(directory)
         if not files:
             raise RuleFileError(str(directory), 0, "no rule files (*.yaml, *.yml) in directory")
+        for path in files:
+            _check_file_size(str(path), path.stat().st_size)
         return {str(path): path.read_text(encoding="utf-8") for path in files}
     except (OSError, UnicodeDecodeError) as exc:
         raise RuleFileError(str(directory), 0, f"cannot read rule files: {exc}") from exc
+
+
+def _check_file_size(file: str, size: int) -> None:
+    if size > MAX_FILE_BYTES:
+        raise RuleFileError(
+            file,
+            0,
+            f"{size:,} bytes; a rule file may have at most {MAX_FILE_BYTES:,} (split it into several)",
+        )
 
 
 def content_version(sources: Mapping[str, str]) -> str:
@@ -102,6 +119,7 @@ class _Builder:
         self.paths: set[str] = set()
 
     def add_file(self, file: str, text: str) -> None:
+        _check_file_size(file, len(text))
         doc = load_yaml(text, file)
         if doc is None:
             return
@@ -136,6 +154,8 @@ class _Builder:
         return CapSpec(name, limit, window_s, scope, channel)
 
     def _rule(self, file: str, spec: Any, line: int, fail: _Fail) -> None:
+        if len(self.rules) == MAX_RULES:
+            raise fail(line, f"more than {MAX_RULES:,} rules in the rules directory")
         spec = _mapping(spec, line, "rule", fail)
         _no_unknown_keys(spec, _RULE_KEYS, "rule", fail)
         name = _name(_required(spec, "name", fail), spec.line_of("name"), "rule name", fail)

@@ -4,7 +4,8 @@ File-system events (plain edits, new or removed files, and a Kubernetes ConfigMa
 symlink swap, which shows up as events inside the directory) trigger a reload after a short
 debounce. As a backstop, the directory's content is also checked every `poll_s` seconds, which
 catches changes no event reports (e.g. the rules path itself being a symlink that is swapped).
-Unchanged content is never rebuilt (see `ActiveRules.load`).
+Unchanged content is never rebuilt, and content that failed is not tried again until it
+changes (see `ActiveRules.load_async`). Loads run beside serving: the event loop stays free.
 """
 
 from __future__ import annotations
@@ -28,21 +29,32 @@ class RulesWatcher:
         self._poll_ms = max(50, int(poll_s * 1000))
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._pending: set[asyncio.Task[bool]] = set()
 
-    def reload_now(self) -> bool:
+    async def reload(self) -> bool:
         """Reload if the content changed; a broken directory is recorded, never raised."""
         try:
-            return self._rules.load()
+            return await self._rules.load_async()
         except RuleFileError:
             return False  # recorded in ActiveRules.status() and logged there
+
+    def reload_soon(self) -> None:
+        """Start a reload in the background (for a signal handler)."""
+        task = asyncio.create_task(self.reload(), name="rules-reload")
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="rules-watcher")
 
     async def stop(self) -> None:
         self._stop.set()
+        for task in list(self._pending):
+            task.cancel()
         if self._task is not None:
-            await self._task
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
             self._task = None
 
     async def _run(self) -> None:
@@ -58,10 +70,10 @@ class RulesWatcher:
                     stop_event=self._stop,
                     recursive=True,
                 ):
-                    self.reload_now()
+                    await self.reload()
             except (FileNotFoundError, OSError, RuntimeError) as exc:
                 # the directory vanished (e.g. mid-swap): keep serving, look again shortly
                 log.warning("cannot watch %s (%s); retrying", directory, exc)
-                self.reload_now()
+                await self.reload()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), timeout=self._poll_ms / 1000)

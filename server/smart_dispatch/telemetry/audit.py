@@ -8,12 +8,14 @@ A line (keys in this order; addresses masked, the user id pseudonymised, no mess
      "verdict": "send", "fired_rules": ["otp"],
      "reasons": [{"code": "channel_selected", "rule": "otp", "detail": "sms"}],
      "caps": [{"name": "…", "limit": 3, "window_s": 86400.0, "used": 1, "remaining": 2, "reset_at": "…"}],
-     "plan": [{"channel": "sms", "address": "+1555****100", "send_at": "…"}],
+     "plan": [{"channel": "sms", "address": "+1****00", "send_at": "…"}],
      "send_at": "…", "trace_id": "4bf9…", "span_id": "00f0…"}
 
-The sink is a file (appended, one flushed line per decision), stdout (`-`), or none. Beside it a
-bounded in-memory index (least recently decided message ids dropped first) answers
-`GetDecision`; `find_in_log` answers `smart-dispatch why` from the file, after restarts too.
+The sink is a file (appended, one flushed line per decision), stdout (`-`), or none. Beside it an
+in-memory index of masked entries, bounded in bytes (`SD_AUDIT_INDEX_BYTES`, least recently
+decided message ids dropped first), answers `GetDecision`; `find_in_log` answers
+`smart-dispatch why` from the file, after restarts too. An entry keeps no request: only the
+message id, category, pseudonymised user, masked plan and the decision's reasons and caps.
 """
 
 from __future__ import annotations
@@ -104,54 +106,79 @@ class AuditEntry:
             "span_id": self.span_id,
         }
 
+    def size_bytes(self) -> int:
+        """What the entry holds in memory, about: its objects plus every string it keeps."""
+        d = self.decision
+        strings = len(self.message_id) + len(self.category) + len(self.user) + len(d.decision_id)
+        strings += sum(len(r.code) + len(r.rule) + len(r.detail) for r in d.reasons)
+        strings += sum(len(s.channel) + len(s.address) for s in d.steps)
+        strings += sum(len(c.name) for c in d.caps) + sum(len(name) for name in d.matched_rules)
+        objects = 8 + 2 * len(d.reasons) + 3 * len(d.steps) + 3 * len(d.caps) + len(d.matched_rules)
+        return _OBJECT_BYTES * objects + strings
+
+
+#: What one small Python object of an entry costs, about (an object header, a slot, a pointer).
+_OBJECT_BYTES = 96
+DEFAULT_INDEX_BYTES = 16 * 1024 * 1024
+
 
 class AuditLog(TelemetryHooks):
-    """Writes every decision to `sink` (if any) and keeps the last `index_size` message ids."""
+    """Writes every decision to `sink` (if any) and keeps the latest masked entries that fit
+    in `index_bytes` for lookups (0: none)."""
 
     def __init__(
-        self, sink: TextIO | None = None, index_size: int = 10_000, *, owns_sink: bool = False
+        self, sink: TextIO | None = None, index_bytes: int = DEFAULT_INDEX_BYTES, *, owns_sink: bool = False
     ) -> None:
         self._sink = sink
         self._owns_sink = owns_sink
-        # Events, not entries: masking and hashing are paid by lookups, not by every decision.
-        self._index: OrderedDict[str, DecisionMade] = OrderedDict()
-        self._index_size = max(0, index_size)
+        self._index: OrderedDict[str, tuple[AuditEntry, int]] = OrderedDict()
+        self._index_limit = max(0, index_bytes)
+        self._index_bytes = 0
+
+    @property
+    def index_bytes(self) -> int:
+        """Bytes the index holds now (by `AuditEntry.size_bytes`)."""
+        return self._index_bytes
 
     @classmethod
-    def to_target(cls, target: str, index_size: int = 10_000) -> AuditLog:
+    def to_target(cls, target: str, index_bytes: int = DEFAULT_INDEX_BYTES) -> AuditLog:
         """`target`: a file path (appended to, directories created), `-` / `stdout`, or "" for
         no log (the in-memory index still answers lookups)."""
         if not target:
-            return cls(None, index_size)
+            return cls(None, index_bytes)
         if target in STDOUT:
-            return cls(sys.stdout, index_size)
+            return cls(sys.stdout, index_bytes)
         path = Path(target)
         path.parent.mkdir(parents=True, exist_ok=True)
-        return cls(path.open("a", encoding="utf-8", buffering=1), index_size, owns_sink=True)
+        return cls(path.open("a", encoding="utf-8", buffering=1), index_bytes, owns_sink=True)
 
     def on_decision(self, event: DecisionMade) -> None:
-        if self._index_size:
-            if event.decision.explanation is not None:  # its facts hold the recipient's profile
-                event = replace(event, decision=replace(event.decision, explanation=None))
-            message_id = event.request.message.id
-            self._index[message_id] = event
-            self._index.move_to_end(message_id)
-            if len(self._index) > self._index_size:
-                self._index.popitem(last=False)
+        if not self._index_limit and self._sink is None:
+            return
+        entry = AuditEntry.of(event)
+        if self._index_limit:
+            self._remember(entry)
         if self._sink is not None:
-            record = AuditEntry.of(event).record()
-            self._sink.write(json.dumps(record, separators=(",", ":")) + "\n")
+            self._sink.write(json.dumps(entry.record(), separators=(",", ":")) + "\n")
             self._sink.flush()
+
+    def _remember(self, entry: AuditEntry) -> None:
+        size = entry.size_bytes()
+        previous = self._index.pop(entry.message_id, None)
+        if previous is not None:
+            self._index_bytes -= previous[1]
+        if size > self._index_limit:
+            return
+        self._index[entry.message_id] = (entry, size)
+        self._index_bytes += size
+        while self._index_bytes > self._index_limit:
+            _, (_, dropped) = self._index.popitem(last=False)
+            self._index_bytes -= dropped
 
     def lookup(self, message_id: str) -> AuditEntry | None:
         """The latest decision for `message_id` still in the index."""
-        event = self._index.get(message_id)
-        return None if event is None else AuditEntry.of(event)
-
-    def decision_event(self, message_id: str) -> DecisionMade | None:
-        """The latest decision event for `message_id` still in the index, unmasked (for this
-        process's own use, e.g. its trace ids)."""
-        return self._index.get(message_id)
+        kept = self._index.get(message_id)
+        return None if kept is None else kept[0]
 
     def close(self) -> None:
         if self._owns_sink and self._sink is not None:

@@ -66,7 +66,7 @@ class Telemetry:
     ) -> None:
         self.tracer = tracer or trace.NoOpTracer()
         self.metrics = metrics or Metrics(noop_meter())
-        self.audit = audit or AuditLog(None, index_size=0)
+        self.audit = audit or AuditLog(None, index_bytes=0)
         # A no-op meter's instruments are not fed at all: no hook, no timing.
         self.hooks: tuple[TelemetryHooks, ...] = (
             *((metrics,) if metrics is not None else ()),
@@ -117,7 +117,7 @@ class Telemetry:
         return cls(
             tracer,
             metrics=metrics,
-            audit=AuditLog.to_target(s.audit_log, s.audit_index_size),
+            audit=AuditLog.to_target(s.audit_log, s.audit_index_bytes),
             hooks=hooks,
             tracer_provider=tracer_provider,
             meter_provider=meter_provider,
@@ -189,7 +189,7 @@ class Telemetry:
     def continue_decision(self, message_id: str) -> Iterator[None]:
         """Make the span of the decision last taken for `message_id` in this process the current
         parent (the sender pool's work then joins the trace of the Dispatch that accepted it)."""
-        entry = self.audit.decision_event(message_id)
+        entry = self.audit.lookup(message_id)
         if entry is None or not entry.trace_id or not entry.span_id:
             yield
             return

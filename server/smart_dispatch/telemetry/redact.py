@@ -1,6 +1,6 @@
 """Masking of contact addresses and user ids for logs, the decision log and its lookups.
 
-    mask_address("sms", "+15551234100")        -> "+1555****100"
+    mask_address("sms", "+15551234100")        -> "+1****00"
     mask_address("email", "ada@example.com")   -> "a***@example.com"
     mask_address("webhook", "https://u:p@hooks.example.com/x/secret") -> "https://hooks.example.com/****"
     mask_address("push", "fcm-token-abcdef123456")                    -> "fc****56"
@@ -17,7 +17,15 @@ from urllib.parse import urlsplit
 _MASK = "****"
 
 
+#: Characters of a masked address, at most (a hostile address cannot fill the logs).
+MAX_MASKED = 80
+
+
 def mask_address(channel: str, address: str) -> str:
+    return _mask_address(channel, address)[:MAX_MASKED]
+
+
+def _mask_address(channel: str, address: str) -> str:
     if not address:
         return ""
     if channel == "email" or (channel != "webhook" and "@" in address):
@@ -30,11 +38,12 @@ def mask_address(channel: str, address: str) -> str:
 
 
 def mask_phone(phone: str) -> str:
-    """Country code and area prefix plus the last 3 digits of long numbers; less of short ones."""
-    if len(phone) >= 11:
-        return phone[:5] + _MASK + phone[-3:]
+    """The first digit of the country code and the last two digits; nothing of short numbers.
+    (Country code, area prefix and three digits left 8 of 12 digits readable.)"""
+    if len(phone) >= 10:
+        return phone[:2] + _MASK + phone[-2:]
     if len(phone) >= 7:
-        return phone[:3] + _MASK + phone[-2:]
+        return _MASK + phone[-2:]
     return _MASK
 
 
