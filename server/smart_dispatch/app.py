@@ -17,9 +17,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from smart_dispatch._proto.smartdispatch.v1 import smart_dispatch_pb2 as pb
-from smart_dispatch._proto.smartdispatch.v1 import smart_dispatch_pb2_grpc as pb_grpc
 from smart_dispatch.api.admin import RulesAdminServicer
 from smart_dispatch.api.auth import BearerAuthInterceptor
+from smart_dispatch.api.decoding import add_service
 from smart_dispatch.api.servicer import SmartDispatchServicer
 from smart_dispatch.config import Settings
 from smart_dispatch.errors import ConfigurationError
@@ -30,8 +30,10 @@ from smart_dispatch.security import load_tokens, server_credentials
 from smart_dispatch.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SmartDispatchService"].full_name
-ADMIN_SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RulesAdminService"].full_name
+SERVICE = pb.DESCRIPTOR.services_by_name["SmartDispatchService"]
+ADMIN_SERVICE = pb.DESCRIPTOR.services_by_name["RulesAdminService"]
+SERVICE_NAME = SERVICE.full_name
+ADMIN_SERVICE_NAME = ADMIN_SERVICE.full_name
 
 
 class App:
@@ -67,8 +69,10 @@ class App:
             runtime.stores.inbox,
             runtime.telemetry,
         )
-        pb_grpc.add_SmartDispatchServiceServicer_to_server(servicer, server)
-        pb_grpc.add_RulesAdminServiceServicer_to_server(RulesAdminServicer(self.rules), server)
+        add_service(server, servicer, pb.DESCRIPTOR.services_by_name["SmartDispatchService"])
+        add_service(
+            server, RulesAdminServicer(self.rules), pb.DESCRIPTOR.services_by_name["RulesAdminService"]
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, ADMIN_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server

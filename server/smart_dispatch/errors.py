@@ -24,11 +24,28 @@ class ConfigurationError(SmartDispatchError):
     """Settings are invalid, or a backend / provider name is unknown."""
 
 
+#: Characters of a field path and of a problem in an `InvalidRequestError`, at most: an error
+#: never echoes a whole hostile value back (gRPC status messages travel in headers).
+MAX_FIELD_CHARS = 160
+MAX_PROBLEM_CHARS = 400
+
+
+def quote(value: object, limit: int = 40) -> str:
+    """`repr(value)`, or the repr of its first `limit` characters and its length when longer."""
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]!r}… ({len(value):,} characters)"
+    return repr(value)
+
+
 class InvalidRequestError(SmartDispatchError):
     """A request field is missing or invalid. `field` is the dotted proto path, e.g.
-    `message.id` or `recipient.addresses["sms"]`."""
+    `message.id` or `recipient.addresses["sms"]`. Both parts are cut to a bounded length."""
 
     def __init__(self, field: str, problem: str) -> None:
+        if len(field) > MAX_FIELD_CHARS:
+            field = field[: MAX_FIELD_CHARS - 1] + "…"
+        if len(problem) > MAX_PROBLEM_CHARS:
+            problem = problem[: MAX_PROBLEM_CHARS - 1] + "…"
         super().__init__(f"{field}: {problem}")
         self.field = field
         self.problem = problem

@@ -12,8 +12,9 @@ from datetime import datetime
 
 from smart_dispatch.behaviour.base import BehaviourStore, EventKind
 from smart_dispatch.counters.base import CounterStore
+from smart_dispatch.decide.validate import MAX_ID_LENGTH, check_id
 from smart_dispatch.domain import KNOWN_CHANNELS
-from smart_dispatch.errors import InvalidRequestError
+from smart_dispatch.errors import InvalidRequestError, quote
 from smart_dispatch.rules.active import ActiveRules
 
 REFUNDING: frozenset[str] = frozenset({"bounced", "failed"})
@@ -50,13 +51,13 @@ class EventRecorder:
 
 
 def validate_event(event: ReportedEvent) -> None:
-    if not event.user_id.strip():
-        raise InvalidRequestError("user_id", "is required")
+    check_id(event.user_id, "user_id")
     if event.kind == "active":
         return
-    if not event.message_id.strip():
+    if len(event.message_id) > MAX_ID_LENGTH or not event.message_id.strip():
+        check_id(event.message_id, "message_id")  # says which
         raise InvalidRequestError("message_id", f"is required for {event.kind} events")
     if event.channel not in KNOWN_CHANNELS:
         raise InvalidRequestError(
-            "channel", f"unknown channel {event.channel!r}; known: {', '.join(KNOWN_CHANNELS)}"
+            "channel", f"unknown channel {quote(event.channel)}; known: {', '.join(KNOWN_CHANNELS)}"
         )

@@ -10,8 +10,9 @@ from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 
 from smart_dispatch._proto.smartdispatch.v1 import smart_dispatch_pb2 as pb
 from smart_dispatch.behaviour.base import EventKind
+from smart_dispatch.decide.validate import MAX_STRUCT_DEPTH, MAX_STRUCT_STRING_LENGTH
 from smart_dispatch.domain import DecideRequest, Decision, Explanation, Message, Recipient, Verdict
-from smart_dispatch.errors import InvalidRequestError
+from smart_dispatch.errors import InvalidRequestError, quote
 from smart_dispatch.events import ReportedEvent
 from smart_dispatch.rules.active import RulesStatus
 from smart_dispatch.telemetry.audit import AuditEntry
@@ -137,25 +138,41 @@ def rules_status(status: RulesStatus) -> pb.RulesStatus:
     return out
 
 
-def _struct(struct: struct_pb2.Struct, field: str) -> dict[str, Any]:
-    return {key: _value(value, f"{field}.{key}") for key, value in struct.fields.items()}
+def _struct(struct: struct_pb2.Struct, field: str, depth: int = 1) -> dict[str, Any]:
+    if depth > MAX_STRUCT_DEPTH:
+        raise InvalidRequestError(field, f"nested deeper than {MAX_STRUCT_DEPTH} levels")
+    return {key: _value(value, field, key, depth) for key, value in struct.fields.items()}
 
 
-def _value(value: struct_pb2.Value, field: str) -> Any:
+def _value(value: struct_pb2.Value, parent: str, key: str | int, depth: int) -> Any:
     kind = value.WhichOneof("kind")
+    if kind == "string_value":
+        text = value.string_value
+        if len(text) > MAX_STRUCT_STRING_LENGTH:
+            raise InvalidRequestError(
+                _path(parent, key), f"longer than {MAX_STRUCT_STRING_LENGTH:,} characters"
+            )
+        return text
     if kind == "number_value":
         if not math.isfinite(value.number_value):
-            raise InvalidRequestError(field, "must be a finite number")
+            raise InvalidRequestError(_path(parent, key), "must be a finite number")
         return value.number_value
     if kind == "struct_value":
-        return _struct(value.struct_value, field)
+        return _struct(value.struct_value, _path(parent, key), depth + 1)
     if kind == "list_value":
-        return [_value(item, f"{field}[{i}]") for i, item in enumerate(value.list_value.values)]
-    if kind == "string_value":
-        return value.string_value
+        if depth >= MAX_STRUCT_DEPTH:
+            raise InvalidRequestError(_path(parent, key), f"nested deeper than {MAX_STRUCT_DEPTH} levels")
+        field = _path(parent, key)
+        return [_value(item, field, i, depth + 1) for i, item in enumerate(value.list_value.values)]
     if kind == "bool_value":
         return value.bool_value
     return None
+
+
+def _path(parent: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{parent}[{key}]"
+    return f"{parent}.{key}" if len(key) <= 40 else f"{parent}[{quote(key)}]"
 
 
 def _time(ts: timestamp_pb2.Timestamp, field: str) -> datetime:

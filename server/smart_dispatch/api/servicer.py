@@ -20,6 +20,7 @@ from smart_dispatch.api.convert import (
 from smart_dispatch.api.dispatch_convert import dispatch_status, inbox_item
 from smart_dispatch.api.status import grpc_errors, stream_errors
 from smart_dispatch.decide.pipeline import Decider
+from smart_dispatch.decide.validate import check_id
 from smart_dispatch.dispatch.service import Dispatcher
 from smart_dispatch.errors import InvalidRequestError, NotFoundError
 from smart_dispatch.events import EventRecorder
@@ -28,6 +29,7 @@ from smart_dispatch.lists.base import ListName, ListStore
 from smart_dispatch.telemetry import Telemetry
 
 Context = grpc.aio.ServicerContext[Any, Any]
+_MAX_REDRIVE_IDS = 1000
 
 
 class SmartDispatchServicer(pb_grpc.SmartDispatchServiceServicer):
@@ -67,6 +69,9 @@ class SmartDispatchServicer(pb_grpc.SmartDispatchServiceServicer):
 
     @grpc_errors
     async def GetDispatch(self, request: pb.GetDispatchRequest, context: Context) -> pb.GetDispatchResponse:
+        for field in ("dispatch_id", "message_id"):
+            if getattr(request, field):
+                check_id(getattr(request, field), field)
         record = await self._dispatcher.get(request.dispatch_id, request.message_id)
         return pb.GetDispatchResponse(status=dispatch_status(record))
 
@@ -91,7 +96,10 @@ class SmartDispatchServicer(pb_grpc.SmartDispatchServiceServicer):
     ) -> pb.RedriveDeadLettersResponse:
         if request.limit < 0:
             raise InvalidRequestError("limit", "must not be negative")
-        redriven = await self._dispatcher.redrive(request.limit or 100, tuple(request.dispatch_ids))
+        if len(request.dispatch_ids) > _MAX_REDRIVE_IDS:
+            raise InvalidRequestError("dispatch_ids", f"more than {_MAX_REDRIVE_IDS} entries")
+        ids = tuple(check_id(i, f"dispatch_ids[{n}]") for n, i in enumerate(request.dispatch_ids))
+        redriven = await self._dispatcher.redrive(request.limit or 100, ids)
         return pb.RedriveDeadLettersResponse(redriven=[dispatch_status(r) for r in redriven])
 
     @grpc_errors
@@ -154,6 +162,4 @@ def _user_id(user_id: str) -> str:
 
 
 def _required(value: str, field: str) -> str:
-    if not value.strip():
-        raise InvalidRequestError(field, "is required")
-    return value
+    return check_id(value, field)

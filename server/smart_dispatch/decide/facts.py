@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo
 
 from smart_dispatch.behaviour.base import Behaviour
 from smart_dispatch.domain import KNOWN_CHANNELS, DecideRequest, Message, Recipient
-from smart_dispatch.errors import InvalidRequestError
+from smart_dispatch.errors import InvalidRequestError, quote
 
 _WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
@@ -53,7 +53,7 @@ def build_facts(
     user: dict[str, Any] = {}
     for key, value in recipient.attributes.items():
         if isinstance(value, float) and not math.isfinite(value):
-            raise InvalidRequestError(f"recipient.attributes.{key}", "must be a finite number")
+            raise InvalidRequestError(f"recipient.attributes[{quote(key)}]", "must be a finite number")
         if isinstance(value, str | int | float | bool):
             user[key] = value
     user.update(
@@ -103,11 +103,11 @@ def days_since_active(attributes: Mapping[str, Any], now: datetime) -> float | N
         return None
     field = "recipient.attributes.last_active_at"
     if not isinstance(raw, str):
-        raise InvalidRequestError(field, f"must be an RFC 3339 timestamp string, got {raw!r}")
+        raise InvalidRequestError(field, f"must be an RFC 3339 timestamp string, got {quote(raw)}")
     try:
         when = datetime.fromisoformat(raw.replace("Z", "+00:00"))
     except ValueError as exc:
-        raise InvalidRequestError(field, f"not an RFC 3339 timestamp: {raw!r}") from exc
+        raise InvalidRequestError(field, f"not an RFC 3339 timestamp: {quote(raw)}") from exc
     if when.tzinfo is None:
-        raise InvalidRequestError(field, f"timestamp needs a UTC offset or Z: {raw!r}")
+        raise InvalidRequestError(field, f"timestamp needs a UTC offset or Z: {quote(raw)}")
     return round(max(0.0, (now - when).total_seconds() / 86400.0), 4)

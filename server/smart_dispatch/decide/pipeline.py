@@ -36,7 +36,7 @@ from smart_dispatch.domain import (
     RuleEvaluation,
     Verdict,
 )
-from smart_dispatch.errors import InvalidRequestError, StoreUnavailableError
+from smart_dispatch.errors import InvalidRequestError, StoreUnavailableError, quote
 from smart_dispatch.rules.active import ActiveRules, RulesVersion
 from smart_dispatch.rules.model import Rule
 from smart_dispatch.telemetry import Telemetry
@@ -188,7 +188,8 @@ class Decider:
             return ranked
         if not self._templates.has(template, ranked[0]):
             raise InvalidRequestError(
-                "message.template", f"template {template!r} has no {ranked[0]!r} variant (the chosen channel)"
+                "message.template",
+                f"template {quote(template)} has no {ranked[0]!r} variant (the chosen channel)",
             )
         return [channel for channel in ranked if self._templates.has(template, channel)]
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from smart_dispatch.errors import InvalidRequestError
+from smart_dispatch.errors import InvalidRequestError, quote
 
 MAX_ITEMS = 1000
 """Items kept per inbox (exactly in memory, approximately in Redis)."""
@@ -46,7 +46,7 @@ def parse_item_id(item_id: str, field_name: str) -> tuple[int, int]:
     naming `field_name` when `item_id` is not an item id."""
     ms, _, seq = item_id.partition("-")
     if not ms.isdigit() or not (seq.isdigit() or seq == ""):
-        raise InvalidRequestError(field_name, f"{item_id!r} is not an inbox item id")
+        raise InvalidRequestError(field_name, f"{quote(item_id)} is not an inbox item id")
     return int(ms), int(seq or 0)
 
 
