@@ -50,7 +50,8 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_ROOT_USER_ACTION=ignore \
     MALLOC_MMAP_THRESHOLD_=1048576 \
     MALLOC_TRIM_THRESHOLD_=268435456 \
-    SD_TEMPLATES=/etc/smart-dispatch/templates
+    SD_TEMPLATES=/etc/smart-dispatch/templates \
+    SD_HEALTH_PORT=50052
 
 # Install from the builder's wheels only (--no-index: nothing is fetched or compiled here); the
 # bind mount keeps the wheel files themselves out of every layer.
@@ -70,14 +71,15 @@ RUN chmod -R a+rX,go-w /etc/smart-dispatch
 
 USER 10001:10001
 
-EXPOSE 50051
+# 50051: the API (TLS when --tls-cert is given). 50052: grpc.health.v1 only, always plaintext,
+# for probes that cannot do TLS (Kubernetes `grpc:` probes, the HEALTHCHECK below).
+EXPOSE 50051 50052
 
-# grpc.health.v1 Check of the service, 2 s deadline; exit 0 only when SERVING (start() reports
-# SERVING only after the rules loaded and the port is bound; stop() reports NOT_SERVING first).
-# Uses grpcio + grpc_health from the image: no probe binary. SD_HEALTHCHECK_TARGET overrides the
-# address when the CMD is changed to another port.
+# grpc.health.v1 Check of the service on the plaintext health port (SD_HEALTH_PORT), 2 s
+# deadline; exit 0 only when SERVING (start() reports SERVING only after the rules loaded and
+# the port is bound; stop() reports NOT_SERVING first). Works with TLS on the API port too.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=15s --retries=3 \
-    CMD ["python", "-c", "import grpc,os,sys; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; ch=grpc.insecure_channel(os.environ.get('SD_HEALTHCHECK_TARGET','127.0.0.1:50051'), options=[('grpc.enable_http_proxy',0)]); r=g.HealthStub(ch).Check(h.HealthCheckRequest(service='smartdispatch.v1.SmartDispatchService'), timeout=2); sys.exit(0 if r.status==h.HealthCheckResponse.SERVING else 1)"]
+    CMD ["smart-dispatch", "health"]
 
 # Exec form: smart-dispatch is PID 1 and receives SIGTERM itself; it drains in-flight calls for
 # up to SD_SHUTDOWN_GRACE_S (default 10 s) - give `docker stop -t` / terminationGracePeriodSeconds

@@ -49,6 +49,8 @@ class App:
         self.runtime: Runtime | None = None
         self.port: int | None = None
         self._server: grpc.aio.Server | None = None
+        self._health_server: grpc.aio.Server | None = None
+        self.health_port: int | None = None
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
 
     async def start(self) -> int:
@@ -69,10 +71,8 @@ class App:
             runtime.stores.inbox,
             runtime.telemetry,
         )
-        add_service(server, servicer, pb.DESCRIPTOR.services_by_name["SmartDispatchService"])
-        add_service(
-            server, RulesAdminServicer(self.rules), pb.DESCRIPTOR.services_by_name["RulesAdminService"]
-        )
+        add_service(server, servicer, SERVICE)
+        add_service(server, RulesAdminServicer(self.rules), ADMIN_SERVICE)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, ADMIN_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
@@ -80,6 +80,8 @@ class App:
         self.port = _bind(server, s)
         await server.start()
         self._server = server
+        if s.health_port:
+            await self._serve_plain_health(s.health_host or s.host, s.health_port)
         for name in ("", SERVICE_NAME, ADMIN_SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if runtime.pool is not None:
@@ -91,6 +93,15 @@ class App:
         log.info("serving on %s:%d", s.host, self.port)
         return self.port
 
+    async def _serve_plain_health(self, host: str, port: int) -> None:
+        """grpc.health.v1 alone, in plaintext: for probes that cannot speak TLS (Kubernetes gRPC
+        probes, the image's HEALTHCHECK). It tells SERVING or not and nothing else."""
+        server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        self.health_port = server.add_insecure_port(f"{host}:{port}")
+        await server.start()
+        self._health_server = server
+
     async def stop(self, grace_s: float | None = None) -> None:
         """NOT_SERVING, finish in-flight calls (up to the grace period), then in-flight sends."""
         await self.watcher.stop()
@@ -98,6 +109,9 @@ class App:
             await self._health.enter_graceful_shutdown()
             await self._server.stop(self.settings.shutdown_grace_s if grace_s is None else grace_s)
             self._server = None
+        if self._health_server is not None:
+            await self._health_server.stop(0)
+            self._health_server = None
         if self.runtime is not None:
             await self.runtime.close()
             self.runtime = None

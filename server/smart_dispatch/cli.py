@@ -49,6 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
     why.add_argument("--log", type=Path, help="decision log file (default: SD_AUDIT_LOG)")
     why.add_argument("--json", action="store_true", help="print the decision log record as JSON")
 
+    health = sub.add_parser(
+        "health", help="exit 0 when the sidecar reports SERVING (grpc.health.v1 over plaintext)"
+    )
+    health.add_argument(
+        "--target", help="host:port (default 127.0.0.1 and SD_HEALTH_PORT, else SD_PORT without TLS)"
+    )
+    health.add_argument("--timeout", type=float, default=2.0, help="seconds (default 2)")
+
     rules = sub.add_parser("rules", help="work with rule files")
     rules_sub = rules.add_subparsers(dest="rules_command", required=True)
     check = rules_sub.add_parser("check", help="validate a rules directory; exit 1 on problems")
@@ -83,6 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command in ("serve", "worker"):
             return _run(args, argv)
+        if args.command == "health":
+            return _health(args.target, args.timeout)
         if args.command == "why":
             return _why(args.message_id, args.log, args.json)
         if args.rules_command == "test":
@@ -180,6 +190,35 @@ def _why(message_id: str, log: Path | None, as_json: bool) -> int:
         return 1
     print(json.dumps(record, indent=2) if as_json else render_why(record))
     return 0
+
+
+def _health(target: str | None, timeout_s: float) -> int:
+    """The image's HEALTHCHECK. With TLS on, the main port needs a client certificate or trust
+    roots a probe lacks, so the plaintext health port (SD_HEALTH_PORT) is probed instead."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    settings = settings_from_env()
+    if target is None:
+        if settings.health_port:
+            target = f"127.0.0.1:{settings.health_port}"
+        elif settings.tls_cert is None:
+            target = f"127.0.0.1:{settings.port}"
+        else:
+            print("smart-dispatch health: TLS is on: set SD_HEALTH_PORT (or --target)", file=sys.stderr)
+            return 2
+    with grpc.insecure_channel(target, options=[("grpc.enable_http_proxy", 0)]) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service="smartdispatch.v1.SmartDispatchService"),
+                timeout=timeout_s,
+            )
+        except grpc.RpcError as exc:
+            print(f"smart-dispatch health: {target}: {exc.code().name}", file=sys.stderr)
+            return 1
+    serving = reply.status == health_pb2.HealthCheckResponse.SERVING
+    print(f"{target}: {health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}")
+    return 0 if serving else 1
 
 
 def _rules_check(directory: Path) -> int:

@@ -12,8 +12,10 @@ variables, never in the file) to scopes:
         token_env: SD_TOKEN_OPERATOR
         scopes: [decide, admin]
 
-Scopes: `decide` (Decide, Dispatch and reading/cancelling dispatches, events, inbox, list
-checks) and `admin` (rules reload and status, list changes, dead-letter re-drive).
+Scopes: `read` (rules status, decision and dispatch lookups, watching dispatches, inbox reads,
+list checks), `decide` (Decide, Dispatch, cancelling dispatches, events; and everything `read`
+allows) and `admin` (rules reload, list changes, dead-letter re-drive; and everything `read`
+allows). A monitoring client needs only `read`.
 """
 
 from __future__ import annotations
@@ -28,7 +30,13 @@ import yaml
 
 from smart_dispatch.errors import ConfigurationError
 
-SCOPES = ("decide", "admin")
+SCOPES = ("read", "decide", "admin")
+#: The scopes that also grant each scope.
+GRANTED_BY = {
+    "read": frozenset({"read", "decide", "admin"}),
+    "decide": frozenset({"decide"}),
+    "admin": frozenset({"admin"}),
+}
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,11 +25,13 @@ DECIDE = pb.DecideRequest(
 def tokens_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("TOKEN_APP", "app-secret")
     monkeypatch.setenv("TOKEN_OPS", "ops-secret")
+    monkeypatch.setenv("TOKEN_MON", "mon-secret")
     path = tmp_path / "tokens.yaml"
     path.write_text(
         "tokens:\n"
         "  - {name: checkout, token_env: TOKEN_APP, scopes: [decide]}\n"
         "  - {name: operator, token_env: TOKEN_OPS, scopes: [decide, admin]}\n"
+        "  - {name: monitor, token_env: TOKEN_MON, scopes: [read]}\n"
     )
     return path
 
@@ -70,8 +72,20 @@ async def test_bearer_tokens_and_scopes(tokens_file: Path):
         assert health.status == health_pb2.HealthCheckResponse.SERVING
         # The refusal says what is missing
         with pytest.raises(grpc.aio.AioRpcError) as info:
-            await admin.GetRulesStatus(pb.GetRulesStatusRequest(), metadata=bearer("app-secret"))
+            await admin.ReloadRules(reload, metadata=bearer("app-secret"))
         assert "'checkout' lacks the 'admin' scope" in info.value.details()
+        # Reading status and lookups needs only `read`, which `decide` and `admin` include
+        status = pb.GetRulesStatusRequest()
+        for secret in ("mon-secret", "app-secret", "ops-secret"):
+            assert await code_of(admin.GetRulesStatus(status, metadata=bearer(secret))) == grpc.StatusCode.OK
+        lookup = pb.GetDecisionRequest(message_id=DECIDE.message.id)
+        assert await code_of(stub.GetDecision(lookup, metadata=bearer("mon-secret"))) == grpc.StatusCode.OK
+        # ... and a `read` token decides and changes nothing
+        for call in (
+            stub.Decide(DECIDE, metadata=bearer("mon-secret")),
+            admin.ReloadRules(reload, metadata=bearer("mon-secret")),
+        ):
+            assert await code_of(call) == grpc.StatusCode.PERMISSION_DENIED
 
 
 async def test_tls_serves_clients_that_trust_the_ca_only(tmp_path: Path):

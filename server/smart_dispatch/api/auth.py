@@ -11,17 +11,27 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from smart_dispatch.security import TokenTable
+from smart_dispatch.security import GRANTED_BY, TokenTable
 
 _OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+_SERVICE = "/smartdispatch.v1.SmartDispatchService/"
 _ADMIN_METHODS = frozenset(
     {
         "/smartdispatch.v1.RulesAdminService/ReloadRules",
+        _SERVICE + "AddListMember",
+        _SERVICE + "RemoveListMember",
+        _SERVICE + "RedriveDeadLetters",
+    }
+)
+_READ_METHODS = frozenset(
+    {
         "/smartdispatch.v1.RulesAdminService/GetRulesStatus",
-        "/smartdispatch.v1.SmartDispatchService/AddListMember",
-        "/smartdispatch.v1.SmartDispatchService/RemoveListMember",
-        "/smartdispatch.v1.SmartDispatchService/RedriveDeadLetters",
-        "/smartdispatch.v1.SmartDispatchService/GetDecision",
+        _SERVICE + "GetDecision",
+        _SERVICE + "GetDispatch",
+        _SERVICE + "WatchDispatch",
+        _SERVICE + "ListInbox",
+        _SERVICE + "StreamInbox",
+        _SERVICE + "CheckListMember",
     }
 )
 
@@ -30,7 +40,9 @@ def required_scope(method: str) -> str | None:
     """The scope a method needs; None for open methods (health, reflection)."""
     if method.startswith(_OPEN_PREFIXES):
         return None
-    return "admin" if method in _ADMIN_METHODS else "decide"
+    if method in _ADMIN_METHODS:
+        return "admin"
+    return "read" if method in _READ_METHODS else "decide"
 
 
 if TYPE_CHECKING:  # grpc's classes are generic in the stubs only
@@ -61,7 +73,7 @@ class BearerAuthInterceptor(_Interceptor):
         caller = self._tokens.caller(token.strip())
         if caller is None:
             return _refusal(grpc.StatusCode.UNAUTHENTICATED, "unknown bearer token")
-        if scope not in caller.scopes:
+        if not caller.scopes & GRANTED_BY[scope]:
             problem = f"{caller.name!r} lacks the {scope!r} scope for {details.method}"
             return _refusal(grpc.StatusCode.PERMISSION_DENIED, problem)
         return await continuation(details)

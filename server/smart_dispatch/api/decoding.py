@@ -43,7 +43,7 @@ def add_service(server: grpc.aio.Server, servicer: object, service: ServiceDescr
     handlers = {method.name: _handler(getattr(servicer, method.name), method) for method in service.methods}
     generic = grpc.method_handlers_generic_handler(service.full_name, handlers)
     server.add_generic_rpc_handlers((generic,))
-    server.add_registered_method_handlers(service.full_name, handlers)
+    server.add_registered_method_handlers(service.full_name, handlers)  # type: ignore[attr-defined]
 
 
 def _handler(implementation: Callable[..., Any], method: MethodDescriptor) -> Any:

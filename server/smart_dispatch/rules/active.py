@@ -29,7 +29,7 @@ from smart_dispatch.config import Settings
 from smart_dispatch.errors import NotReadyError, RuleFileError
 from smart_dispatch.rules.engine import CompiledRules, EngineError, condition_error
 from smart_dispatch.rules.guard import CompileBudget, check_sources, check_sources_async
-from smart_dispatch.rules.loader import content_version, parse_ruleset, read_sources
+from smart_dispatch.rules.loader import content_version, parse_ruleset, read_sources, rule_files
 from smart_dispatch.rules.model import Rule, Ruleset
 
 log = logging.getLogger(__name__)
@@ -167,8 +167,11 @@ class ActiveRules:
         version. Content that failed before raises the same error at once, uncounted."""
         try:
             sources = read_sources(self.directory)
-        except RuleFileError as exc:
-            self._failed_load(exc, None)
+        except RuleFileError as exc:  # unreadable or oversized: known by the files' stat
+            key = _stat_key(self.directory)
+            if self._failed is not None and self._failed[0] == key:
+                raise self._failed[1] from None
+            self._failed_load(exc, key)
             raise
         content = content_version(sources)
         if self._current is not None and content == self._current.version:
@@ -229,6 +232,15 @@ class ActiveRules:
         if self._current is not None:
             self._retire(self._current)
             self._current = None
+
+
+def _stat_key(directory: Path) -> str:
+    """Names, sizes and modification times of the rule files (for files not read)."""
+    try:
+        stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in rule_files(directory)]
+    except OSError as exc:
+        return f"stat:{exc}"
+    return f"stat:{stats}"
 
 
 def _ignore(result: str) -> None:
