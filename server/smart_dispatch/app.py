@@ -62,7 +62,8 @@ class App:
         interceptors: list[Any] = [] if telemetry_interceptor is None else [telemetry_interceptor]
         if s.auth_tokens_file is not None:
             interceptors.append(BearerAuthInterceptor(load_tokens(s.auth_tokens_file, os.environ)))
-        server = grpc.aio.server(interceptors=interceptors)
+        options = [("grpc.max_receive_message_length", s.max_request_bytes)]
+        server = grpc.aio.server(interceptors=interceptors, options=options)
         servicer = SmartDispatchServicer(
             runtime.decider,
             runtime.stores.lists,

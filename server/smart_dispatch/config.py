@@ -20,6 +20,8 @@ Environment variables (all optional):
     SD_AUDIT_INDEX_BYTES (memory the `GetDecision` index may use, masked entries).
     Rule loading: SD_RULES_COMPILE_TIMEOUT_S and SD_RULES_COMPILE_MEMORY_MB (the budget of the
     child process that tries every candidate ruleset first, see rules/guard.py).
+    SD_MAX_REQUEST_BYTES: the largest request accepted (default 1 MiB; larger ones are
+    RESOURCE_EXHAUSTED before they are decoded).
     Health: SD_HEALTH_PORT (a plaintext grpc.health.v1-only port on SD_HEALTH_HOST, default
     SD_HOST; 0 for none), for probes that cannot speak TLS.
 """
@@ -73,6 +75,7 @@ class Settings:
     rules_compile_timeout_s: float = 30.0
     rules_compile_memory_mb: int = 1024
     health_port: int = 0
+    max_request_bytes: int = 1024 * 1024
     health_host: str = ""
 
     def with_overrides(self, **overrides: Any) -> Settings:
@@ -117,6 +120,7 @@ _ENV = {
     "rules_compile_timeout_s": "SD_RULES_COMPILE_TIMEOUT_S",
     "rules_compile_memory_mb": "SD_RULES_COMPILE_MEMORY_MB",
     "health_port": "SD_HEALTH_PORT",
+    "max_request_bytes": "SD_MAX_REQUEST_BYTES",
     "health_host": "SD_HEALTH_HOST",
 }
 

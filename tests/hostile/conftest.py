@@ -57,9 +57,7 @@ def rules_copy(tmp_path: Path) -> Path:
     return directory
 
 
-@pytest.fixture
-def live(tmp_path: Path) -> Iterator[Live]:
-    directory = rules_copy(tmp_path)
+def _live(directory: Path) -> Iterator[Live]:
     env = {"SD_RULES_POLL_S": "0.3", "SD_RULES_COMPILE_TIMEOUT_S": "20"}
     with sidecar("--rules", str(directory), env=env) as server:
         channel = grpc.insecure_channel(server.address, options=[("grpc.enable_http_proxy", 0)])
@@ -67,3 +65,14 @@ def live(tmp_path: Path) -> Iterator[Live]:
             yield Live(server, directory, channel)
         finally:
             channel.close()
+        assert server.process.poll() is None, "the server died"
+
+
+@pytest.fixture
+def live(tmp_path: Path) -> Iterator[Live]:
+    yield from _live(rules_copy(tmp_path))
+
+
+@pytest.fixture(scope="module")
+def live_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    yield from _live(rules_copy(tmp_path_factory.mktemp("live")))

@@ -30,7 +30,8 @@ def alias_bomb(levels: int) -> str:
 
 
 def deep_nesting(levels: int) -> str:
-    return f"rules:\n  - name: deep\n    when: {'{$and: [' * levels}{{category: otp}}{']}' * levels}\n    then: {{}}\n"
+    condition = "{$and: [" * levels + "{category: otp}" + "]}" * levels
+    return f"rules:\n  - name: deep\n    when: {condition}\n    then: {{}}\n"
 
 
 def many_conditions(rules: int) -> str:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 
 import grpc
 
@@ -29,6 +29,7 @@ from smart_dispatch.lists.base import ListName, ListStore
 from smart_dispatch.telemetry import Telemetry
 
 Context = grpc.aio.ServicerContext[Any, Any]
+T = TypeVar("T")
 _MAX_REDRIVE_IDS = 1000
 
 
@@ -78,9 +79,8 @@ class SmartDispatchServicer(pb_grpc.SmartDispatchServiceServicer):
     async def WatchDispatch(
         self, request: pb.WatchDispatchRequest, context: Context
     ) -> AsyncIterator[pb.WatchDispatchResponse]:
-        async for record in stream_errors(
-            self._dispatcher.watch(_required(request.dispatch_id, "dispatch_id")), context
-        ):
+        watch = _checked(lambda: self._dispatcher.watch(_required(request.dispatch_id, "dispatch_id")))
+        async for record in stream_errors(watch, context):
             yield pb.WatchDispatchResponse(status=dispatch_status(record))
 
     @grpc_errors
@@ -110,7 +110,8 @@ class SmartDispatchServicer(pb_grpc.SmartDispatchServiceServicer):
     async def StreamInbox(
         self, request: pb.StreamInboxRequest, context: Context
     ) -> AsyncIterator[pb.StreamInboxResponse]:
-        async for item in stream_errors(self._inbox.watch(_required(request.inbox_id, "inbox_id")), context):
+        watch = _checked(lambda: self._inbox.watch(_required(request.inbox_id, "inbox_id")))
+        async for item in stream_errors(watch, context):
             yield pb.StreamInboxResponse(item=inbox_item(item))
 
     @grpc_errors
@@ -148,6 +149,13 @@ class SmartDispatchServicer(pb_grpc.SmartDispatchServiceServicer):
         if entry is None:
             raise NotFoundError(f"no decision for message {message_id!r} is known to this sidecar")
         return decision_lookup(entry)
+
+
+async def _checked(start: Callable[[], AsyncIterator[T]]) -> AsyncIterator[T]:
+    """The items of `start()`, whose argument checks then raise inside the stream (where
+    `stream_errors` maps them to a status) rather than before it."""
+    async for item in start():
+        yield item
 
 
 def _list_name(kind: pb.ListKind.ValueType) -> ListName:

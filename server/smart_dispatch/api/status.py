@@ -45,15 +45,19 @@ def grpc_errors(
 
     @functools.wraps(method)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> T:
+        # Abort outside the `except` blocks: an abort raised inside one would chain the error,
+        # its traceback and so the whole request to the AbortError, a cycle that kept refused
+        # requests in memory until a full garbage collection.
         try:
             return await method(self, request, context)
         except SmartDispatchError as exc:
-            await context.abort(status_for(exc), str(exc))
+            code, message = status_for(exc), str(exc)
         except grpc.aio.AbortError:
             raise
         except Exception:
             log.exception("unexpected error in %s", method.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error (logged by the server)")
+            code, message = grpc.StatusCode.INTERNAL, "internal error (logged by the server)"
+        await context.abort(code, message)
         raise AssertionError("unreachable: context.abort raises")
 
     return wrapper
@@ -66,10 +70,12 @@ async def stream_errors(
     try:
         async for item in items:
             yield item
+        return
     except SmartDispatchError as exc:
-        await context.abort(status_for(exc), str(exc))
+        code, message = status_for(exc), str(exc)
     except grpc.aio.AbortError:
         raise
     except Exception:
         log.exception("unexpected error in a stream")
-        await context.abort(grpc.StatusCode.INTERNAL, "internal error (logged by the server)")
+        code, message = grpc.StatusCode.INTERNAL, "internal error (logged by the server)"
+    await context.abort(code, message)
