@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import grpc
@@ -10,7 +11,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from smart_dispatch._proto.smartdispatch.v1 import smart_dispatch_pb2 as pb
 from smart_dispatch._proto.smartdispatch.v1 import smart_dispatch_pb2_grpc as pb_grpc
 from smart_dispatch.app import App
+from smart_dispatch.cli import main
 from smart_dispatch.config import Settings
+from smart_dispatch.supervisor import free_port
 
 from tests.support.certs import make_pki
 
@@ -142,3 +145,38 @@ def test_a_tokens_file_naming_an_unset_variable_is_a_clear_configuration_error(t
         load_tokens(path, {})
 
     assert "tokens[0] (app): environment variable 'NOT_SET_ANYWHERE' is not set" in str(info.value)
+
+
+async def test_the_health_command_probes_a_tls_server_through_its_plaintext_health_port(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+):
+    # Given a TLS server with a plaintext health port (as in the image)
+    pki = make_pki(tmp_path)
+    health_port = free_port("127.0.0.1")
+    settings = Settings(
+        port=0,
+        rules_dir=RULES,
+        tls_cert=pki.server_cert,
+        tls_key=pki.server_key,
+        watch_rules=False,
+        health_port=health_port,
+    )
+    monkeypatch.setenv("SD_TLS_CERT", str(pki.server_cert))
+    async with App(settings) as app:
+        # Then the image's HEALTHCHECK command reports SERVING through the health port
+        monkeypatch.setenv("SD_HEALTH_PORT", str(health_port))
+        assert await asyncio.to_thread(main, ["health"]) == 0
+        assert "SERVING" in capsys.readouterr().out
+        # ... which serves health and nothing else
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{health_port}") as plain:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await pb_grpc.SmartDispatchServiceStub(plain).Decide(DECIDE)
+            assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        # And without a health port, it says why it cannot probe a TLS port
+        monkeypatch.delenv("SD_HEALTH_PORT")
+        monkeypatch.setenv("SD_PORT", str(app.port))
+        assert await asyncio.to_thread(main, ["health"]) == 2
+        assert "TLS is on" in capsys.readouterr().err
+    # And once stopped, the check fails
+    monkeypatch.setenv("SD_HEALTH_PORT", str(health_port))
+    assert await asyncio.to_thread(main, ["health", "--timeout", "0.5"]) == 1
