@@ -154,7 +154,9 @@ def _call(live: Live, service: str, method: Any, body: bytes) -> grpc.StatusCode
 
 
 @pytest.mark.parametrize(("service", "method"), UNARY, ids=[m.name for _, m in UNARY])
-def test_structured_requests_never_end_internal_or_unknown(live: Live, service: str, method: Any):
+def test_structured_requests_never_end_internal_or_unknown(live_module: Live, service: str, method: Any):
+    live = live_module
+
     @settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     @given(messages(method.input_type))
     def one(request: Message) -> None:
@@ -184,7 +186,10 @@ def test_raw_bytes_never_end_internal_or_unknown(live_module: Live, target: tupl
     ],
     ids=["garbage", "invalid-utf8"],
 )
-def test_undecodable_requests_are_invalid_argument_naming_the_type(live: Live, body: bytes, fragment: str):
+def test_undecodable_requests_are_invalid_argument_naming_the_type(
+    live_module: Live, body: bytes, fragment: str
+):
+    live = live_module
     with pytest.raises(grpc.RpcError) as info:
         live.channel.unary_unary("/smartdispatch.v1.SmartDispatchService/Decide")(body, timeout=5)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -193,7 +198,8 @@ def test_undecodable_requests_are_invalid_argument_naming_the_type(live: Live, b
 
 
 @pytest.mark.parametrize("depth", [17, 40, 60])
-def test_deep_structs_are_invalid_argument(live: Live, depth: int):
+def test_deep_structs_are_invalid_argument(live_module: Live, depth: int):
+    live = live_module
     request = pb.DecideRequest(
         message=pb.Message(id="m", category="otp"), recipient=pb.Recipient(user_id="u", timezone="UTC")
     )
@@ -214,8 +220,9 @@ def test_deep_structs_are_invalid_argument(live: Live, depth: int):
     ],
 )
 def test_oversized_strings_are_invalid_argument_quoting_no_more_than_a_prefix(
-    live: Live, field: str, value: str
+    live_module: Live, field: str, value: str
 ):
+    live = live_module
     request = pb.DecideRequest(
         message=pb.Message(id="m", category="otp"), recipient=pb.Recipient(user_id="u", timezone="UTC")
     )

@@ -149,3 +149,25 @@ async def test_metrics_are_off_unless_configured(settings):
     async with App(settings) as running:
         assert running.runtime is not None
         assert running.runtime.telemetry.metrics_port is None
+
+
+async def test_undecodable_requests_are_counted_as_invalid_argument(app, channel, telemetry):
+    # Given bodies that are not protobuf, or hold a string that is not UTF-8
+    decide_path = "/smartdispatch.v1.SmartDispatchService/Decide"
+    for body in (b"\xff", b"\x0a\x03\xff\xfe\xfd"):
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await channel.unary_unary(decide_path)(body)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    # Then the RPC metrics count both under INVALID_ARGUMENT
+    async def counted() -> Samples | None:
+        _, samples = await scrape(telemetry)
+        labels = {
+            "rpc_service": "smartdispatch.v1.SmartDispatchService",
+            "rpc_method": "Decide",
+            "grpc_code": "INVALID_ARGUMENT",
+        }
+        found = value(samples, "smartdispatch_rpc_server_duration_seconds_count", **labels)
+        return samples if found >= 2 else None
+
+    await eventually(counted, timeout_s=5, what="two undecodable calls in the metrics")
