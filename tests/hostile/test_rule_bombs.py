@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -151,3 +152,25 @@ def test_supervisor_stops_every_worker_on_a_sigterm_during_start_up(tmp_path: Pa
     sigterm_and_expect_exit(process, 10, "the supervisor")
     leftover = subprocess.run(["pgrep", "-f", str(directory)], capture_output=True, text=True)
     assert leftover.stdout.strip() == "", "worker processes outlived the supervisor"
+
+
+@pytest.mark.parametrize(
+    ("text", "code", "expected"),
+    [
+        (many_conditions(513), 0, "ok: 513 rules, 0 caps in 1 files; 2 engine rulesets"),
+        (alias_bomb(8), 1, "bomb.yaml:10: this value expands to more than 250,000 values"),
+        (or_fanout(600), 1, "bomb.yaml:2: rule 'wide': more than 511 distinct conditions"),
+    ],
+    ids=["513-conditions", "alias-bomb", "or-fanout"],
+)
+def test_rules_check_answers_within_seconds(tmp_path: Path, text: str, code: int, expected: str):
+    (tmp_path / "bomb.yaml").write_text(text)
+    done = subprocess.run(
+        [sys.executable, "-m", "smart_dispatch", "rules", "check", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == code, done.stderr
+    assert expected in done.stdout + done.stderr

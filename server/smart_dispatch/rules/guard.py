@@ -9,6 +9,10 @@ compiles and evaluates them under `RLIMIT_AS` and `RLIMIT_CPU`, and is killed wh
 budget runs out. Only a ruleset that passed is built in the serving process, from the very
 same texts (the work is deterministic, so it costs there what it cost in the child).
 
+A process remembers the rule-file sets that passed (with the budget they passed under), so
+building the same content again, e.g. a second sidecar in one process or a restart of the
+server object, does not start another child.
+
 The child answers one JSON line on stdout: `{"ok": true, "rules": …, "caps": …, "shards": …}`
 or `{"ok": false, "file": …, "line": …, "problem": …}`.
 """
@@ -16,6 +20,7 @@ or `{"ok": false, "file": …, "line": …, "problem": …}`.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import resource
@@ -46,9 +51,30 @@ class CheckReport:
     shards: int
 
 
+_PASSED: dict[tuple[str, CompileBudget], CheckReport] = {}
+_PASSED_KEPT = 64
+
+
+def _passed_key(sources: Mapping[str, str], budget: CompileBudget) -> tuple[str, CompileBudget]:
+    digest = hashlib.sha256()
+    for file, text in sources.items():
+        digest.update(file.encode() + b"\0" + text.encode() + b"\0")
+    return digest.hexdigest(), budget
+
+
+def _remember(key: tuple[str, CompileBudget], report: CheckReport) -> CheckReport:
+    if len(_PASSED) >= _PASSED_KEPT:
+        del _PASSED[next(iter(_PASSED))]
+    _PASSED[key] = report
+    return report
+
+
 def check_sources(sources: Mapping[str, str], budget: CompileBudget, where: str) -> CheckReport:
     """Try `sources` (`{file: text}`) in a child; raises `RuleFileError` naming the file and
     line, or `where` when the budget ran out. Ctrl-C kills the child."""
+    key = _passed_key(sources, budget)
+    if key in _PASSED:
+        return _PASSED[key]
     try:
         done = subprocess.run(
             _COMMAND,
@@ -60,11 +86,14 @@ def check_sources(sources: Mapping[str, str], budget: CompileBudget, where: str)
         )
     except subprocess.TimeoutExpired as exc:
         raise _timeout(budget, where) from exc
-    return _report(done.returncode, done.stdout, done.stderr, budget, where)
+    return _remember(key, _report(done.returncode, done.stdout, done.stderr, budget, where))
 
 
 async def check_sources_async(sources: Mapping[str, str], budget: CompileBudget, where: str) -> CheckReport:
     """`check_sources` without blocking the event loop; cancelling it kills the child."""
+    key = _passed_key(sources, budget)
+    if key in _PASSED:
+        return _PASSED[key]
     child = await asyncio.create_subprocess_exec(
         *_COMMAND,
         stdin=asyncio.subprocess.PIPE,
@@ -82,7 +111,7 @@ async def check_sources_async(sources: Mapping[str, str], budget: CompileBudget,
             child.kill()
             await child.wait()
     assert child.returncode is not None
-    return _report(child.returncode, stdout, stderr, budget, where)
+    return _remember(key, _report(child.returncode, stdout, stderr, budget, where))
 
 
 def _child_env(budget: CompileBudget) -> dict[str, str]:
