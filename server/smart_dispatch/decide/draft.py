@@ -1,9 +1,9 @@
 """Folding fired rules' effects into a plan draft. Pure.
 
-Rules are applied in firing order (priority, then file order). List effects accumulate
-(`prefer` concatenates, `deny` unites, `only` intersects, `caps` unites in order); for scalar
-effects (`on_cap`, `quiet_hours`, `bypass_*`, `suppress`, `fallback`) the first rule that sets one
-wins, so a higher-priority rule cannot be overridden by a lower one.
+Rules are applied in firing order (priority, then file order); each effect merges as the effect
+table says (`rules/effects.py`): `prefer` and `caps` concatenate, `deny` unites, `only`
+intersects, and for every other effect the first rule that sets it wins, so a higher-priority
+rule cannot be overridden by a lower one.
 """
 
 from __future__ import annotations
@@ -13,17 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from smart_dispatch.domain import AppliedEffect
+from smart_dispatch.rules.effects import EFFECTS
 from smart_dispatch.rules.model import OnCap, QuietHours, Rule
-
-_SCALARS = (
-    "on_cap",
-    "quiet_hours",
-    "bypass_caps",
-    "bypass_quiet_hours",
-    "suppress",
-    "fallback",
-    "escalate_after",
-)
 
 
 @dataclass(slots=True)
@@ -49,35 +40,38 @@ def fold(rules: Sequence[Rule], *, explain: bool = False) -> PlanDraft:
     """The draft of `rules` (firing order); with `explain`, `applied` lists every effect."""
     draft = PlanDraft()
     for rule in rules:
-        e = rule.effects
-
-        def applied(effect: str, value: Any, rule: Rule = rule) -> None:
-            if explain:
-                draft.applied.append(AppliedEffect(rule.name, effect, _text(value), rule.shadow))
-
-        new_prefs = _new(e.prefer, draft.prefer)
-        for channel in new_prefs:
-            draft.prefer.append(channel)
-            draft.source.setdefault(f"prefer:{channel}", rule.name)
-        if new_prefs:
-            applied("prefer", new_prefs)
-        if e.deny:
-            draft.deny.update(e.deny)
-            applied("deny", e.deny)
-        if e.only is not None:
-            draft.only = set(e.only) if draft.only is None else draft.only & set(e.only)
-            applied("only", e.only)
-        new_caps = _new(e.caps, draft.caps)
-        if new_caps:
-            draft.caps.extend(new_caps)
-            applied("caps", new_caps)
-        for name in _SCALARS:
-            value = getattr(e, name)
-            if value is not None and name not in draft.source:
-                setattr(draft, name, value)
-                draft.source[name] = rule.name
-                applied(name, value)
+        for effect in EFFECTS:
+            value = getattr(rule.effects, effect.name)
+            changed = _merge(draft, effect.name, effect.merge, value, rule.name)
+            if explain and changed is not None:
+                draft.applied.append(AppliedEffect(rule.name, effect.name, _text(changed), rule.shadow))
     return draft
+
+
+def _merge(draft: PlanDraft, name: str, merge: str, value: Any, rule: str) -> Any:
+    """Merge one rule's `value` of effect `name` into `draft`; what changed it, or None."""
+    if merge == "concat":
+        new = _new(value, getattr(draft, name))
+        getattr(draft, name).extend(new)
+        for item in new:  # which rule brought each item in (reasons name it)
+            draft.source.setdefault(f"{name}:{item}", rule)
+        return new or None
+    if merge == "union":
+        if not value:
+            return None
+        getattr(draft, name).update(value)
+        return value
+    if merge == "intersect":
+        if value is None:
+            return None
+        current = getattr(draft, name)
+        setattr(draft, name, set(value) if current is None else current & set(value))
+        return value
+    if value is None or name in draft.source:
+        return None
+    setattr(draft, name, value)
+    draft.source[name] = rule
+    return value
 
 
 def _new(items: Sequence[str], present: Sequence[str]) -> list[str]:

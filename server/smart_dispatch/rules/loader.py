@@ -20,18 +20,24 @@ bounds of yaml_lines.py and network.py).
 from __future__ import annotations
 
 import hashlib
-import math
 import re
 from collections.abc import Mapping
-from datetime import time
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 from smart_dispatch.counters.base import CapSpec
-from smart_dispatch.domain import KNOWN_CHANNELS
 from smart_dispatch.errors import RuleFileError
 from smart_dispatch.rules.conditions import normalize_condition
-from smart_dispatch.rules.model import Effects, OnCap, QuietHours, QuietPolicy, Rule, Ruleset
+from smart_dispatch.rules.effects import (
+    EFFECT_NAMES,
+    EFFECTS,
+    mapping,
+    no_unknown_keys,
+    parse_channels,
+    parse_duration,
+    required,
+)
+from smart_dispatch.rules.model import Effects, Rule, Ruleset
 from smart_dispatch.rules.yaml_lines import LineDict, load_yaml
 
 DEFAULT_PRIORITY = 100
@@ -43,15 +49,7 @@ MAX_PRIORITY = 65535
 _FILE_KEYS = frozenset({"categories", "caps", "rules"})
 _CAP_KEYS = frozenset({"name", "limit", "window", "scope", "channel", "description"})
 _RULE_KEYS = frozenset({"name", "priority", "when", "then", "shadow", "description"})
-_CHANNEL_LIST_EFFECTS = ("prefer", "deny", "only", "fallback")
-_BOOL_EFFECTS = ("bypass_caps", "bypass_quiet_hours")
-EFFECT_NAMES = frozenset(
-    {*_CHANNEL_LIST_EFFECTS, *_BOOL_EFFECTS, "caps", "on_cap", "quiet_hours", "suppress", "escalate_after"}
-)
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d|w)$")
-_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-_CLOCK = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 
 
 def rule_files(directory: Path) -> list[Path]:
@@ -126,7 +124,7 @@ class _Builder:
         fail = _Fail(file)
         if not isinstance(doc, LineDict):
             raise fail(1, "a rule file must be a mapping with keys categories, caps, rules")
-        _no_unknown_keys(doc, _FILE_KEYS, "rule file", fail)
+        no_unknown_keys(doc, _FILE_KEYS, "rule file", fail)
         for name, line in _items(doc, "categories", fail):
             self.categories.add(_name(name, line, "category", fail))
         for spec, line in _items(doc, "caps", fail):
@@ -138,27 +136,27 @@ class _Builder:
             self._rule(file, spec, line, fail)
 
     def _cap(self, spec: Any, line: int, fail: _Fail) -> CapSpec:
-        spec = _mapping(spec, line, "cap", fail)
-        _no_unknown_keys(spec, _CAP_KEYS, "cap", fail)
-        name = _name(_required(spec, "name", fail), spec.line_of("name"), "cap name", fail)
+        spec = mapping(spec, line, "cap", fail)
+        no_unknown_keys(spec, _CAP_KEYS, "cap", fail)
+        name = _name(required(spec, "name", fail), spec.line_of("name"), "cap name", fail)
         limit = spec.get("limit")
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise fail(spec.line_of("limit"), f"cap {name!r}: limit must be a positive integer")
-        window_s = parse_duration(_required(spec, "window", fail), spec.line_of("window"), fail)
+        window_s = parse_duration(required(spec, "window", fail), spec.line_of("window"), fail)
         scope = spec.get("scope", "user")
         if scope not in ("user", "global"):
             raise fail(spec.line_of("scope"), f"cap {name!r}: scope must be user or global")
         channel = spec.get("channel")
         if channel is not None:
-            channel = _channels([channel], spec.line_of("channel"), fail)[0]
+            channel = parse_channels([channel], spec.line_of("channel"), fail)[0]
         return CapSpec(name, limit, window_s, scope, channel)
 
     def _rule(self, file: str, spec: Any, line: int, fail: _Fail) -> None:
         if len(self.rules) == MAX_RULES:
             raise fail(line, f"more than {MAX_RULES:,} rules in the rules directory")
-        spec = _mapping(spec, line, "rule", fail)
-        _no_unknown_keys(spec, _RULE_KEYS, "rule", fail)
-        name = _name(_required(spec, "name", fail), spec.line_of("name"), "rule name", fail)
+        spec = mapping(spec, line, "rule", fail)
+        no_unknown_keys(spec, _RULE_KEYS, "rule", fail)
+        name = _name(required(spec, "name", fail), spec.line_of("name"), "rule name", fail)
         if name in self.rule_lines:
             raise fail(
                 spec.line_of("name"), f"duplicate rule name {name!r} (first in {self.rule_lines[name]})"
@@ -169,8 +167,8 @@ class _Builder:
             raise fail(
                 spec.line_of("priority"), f"rule {name!r}: priority must be an integer 0..{MAX_PRIORITY}"
             )
-        when = normalize_condition(_required(spec, "when", fail), spec.line_of("when"), fail, self.paths)
-        then = _mapping(_required(spec, "then", fail), spec.line_of("then"), "then", fail)
+        when = normalize_condition(required(spec, "when", fail), spec.line_of("when"), fail, self.paths)
+        then = mapping(required(spec, "then", fail), spec.line_of("then"), "then", fail)
         effects = self._effects(then, fail)
         shadow = spec.get("shadow", False)
         if not isinstance(shadow, bool):
@@ -182,35 +180,12 @@ class _Builder:
         if unknown:
             key = unknown[0]
             raise fail(then.line_of(key), f"unknown effect {key!r}; known: {', '.join(sorted(EFFECT_NAMES))}")
-        values: dict[str, Any] = {}
-        for key in _CHANNEL_LIST_EFFECTS:
-            if key in then:
-                values[key] = tuple(_channels(then[key], then.line_of(key), fail))
-        for key in _BOOL_EFFECTS:
-            if key in then:
-                if not isinstance(then[key], bool):
-                    raise fail(then.line_of(key), f"{key} must be true or false")
-                values[key] = then[key]
-        if "caps" in then:
-            names = then["caps"]
-            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-                raise fail(then.line_of("caps"), "caps must be a list of cap names")
-            values["caps"] = tuple(names)
-            self.cap_refs.extend((fail.file, then.line_of("caps"), n) for n in names)
-        if "on_cap" in then:
-            if then["on_cap"] not in get_args(OnCap):
-                raise fail(then.line_of("on_cap"), f"on_cap must be one of {', '.join(get_args(OnCap))}")
-            values["on_cap"] = then["on_cap"]
-        if "quiet_hours" in then:
-            values["quiet_hours"] = _quiet_hours(then["quiet_hours"], then.line_of("quiet_hours"), fail)
-        if "suppress" in then:
-            if not isinstance(then["suppress"], str) or not then["suppress"]:
-                raise fail(then.line_of("suppress"), "suppress takes a reason string")
-            values["suppress"] = then["suppress"]
-        if "escalate_after" in then:
-            values["escalate_after"] = parse_duration(
-                then["escalate_after"], then.line_of("escalate_after"), fail
-            )
+        context = _EffectContext(fail, self.cap_refs)
+        values = {
+            effect.name: effect.parse(then[effect.name], then.line_of(effect.name), context)
+            for effect in EFFECTS
+            if effect.name in then
+        }
         return Effects(**values)
 
     def build(self, version: str, files: tuple[str, ...]) -> Ruleset:
@@ -231,6 +206,15 @@ class _Builder:
         )
 
 
+class _EffectContext:
+    def __init__(self, fail: _Fail, cap_refs: list[tuple[str, int, str]]) -> None:
+        self.fail = fail
+        self._cap_refs = cap_refs
+
+    def cap_reference(self, line: int, name: str) -> None:
+        self._cap_refs.append((self.fail.file, line, name))
+
+
 class _Fail:
     """Makes `RuleFileError`s for one file: `fail(line, problem)`."""
 
@@ -241,51 +225,6 @@ class _Fail:
         return RuleFileError(self.file, line, problem)
 
 
-def parse_duration(value: Any, line: int, fail: _Fail) -> float:
-    """`"90s"`, `"15m"`, `"1h"`, `"1d"`, `"1w"`, `"250ms"` or a positive number of seconds."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value)
-    else:
-        match = _DURATION.match(str(value).strip())
-        if not match:
-            raise fail(line, f"invalid duration {value!r}; use e.g. 90s, 15m, 1h, 1d")
-        seconds = float(match.group(1)) * _UNIT_S[match.group(2)]
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise fail(line, f"duration must be positive and finite, got {value!r}")
-    return seconds
-
-
-def _quiet_hours(value: Any, line: int, fail: _Fail) -> QuietHours:
-    spec = _mapping(value, line, "quiet_hours", fail)
-    _no_unknown_keys(spec, frozenset({"from", "to", "policy"}), "quiet_hours", fail)
-    start = _clock(_required(spec, "from", fail), spec.line_of("from"), fail)
-    end = _clock(_required(spec, "to", fail), spec.line_of("to"), fail)
-    if start == end:
-        raise fail(spec.line_of("to"), "quiet_hours from and to must differ")
-    policy = spec.get("policy", "defer")
-    if policy not in get_args(QuietPolicy):
-        raise fail(
-            spec.line_of("policy"), f"quiet_hours policy must be one of {', '.join(get_args(QuietPolicy))}"
-        )
-    return QuietHours(start, end, policy)
-
-
-def _clock(value: Any, line: int, fail: _Fail) -> time:
-    match = _CLOCK.match(str(value)) if isinstance(value, str) else None
-    if not match:
-        raise fail(line, f"invalid clock time {value!r}; use HH:MM (24 h), quoted")
-    return time(int(match.group(1)), int(match.group(2)))
-
-
-def _channels(value: Any, line: int, fail: _Fail) -> list[str]:
-    if not isinstance(value, list):
-        raise fail(line, f"expected a list of channels, got {value!r}")
-    for channel in value:
-        if channel not in KNOWN_CHANNELS:
-            raise fail(line, f"unknown channel {channel!r}; known: {', '.join(KNOWN_CHANNELS)}")
-    return list(value)
-
-
 def _items(doc: LineDict, key: str, fail: _Fail) -> list[tuple[Any, int]]:
     if key not in doc or doc[key] is None:
         return []
@@ -294,26 +233,6 @@ def _items(doc: LineDict, key: str, fail: _Fail) -> list[tuple[Any, int]]:
         raise fail(doc.line_of(key), f"{key} must be a list")
     lines = getattr(value, "item_lines", [doc.line_of(key)] * len(value))
     return list(zip(value, lines, strict=True))
-
-
-def _mapping(value: Any, line: int, what: str, fail: _Fail) -> LineDict:
-    if not isinstance(value, LineDict):
-        raise fail(line, f"{what} must be a mapping, got {value!r}")
-    return value
-
-
-def _required(spec: LineDict, key: str, fail: _Fail) -> Any:
-    if key not in spec or spec[key] is None:
-        raise fail(spec.line, f"missing required key {key!r}")
-    return spec[key]
-
-
-def _no_unknown_keys(spec: LineDict, allowed: frozenset[str], what: str, fail: _Fail) -> None:
-    for key in spec:
-        if key not in allowed:
-            raise fail(
-                spec.line_of(key), f"unknown key {key!r} in {what}; allowed: {', '.join(sorted(allowed))}"
-            )
 
 
 def _name(value: Any, line: int, what: str, fail: _Fail) -> str:
