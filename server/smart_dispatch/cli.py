@@ -29,6 +29,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--shadow", action="store_const", const=True, help="evaluate and report every rule, enforce none"
     )
+    serve.add_argument(
+        "--allow-request-clock",
+        dest="allow_request_clock",
+        action="store_const",
+        const=True,
+        help="let DecideRequest.at set the decision's clock (simulation, replay)",
+    )
     worker = sub.add_parser("worker", help="run only a sender pool on a shared (Redis) store")
     serve.add_argument("--workers", type=int, help="sidecar processes sharing the port (needs a Redis store)")
     serve.add_argument("--tls-cert", type=Path, dest="tls_cert", help="server certificate (PEM): serve TLS")
@@ -142,6 +149,7 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
                 "tls_key",
                 "tls_client_ca",
                 "auth_tokens_file",
+                "allow_request_clock",
             )
         }
     )

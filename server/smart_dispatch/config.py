@@ -22,6 +22,8 @@ Environment variables (all optional):
     child process that tries every candidate ruleset first, see rules/guard.py).
     SD_MAX_REQUEST_BYTES: the largest request accepted (default 1 MiB; larger ones are
     RESOURCE_EXHAUSTED before they are decoded).
+    SD_ALLOW_REQUEST_CLOCK (true: `DecideRequest.at` sets the decision's clock; for simulation
+    and replay, never for live traffic).
     Health: SD_HEALTH_PORT (a plaintext grpc.health.v1-only port on SD_HEALTH_HOST, default
     SD_HOST; 0 for none), for probes that cannot speak TLS.
 """
@@ -76,6 +78,7 @@ class Settings:
     rules_compile_memory_mb: int = 1024
     health_port: int = 0
     max_request_bytes: int = 1024 * 1024
+    allow_request_clock: bool = False
     health_host: str = ""
 
     def with_overrides(self, **overrides: Any) -> Settings:
@@ -121,6 +124,7 @@ _ENV = {
     "rules_compile_memory_mb": "SD_RULES_COMPILE_MEMORY_MB",
     "health_port": "SD_HEALTH_PORT",
     "max_request_bytes": "SD_MAX_REQUEST_BYTES",
+    "allow_request_clock": "SD_ALLOW_REQUEST_CLOCK",
     "health_host": "SD_HEALTH_HOST",
 }
 

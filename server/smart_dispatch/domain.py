@@ -48,6 +48,8 @@ class DecideRequest:
     recipient: Recipient
     dry_run: bool = False
     explain: bool = False
+    #: the request clock (`DecideRequest.at`): decide as of this instant; None for the sidecar's
+    at: datetime | None = None
 
 
 class Verdict(enum.Enum):

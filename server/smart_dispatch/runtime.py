@@ -118,6 +118,7 @@ class Runtime:
             stores.user_state,
             failure_policy=FailurePolicy(fail_open=s.fail_open_categories),
             shadow_all=s.shadow,
+            allow_request_clock=s.allow_request_clock,
             templates=renderer,
             telemetry=telemetry,
         )

@@ -46,9 +46,10 @@ async def reserve(
     dry_run: bool = False,
     defer: bool = False,
     not_after_s: float | None = None,
+    now_s: float | None = None,
 ) -> ReserveOutcome:
     options_ = tuple(tuple(o) for o in options)
-    request = ReserveRequest(user, member, options_, at_s, dry_run, defer, not_after_s)
+    request = ReserveRequest(user, member, options_, at_s, dry_run, defer, not_after_s, now_s)
     return await store.reserve(request)
 
 

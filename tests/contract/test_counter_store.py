@@ -379,3 +379,23 @@ async def test_matches_the_memory_reference_step_by_step(counter_store: CounterS
     """Random decisions, repeats, dry runs, deferrals (some bounded by not_after) and partial
     refunds: every outcome equals the in-process reference's (but `now_s`)."""
     await replay_against_reference(counter_store, t0, seed)
+
+
+async def test_the_request_clock_is_the_stores_now_months_in_the_past(counter_store: CounterStore, t0: float):
+    # Given a request clock 120 days behind the real one (a simulation replaying the spring)
+    past = t0 - 120 * DAY
+    hourly, daily = cap("sms_hour", 1, HOUR), cap("sms_day", 2, DAY)
+    first = await reserve(counter_store, "m1", [hourly, daily], now_s=past)
+    assert (first.now_s, first.reserved_at_s) == (past, past)
+    # Then windows are measured on that clock, and what was reserved is still there later:
+    # its expiry follows the real clock by the same duration (nothing expires "months ago")
+    await asyncio.sleep(0.05)
+    refused = await reserve(counter_store, "m2", [hourly, daily], now_s=past + 600)
+    assert refused.chosen is None
+    assert refused.options[0].retry_at_s == past + HOUR
+    deferred = await reserve(counter_store, "m2", [hourly, daily], now_s=past + 600, defer=True)
+    assert (deferred.deferred, deferred.reserved_at_s) == (True, past + HOUR)
+    full = await reserve(counter_store, "m3", [hourly, daily], now_s=past + 3 * HOUR)
+    assert full.chosen is None and full.options[0].retry_at_s == past + DAY
+    # And a day later on the request clock there is room again
+    assert (await reserve(counter_store, "m4", [hourly, daily], now_s=past + DAY + 1)).chosen == 0

@@ -55,7 +55,10 @@ def decide_request(msg: pb.DecideRequest) -> DecideRequest:
         preferred=tuple(r.preferred),
         attributes=_struct(r.attributes, "recipient.attributes") if r.HasField("attributes") else {},
     )
-    return DecideRequest(message=message, recipient=recipient, dry_run=msg.dry_run, explain=msg.explain)
+    at = _time(msg.at, "at") if msg.HasField("at") else None
+    return DecideRequest(
+        message=message, recipient=recipient, dry_run=msg.dry_run, explain=msg.explain, at=at
+    )
 
 
 def reported_event(msg: pb.ReportEventRequest) -> ReportedEvent:

@@ -47,7 +47,9 @@ class CapSpec:
 @dataclass(frozen=True, slots=True)
 class ReserveRequest:
     """`options` are the candidate channels' cap sets in order of preference; `at_s` is the
-    planned send instant (epoch seconds), None for the store's own now."""
+    planned send instant (epoch seconds), None for now. `now_s` is the request clock: the
+    instant the store takes as now (windows, pruning, `at_s` None) instead of its own clock;
+    expiry of stored state still follows the store's real clock, by the same durations."""
 
     user_id: str
     member: str
@@ -56,6 +58,7 @@ class ReserveRequest:
     dry_run: bool = False
     defer: bool = False
     not_after_s: float | None = None
+    now_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,7 +56,7 @@ class MemoryCounterStore(CounterStore):
                 self._windows_ms.pop(key, None)
 
     async def reserve(self, request: ReserveRequest) -> ReserveOutcome:
-        now_ms = to_ms(self._clock())
+        now_ms = to_ms(self._clock() if request.now_s is None else request.now_s)
         self._calls += 1
         if self._calls % SWEEP_EVERY == 0:
             self._sweep(now_ms)

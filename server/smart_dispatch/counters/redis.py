@@ -216,8 +216,7 @@ class RedisCounterStore(CounterStore):
             b"F1" if request.dry_run else b"F0",
             plan.spec,
         ]
-        if request.defer and not request.dry_run:
-            args += [b"a", not_after_arg(request)]
+        args += tail_args(request, "a" if request.defer and not request.dry_run else "")
         # `guarded(self._timeout_s)` inlined: the same bound and translation, less per-call work
         try:
             async with asyncio.timeout(self._timeout_s):
@@ -264,9 +263,7 @@ class RedisCounterStore(CounterStore):
         if eligible is not None:
             ctl += "".join("1" if e else "0" for e in eligible)
         args: list[str | bytes] = [request.member, "" if at_ms is None else str(at_ms), ctl, plan.spec]
-        if defer or restore:
-            args += [defer, not_after_arg(request) if defer else ""]
-            args += ["" if score is None else str(score) for score in restore]
+        args += tail_args(request, defer, restore)
         raw = await self._evalsha(RESERVE, plan.key_names(request.user_id, request.member), args)
         return decode(raw, options, mode)
 
@@ -315,6 +312,20 @@ def spans_slot_groups(options: Options) -> bool:
     """Whether the caps live in both Cluster slot groups (the user's and the global one)."""
     scopes = {cap.scope for caps in options for cap in caps}
     return len(scopes) > 1
+
+
+def tail_args(request: ReserveRequest, defer: str, restore: Sequence[int | None] = ()) -> list[str | bytes]:
+    """reserve.lua's ARGV 5 on: defer, not_after, the request clock, mode "U"'s former scores
+    (nothing when none is needed)."""
+    now = "" if request.now_s is None else str(to_ms(request.now_s))
+    if not (defer or restore or now):
+        return []
+    return [
+        defer,
+        not_after_arg(request) if defer else "",
+        now,
+        *("" if s is None else str(s) for s in restore),
+    ]
 
 
 def not_after_arg(request: ReserveRequest) -> str:

@@ -49,7 +49,10 @@ ARGV
   5  defer      optional: "" none; "a" when no option is chosen, record option 1 at its retry_at;
                 "m<floor>" record option 1 at the earliest instant >= floor all its caps have room
   6  not_after  optional: "" or the latest instant (ms) a deferral may take
-  7+ restore    mode "U": one per cap of option 1, its former score ("" = the member was absent)
+  7  now        optional: "" or the request clock (ms): the instant taken as now instead of TIME.
+                Expiry instants (PEXPIREAT) are shifted by TIME - now, so stored state lives as
+                long in real time as it would have without the override
+  8+ restore    mode "U": one per cap of option 1, its former score ("" = the member was absent)
   modes  "F" repeat check, then evaluate (then defer): the whole contract in one call
          "C" tell which options hold the member in all their caps (with score and usages); when none
              does and eval_ok, evaluate like "F" (then defer)
@@ -72,6 +75,12 @@ Reply  a flat array: now, at, kind, chosen, reserved_at, defer_state, defer_at, 
 local member = ARGV[1]
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000 + 0.5)
+local skew = 0 -- real time minus the request clock: added to every absolute expiry
+if ARGV[7] and ARGV[7] ~= '' then
+  local real = now
+  now = tonumber(ARGV[7])
+  skew = real - now
+end
 local at = now
 if ARGV[2] ~= '' then
   at = tonumber(ARGV[2])
@@ -203,7 +212,7 @@ if fast then
       rows[k], recorded[k] = kept, true
       redis.call('ZADD', KEYS[k], fmt('%d', t), member)
       if latest == nil or t > latest then -- else the key already lives past t + window
-        redis.call('PEXPIREAT', KEYS[k], fmt('%d', math.max(t + window, now + 1)))
+        redis.call('PEXPIREAT', KEYS[k], fmt('%d', math.max(t + window, now + 1) + skew))
       end
     end
     return previous
@@ -489,7 +498,7 @@ local function z_record(cap, t)
   end
   redis.call('ZADD', cap.key, fmt('%d', t), member)
   if latest == nil or t > latest then -- else the key already lives past t + window
-    redis.call('PEXPIREAT', cap.key, fmt('%d', math.max(t + cap.window, now + 1)))
+    redis.call('PEXPIREAT', cap.key, fmt('%d', math.max(t + cap.window, now + 1) + skew))
   end
   owns[cap.key], recorded[cap.key] = t, true
 end
@@ -722,7 +731,7 @@ end
 if mode == 'U' then
   local option = options[1]
   for c, cap in ipairs(option.caps) do
-    local score = tonumber(ARGV[6 + c])
+    local score = tonumber(ARGV[7 + c])
     if cap.kind == 'c' then
       if score then
         c_record(cap, score)
@@ -737,7 +746,7 @@ if mode == 'U' then
       redis.call('ZADD', cap.key, fmt('%d', score), member)
       local ttl = redis.call('PTTL', cap.key)
       if ttl < 0 or now + ttl < score + cap.window then
-        redis.call('PEXPIREAT', cap.key, fmt('%d', score + cap.window))
+        redis.call('PEXPIREAT', cap.key, fmt('%d', score + cap.window + skew))
       end
     end
     views[cap.key], owns[cap.key] = nil, nil

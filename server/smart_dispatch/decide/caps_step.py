@@ -166,6 +166,7 @@ class CapStep:
             request.dry_run,
             defer=defer,
             not_after_s=None if not_after is None else not_after.timestamp(),
+            now_s=None if request.at is None else request.at.timestamp(),
         )
         names = sorted({cap.name for option in options for cap in option})
         attributes = {"smartdispatch.caps": names, "smartdispatch.dry_run": request.dry_run}

@@ -87,6 +87,7 @@ class Decider:
         shadow_all: bool = False,
         templates: TemplateCatalog | None = None,
         telemetry: Telemetry | None = None,
+        allow_request_clock: bool = False,
     ) -> None:
         self._rules = rules
         self._user_state_reader = user_state
@@ -96,6 +97,7 @@ class Decider:
         self._clock = clock
         self._shadow_all = shadow_all
         self._templates = templates
+        self._allow_request_clock = allow_request_clock
 
     async def decide(self, request: DecideRequest) -> Decision:
         message = request.message
@@ -107,12 +109,17 @@ class Decider:
         with self._telemetry.span("decide", attributes):
             with self._rules.lease() as version:
                 decision = await self._decide(version, request)
-            self._telemetry.decided(request, decision, self._clock())
+            self._telemetry.decided(request, decision, request.at or self._clock())
             return decision
 
     async def _decide(self, version: RulesVersion, request: DecideRequest) -> Decision:
         zone = validate_request(request, version.ruleset.categories)
-        now = self._clock()
+        if request.at is not None and not self._allow_request_clock:
+            raise InvalidRequestError(
+                "at",
+                "the request clock is off: start the sidecar with --allow-request-clock to decide as of `at`",
+            )
+        now = request.at or self._clock()
         trace = Trace()
         memberships, behaviour = await self._user_state(request, trace)
         if "deny" in memberships:

@@ -471,6 +471,7 @@ class DecideRequest(_message.Message):
     RECIPIENT_FIELD_NUMBER: _builtins.int
     DRY_RUN_FIELD_NUMBER: _builtins.int
     EXPLAIN_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
     dry_run: _builtins.bool
     """Preview only: check caps without reserving them."""
     explain: _builtins.bool
@@ -479,6 +480,14 @@ class DecideRequest(_message.Message):
     def message(self) -> Global___Message: ...
     @_builtins.property
     def recipient(self) -> Global___Recipient: ...
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp:
+        """Decide as of this instant instead of the sidecar's clock: caps, quiet hours, local-time
+        facts, days since active and send times all use it, and a SEND's send_at is this instant.
+        For simulations and replays of recorded traffic; accepted only by a sidecar started with
+        --allow-request-clock (otherwise INVALID_ARGUMENT).
+        """
+
     def __init__(
         self,
         *,
@@ -486,10 +495,11 @@ class DecideRequest(_message.Message):
         recipient: Global___Recipient | None = ...,
         dry_run: _builtins.bool = ...,
         explain: _builtins.bool = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "recipient", b"recipient"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "message", b"message", "recipient", b"recipient"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dry_run", b"dry_run", "explain", b"explain", "message", b"message", "recipient", b"recipient"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "dry_run", b"dry_run", "explain", b"explain", "message", b"message", "recipient", b"recipient"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
