@@ -24,6 +24,9 @@ Environment variables (all optional):
     RESOURCE_EXHAUSTED before they are decoded).
     SD_ALLOW_REQUEST_CLOCK (true: `DecideRequest.at` sets the decision's clock; for simulation
     and replay, never for live traffic).
+    SD_LEARNING_SEED: seed of the learned choice's sampling (>= 0: each decision's draws depend
+    only on it and the message id, for reproducible tests and simulations; -1: random).
+    SD_LEARNING_PRIOR_REFRESH_S: how often a sidecar re-reads the population prior (default 5).
     Health: SD_HEALTH_PORT (a plaintext grpc.health.v1-only port on SD_HEALTH_HOST, default
     SD_HOST; 0 for none), for probes that cannot speak TLS.
 """
@@ -79,6 +82,8 @@ class Settings:
     health_port: int = 0
     max_request_bytes: int = 1024 * 1024
     allow_request_clock: bool = False
+    learning_seed: int = -1
+    learning_prior_refresh_s: float = 5.0
     health_host: str = ""
 
     def with_overrides(self, **overrides: Any) -> Settings:
@@ -125,6 +130,8 @@ _ENV = {
     "health_port": "SD_HEALTH_PORT",
     "max_request_bytes": "SD_MAX_REQUEST_BYTES",
     "allow_request_clock": "SD_ALLOW_REQUEST_CLOCK",
+    "learning_seed": "SD_LEARNING_SEED",
+    "learning_prior_refresh_s": "SD_LEARNING_PRIOR_REFRESH_S",
     "health_host": "SD_HEALTH_HOST",
 }
 

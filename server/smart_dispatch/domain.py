@@ -117,6 +117,8 @@ class Explanation:
     rules: tuple[RuleEvaluation, ...]
     effects: tuple[AppliedEffect, ...]
     ranked_channels: tuple[str, ...]
+    #: the learned choice's candidates, best first, each "channel: numbers" (empty without it)
+    learned: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

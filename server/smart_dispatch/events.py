@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from smart_dispatch.behaviour.base import BehaviourStore, EventKind
+from smart_dispatch.behaviour.base import BehaviourStore, EngagementEvent, EventKind
 from smart_dispatch.counters.base import CounterStore
 from smart_dispatch.decide.validate import MAX_ID_LENGTH, check_id
 from smart_dispatch.domain import KNOWN_CHANNELS
@@ -27,6 +27,7 @@ class ReportedEvent:
     at: datetime
     message_id: str = ""
     channel: str = ""
+    value: float = 0.0
 
 
 class EventRecorder:
@@ -38,7 +39,15 @@ class EventRecorder:
     async def report(self, event: ReportedEvent) -> bool:
         """Apply `event`; True when caps were refunded. Raises `InvalidRequestError`."""
         validate_event(event)
-        await self._behaviour.record(event.user_id, event.kind, event.channel or None, event.at)
+        engagement = EngagementEvent(
+            event.user_id,
+            event.kind,
+            event.channel or None,
+            event.at.timestamp(),
+            event.message_id,
+            event.value,
+        )
+        await self._behaviour.record(engagement, self._rules.current().ruleset.learning.half_life_s)
         if event.kind not in REFUNDING:
             return False
         await self.refund(event.user_id, event.message_id)

@@ -119,6 +119,8 @@ class Runtime:
             failure_policy=FailurePolicy(fail_open=s.fail_open_categories),
             shadow_all=s.shadow,
             allow_request_clock=s.allow_request_clock,
+            learning_seed=None if s.learning_seed < 0 else s.learning_seed,
+            prior_refresh_s=s.learning_prior_refresh_s,
             templates=renderer,
             telemetry=telemetry,
         )
@@ -142,6 +144,7 @@ class Runtime:
     async def close(self) -> None:
         if self.pool is not None:
             await self.pool.stop()
+        await self.decider.close()
         for provider in self.providers.values():
             await provider.close()
         await self.stores.close()

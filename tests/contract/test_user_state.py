@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from smart_dispatch._redis_guard import DirectSender
-from smart_dispatch.behaviour.base import Behaviour, BehaviourStore, EventKind
+from smart_dispatch.behaviour.base import Behaviour, BehaviourStore, EngagementEvent, EventKind
 from smart_dispatch.behaviour.memory import MemoryBehaviourStore
 from smart_dispatch.errors import StoreError, StoreUnavailableError
 from smart_dispatch.lists.base import LIST_NAMES, ListName
@@ -27,6 +27,7 @@ from tests.contract.helpers import Backend
 from tests.support.redis_servers import RedisServer
 
 T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+HALF_LIFE_S = 30 * 86400.0
 on_redis = pytest.mark.parametrize("backend", ["redis", "cluster"], indirect=True)
 
 # (list, user) memberships and (user, event, channel, hours after T0) events of the scenario
@@ -71,10 +72,13 @@ class Twins:
         for lists in (self.stores.lists, self.reference.lists):
             await lists.remove(list_name, user_id)
 
-    async def record(self, user_id: str, event: EventKind, channel: str | None, hours: int) -> None:
+    async def record(
+        self, user_id: str, event: EventKind, channel: str | None, hours: int, message_id: str = ""
+    ) -> None:
         behaviours: tuple[BehaviourStore, BehaviourStore] = (self.stores.behaviour, self.reference.behaviour)
+        at_s = (T0 + timedelta(hours=hours)).timestamp()
         for behaviour in behaviours:
-            await behaviour.record(user_id, event, channel, T0 + timedelta(hours=hours))
+            await behaviour.record(EngagementEvent(user_id, event, channel, at_s, message_id), HALF_LIFE_S)
 
     async def both(self, user_id: str) -> tuple[UserState, UserState]:
         return await self.stores.user_state.read(user_id), await self.reference.read(user_id)
@@ -96,8 +100,8 @@ async def twins(backend: Backend) -> AsyncIterator[Twins]:
 async def fill(twins: Twins) -> None:
     for list_name, user in MEMBERS:
         await twins.add(list_name, user)
-    for user, event, channel, hours in EVENTS:
-        await twins.record(user, event, channel, hours)
+    for index, (user, event, channel, hours) in enumerate(EVENTS):
+        await twins.record(user, event, channel, hours, f"m{index}")
 
 
 def command_calls(backend: Backend) -> Counter[str]:
@@ -248,7 +252,7 @@ async def test_a_timed_out_read_leaves_no_reply_behind(private_redis: RedisServe
     stores = open_stores(private_redis.url, timeout_s=0.25)
     try:
         await stores.lists.add("allow", "vip")
-        await stores.behaviour.record("vip", "active", None, T0)
+        await stores.behaviour.record(EngagementEvent("vip", "active", None, T0.timestamp()), HALF_LIFE_S)
         assert (await stores.user_state.read("vip")).memberships == frozenset({"allow"})
 
         # When the server stops answering, Then the read gives up within its bound

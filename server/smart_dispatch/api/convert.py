@@ -31,6 +31,7 @@ EVENT_KINDS: dict[int, EventKind] = {
     pb.EVENT_KIND_FAILED: "failed",
     pb.EVENT_KIND_UNSUBSCRIBED: "unsubscribed",
     pb.EVENT_KIND_ACTIVE: "active",
+    pb.EVENT_KIND_CONVERTED: "converted",
 }
 LIST_KIND_OF = {name: kind for kind, name in LIST_KINDS.items()}
 
@@ -64,9 +65,11 @@ def decide_request(msg: pb.DecideRequest) -> DecideRequest:
 def reported_event(msg: pb.ReportEventRequest) -> ReportedEvent:
     kind = EVENT_KINDS.get(msg.kind)
     if kind is None:
-        raise InvalidRequestError("kind", "must be one of EVENT_KIND_DELIVERED .. EVENT_KIND_ACTIVE")
+        raise InvalidRequestError("kind", "must be one of EVENT_KIND_DELIVERED .. EVENT_KIND_CONVERTED")
+    if not math.isfinite(msg.value) or (msg.value and kind != "converted"):
+        raise InvalidRequestError("value", "a finite number, only for EVENT_KIND_CONVERTED")
     at = _time(msg.occurred_at, "occurred_at") if msg.HasField("occurred_at") else datetime.now(UTC)
-    return ReportedEvent(msg.user_id, kind, at, msg.message_id, msg.channel)
+    return ReportedEvent(msg.user_id, kind, at, msg.message_id, msg.channel, msg.value)
 
 
 def decide_response(decision: Decision) -> pb.DecideResponse:
@@ -107,7 +110,7 @@ def decision_lookup(entry: AuditEntry) -> pb.GetDecisionResponse:
 
 
 def _explanation(explanation: Explanation) -> pb.Explanation:
-    out = pb.Explanation(ranked_channels=explanation.ranked_channels)
+    out = pb.Explanation(ranked_channels=explanation.ranked_channels, learned_choice=explanation.learned)
     out.facts.update(explanation.facts)
     for rule in explanation.rules:
         out.rules.add(

@@ -14,7 +14,7 @@ from typing import Any
 
 from smart_dispatch.domain import AppliedEffect
 from smart_dispatch.rules.effects import EFFECTS
-from smart_dispatch.rules.model import OnCap, QuietHours, Rule
+from smart_dispatch.rules.model import Choose, OnCap, QuietHours, Rule
 
 
 @dataclass(slots=True)
@@ -30,6 +30,8 @@ class PlanDraft:
     bypass_quiet_hours: bool = False
     suppress: str | None = None
     escalate_after: float | None = None
+    choose: Choose | None = None
+    min_expected_engagement: float | None = None
     #: effect name -> the rule that set it (for reasons)
     source: dict[str, str] = field(default_factory=dict)
     #: every effect that changed the draft, in the order applied
@@ -86,6 +88,8 @@ def _new(items: Sequence[str], present: Sequence[str]) -> list[str]:
 def _text(value: Any) -> str:
     if isinstance(value, QuietHours):
         return f"{value.start:%H:%M}-{value.end:%H:%M} policy={value.policy}"
+    if isinstance(value, Choose):
+        return f"by engagement, objective={value.objective} margin={value.margin:g} explore={value.explore}"
     if isinstance(value, list | tuple):
         return ", ".join(str(v) for v in value)
     if isinstance(value, bool):

@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from smart_dispatch.behaviour.base import Behaviour
+from smart_dispatch.behaviour.base import DEFAULT_HALF_LIFE_S, Behaviour, ChannelStats
 from smart_dispatch.domain import KNOWN_CHANNELS, DecideRequest, Message, Recipient
 from smart_dispatch.errors import InvalidRequestError, quote
 
@@ -46,6 +46,7 @@ def build_facts(
     memberships: frozenset[str],
     reachable: tuple[str, ...],
     behaviour: Behaviour | None = None,
+    half_life_s: float = DEFAULT_HALF_LIFE_S,
 ) -> dict[str, Any]:
     behaviour = behaviour or Behaviour()
     message, recipient = request.message, request.recipient
@@ -84,15 +85,22 @@ def build_facts(
         "user": user,
         "reachable": {channel: channel in reachable for channel in KNOWN_CHANNELS},
         "behaviour": {
-            channel: {
-                "delivered": stats.delivered,
-                "opened": stats.opened,
-                "clicked": stats.clicked,
-                "bounced": stats.bounced,
-                "engagement": round(stats.engagement, 4),
-            }
-            for channel, stats in behaviour.channels.items()
+            channel: _behaviour_facts(behaviour.stats(channel, now.timestamp(), half_life_s))
+            for channel in behaviour.channels
         },
+    }
+
+
+def _behaviour_facts(stats: ChannelStats) -> dict[str, float]:
+    """A channel's decayed counts (rounded) and its smoothed engagement rate."""
+    return {
+        "sent": round(stats.sent, 4),
+        "delivered": round(stats.delivered, 4),
+        "opened": round(stats.opened, 4),
+        "clicked": round(stats.clicked, 4),
+        "converted": round(stats.converted, 4),
+        "bounced": round(stats.bounced, 4),
+        "engagement": round(stats.engagement, 4),
     }
 
 

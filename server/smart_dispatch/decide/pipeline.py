@@ -10,6 +10,7 @@ codes and logged, but the plan returned is the one without them; their caps are 
 from __future__ import annotations
 
 import logging
+import random
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -17,16 +18,19 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
-from smart_dispatch.behaviour.base import Behaviour
+from smart_dispatch.behaviour.base import Behaviour, Population, SentMessage, slot_of
+from smart_dispatch.behaviour.prior import PriorCache
 from smart_dispatch.counters.base import CounterStore
 from smart_dispatch.decide import reasons as R
 from smart_dispatch.decide.caps_step import SHADOW_PREFIX, CapStep, FailurePolicy
 from smart_dispatch.decide.draft import PlanDraft, fold
 from smart_dispatch.decide.facts import build_facts, reachable_channels
+from smart_dispatch.decide.learned import ChannelScore, posterior, score_channels
+from smart_dispatch.decide.learned import explain as explain_score
 from smart_dispatch.decide.rank import fallback_channels, rank_channels
 from smart_dispatch.decide.schedule import after_quiet_hours, past_deadline
 from smart_dispatch.decide.trace import Trace
-from smart_dispatch.decide.validate import validate_request
+from smart_dispatch.decide.validate import validate_request, zone_for
 from smart_dispatch.domain import (
     DecideRequest,
     Decision,
@@ -36,7 +40,7 @@ from smart_dispatch.domain import (
     RuleEvaluation,
     Verdict,
 )
-from smart_dispatch.errors import InvalidRequestError, StoreUnavailableError, quote
+from smart_dispatch.errors import InvalidRequestError, StoreError, StoreUnavailableError, quote
 from smart_dispatch.rules.active import ActiveRules, RulesVersion
 from smart_dispatch.rules.model import Rule
 from smart_dispatch.telemetry import Telemetry
@@ -61,6 +65,7 @@ class _Case:
     memberships: frozenset[str]
     reachable: tuple[str, ...]
     behaviour: Behaviour
+    population: Population
 
 
 @dataclass(slots=True)
@@ -71,6 +76,7 @@ class _Outcome:
     trace: Trace = field(default_factory=Trace)
     draft: PlanDraft = field(default_factory=PlanDraft)
     ranked: list[str] = field(default_factory=list)
+    learned: tuple[str, ...] = ()
 
 
 class Decider:
@@ -88,6 +94,8 @@ class Decider:
         templates: TemplateCatalog | None = None,
         telemetry: Telemetry | None = None,
         allow_request_clock: bool = False,
+        learning_seed: int | None = None,
+        prior_refresh_s: float = 5.0,
     ) -> None:
         self._rules = rules
         self._user_state_reader = user_state
@@ -98,6 +106,10 @@ class Decider:
         self._shadow_all = shadow_all
         self._templates = templates
         self._allow_request_clock = allow_request_clock
+        self._behaviour = user_state.behaviour
+        self._prior = PriorCache(user_state.behaviour, prior_refresh_s)
+        self._seed = learning_seed
+        self._random = random.Random(learning_seed)
 
     async def decide(self, request: DecideRequest) -> Decision:
         message = request.message
@@ -109,8 +121,32 @@ class Decider:
         with self._telemetry.span("decide", attributes):
             with self._rules.lease() as version:
                 decision = await self._decide(version, request)
+                await self._record_sent(version, request, decision)
             self._telemetry.decided(request, decision, request.at or self._clock())
             return decision
+
+    async def _record_sent(self, version: RulesVersion, request: DecideRequest, decision: Decision) -> None:
+        """Count a decided message as sent on its channel and local slot (the engagement model's
+        attempts), once per message id. A store failure costs the count, not the decision."""
+        if request.dry_run or not decision.steps or decision.verdict is Verdict.SUPPRESS:
+            return
+        step = decision.steps[0]
+        local = step.send_at.astimezone(zone_for(request.recipient.timezone or "UTC"))
+        sent = SentMessage(
+            request.recipient.user_id,
+            request.message.id,
+            step.channel,
+            slot_of(local),
+            request.message.category,
+            step.send_at.timestamp(),
+        )
+        try:
+            await self._behaviour.decided(sent, version.ruleset.learning.half_life_s)
+        except StoreError as exc:
+            log.warning("send of %s not counted for learning: %s", request.message.id, exc)
+
+    async def close(self) -> None:
+        await self._prior.close()
 
     async def _decide(self, version: RulesVersion, request: DecideRequest) -> Decision:
         zone = validate_request(request, version.ruleset.categories)
@@ -127,12 +163,13 @@ class Decider:
             return _decision(version, _Outcome(Verdict.SUPPRESS, trace=trace), ())
 
         reachable = reachable_channels(request.message, request.recipient)
-        facts = build_facts(request, now, zone, memberships, reachable, behaviour)
+        learning = version.ruleset.learning
+        facts = build_facts(request, now, zone, memberships, reachable, behaviour, learning.half_life_s)
         evaluating = {"smartdispatch.ruleset_version": version.version}
         with self._telemetry.span("rules.evaluate", evaluating) as span:
             fired = version.compiled.matches(facts)
             span.set_attribute("smartdispatch.rules.matched", len(fired))
-        case = _Case(request, version, zone, now, memberships, reachable, behaviour)
+        case = _Case(request, version, zone, now, memberships, reachable, behaviour, self._prior.current())
         rules = [version.by_name[name] for name in fired]
         enforced = [r for r in rules if not (r.shadow or self._shadow_all)]
 
@@ -148,16 +185,36 @@ class Decider:
     async def _outcome(self, case: _Case, rules: list[Rule], trace: Trace, *, shadow: bool) -> _Outcome:
         request, recipient = case.request, case.request.recipient
         draft = fold(rules, explain=request.explain)
-        ranked = self._with_templates(
-            request, rank_channels(case.reachable, draft, recipient.preferred, case.behaviour)
+        learning = case.version.ruleset.learning
+        ranked = rank_channels(
+            case.reachable,
+            draft,
+            recipient.preferred,
+            case.behaviour,
+            case.now.timestamp(),
+            learning.half_life_s,
         )
-        suppressed = _Outcome(Verdict.SUPPRESS, trace=trace, draft=draft, ranked=ranked)
+        scores = self._learned(case, draft, ranked)
+        objective = draft.choose.objective if draft.choose is not None else ""
+        if scores:
+            chosen = scores[0].channel
+            ranked = [chosen, *(c for c in ranked if c != chosen)]
+            trace.add(R.LEARNED_CHOICE, draft.source["choose"], explain_score(scores[0], objective))
+        ranked = self._with_templates(request, ranked)
+        learned = tuple(explain_score(s, objective) for s in scores)
+        suppressed = _Outcome(Verdict.SUPPRESS, trace=trace, draft=draft, ranked=ranked, learned=learned)
         if draft.suppress is not None:
             trace.add(R.SUPPRESSED_BY_RULE, draft.source["suppress"], draft.suppress)
             return suppressed
         if not ranked:
             trace.add(R.NO_REACHABLE_CHANNEL, detail=_unreachable_detail(case.reachable))
             return suppressed
+        if draft.min_expected_engagement is not None:
+            expected = scores[0].mean if scores else self._expected(case, ranked[0])
+            if expected < draft.min_expected_engagement:
+                detail = f"{ranked[0]}: {expected:.4f} < {draft.min_expected_engagement:g}"
+                trace.add(R.LOW_EXPECTED_ENGAGEMENT, draft.source["min_expected_engagement"], detail)
+                return suppressed
 
         send_at = after_quiet_hours(case.now, case.zone, draft, trace)
         if send_at is None or past_deadline(request.message.not_after, send_at, trace):
@@ -185,7 +242,36 @@ class Decider:
         channels = [chosen, *fallback_channels(chosen, ranked, draft)]
         steps = [PlanStep(c, recipient.addresses[c], placed.send_at) for c in channels]
         verdict = Verdict.DEFER if placed.deferred else Verdict.SEND
-        return _Outcome(verdict, steps, placed.send_at, trace, draft, ranked)
+        return _Outcome(verdict, steps, placed.send_at, trace, draft, ranked, learned)
+
+    def _learned(self, case: _Case, draft: PlanDraft, ranked: list[str]) -> list[ChannelScore]:
+        """The `choose` effect's scores, best first; none without it. Candidates: the ranked
+        channels rules prefer (all ranked ones when no rule prefers any), narrowed to the
+        person's own preferences when they have some among them."""
+        if draft.choose is None or not ranked:
+            return []
+        candidates = [c for c in ranked if c in draft.prefer] or ranked
+        own = [c for c in candidates if c in case.request.recipient.preferred]
+        rng = self._random if self._seed is None else random.Random(f"{self._seed}:{case.request.message.id}")
+        return score_channels(
+            own or candidates,
+            case.behaviour,
+            case.population,
+            case.request.message.category,
+            case.version.ruleset.learning,
+            draft.choose,
+            case.now.timestamp(),
+            rng,
+        )
+
+    def _expected(self, case: _Case, channel: str) -> float:
+        """The posterior mean P(engage) of `channel` for this person."""
+        learning = case.version.ruleset.learning
+        now_s = case.now.timestamp()
+        own = case.behaviour.stats(channel, now_s, learning.half_life_s)
+        prior = case.population.stats(case.request.message.category, channel, now_s, learning.half_life_s)
+        alpha, beta, _ = posterior(own, prior, learning.prior_weight)
+        return alpha / (alpha + beta)
 
     def _with_templates(self, request: DecideRequest, ranked: list[str]) -> list[str]:
         """Channels the message's template can be rendered for. The best-ranked channel lacking
@@ -270,7 +356,7 @@ def _explain(
     )
     if shadow_all:
         effects = [replace(e, shadow=True) for e in effects]
-    return Explanation(facts, evaluations, tuple(effects), tuple(outcome.ranked))
+    return Explanation(facts, evaluations, tuple(effects), tuple(outcome.ranked), outcome.learned)
 
 
 def _unreachable_detail(reachable: tuple[str, ...]) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from smart_dispatch.behaviour.base import Behaviour
+from smart_dispatch.behaviour.base import DEFAULT_HALF_LIFE_S, Behaviour
 from smart_dispatch.decide.draft import PlanDraft
 
 #: Relative cost per message; lower is tried first when nothing else decides.
@@ -25,7 +25,12 @@ CHANNEL_COST: Mapping[str, float] = {
 
 
 def rank_channels(
-    reachable: Sequence[str], draft: PlanDraft, preferred: Sequence[str], behaviour: Behaviour | None = None
+    reachable: Sequence[str],
+    draft: PlanDraft,
+    preferred: Sequence[str],
+    behaviour: Behaviour | None = None,
+    now_s: float | None = None,
+    half_life_s: float = DEFAULT_HALF_LIFE_S,
 ) -> list[str]:
     learned = behaviour or Behaviour()
     eligible = [c for c in reachable if c not in draft.deny and (draft.only is None or c in draft.only)]
@@ -35,7 +40,7 @@ def rank_channels(
     def key(channel: str) -> tuple[int, int, float, float]:
         rule_rank = rule_ranks.get(channel, len(draft.prefer))
         own_rank = own_ranks.get(channel, len(preferred))
-        engagement = round(learned.stats(channel).engagement, 2)
+        engagement = round(learned.stats(channel, now_s, half_life_s).engagement, 2)
         return (rule_rank, own_rank, -engagement, CHANNEL_COST.get(channel, 1.0))
 
     return sorted(eligible, key=key)

@@ -13,3 +13,5 @@ SUPPRESSED_BY_RULE = "suppressed_by_rule"  # a rule's `suppress` effect
 NO_REACHABLE_CHANNEL = "no_reachable_channel"  # no channel with an address, allowed and not opted out
 DUPLICATE = "duplicate"  # message id already decided: its reservation is reused
 STORE_UNAVAILABLE = "store_unavailable"  # the store failed; category policy is fail-open
+LEARNED_CHOICE = "learned_choice"  # the `choose` effect ranked the channels by learned engagement
+LOW_EXPECTED_ENGAGEMENT = "low_expected_engagement"  # below the rule's min_expected_engagement

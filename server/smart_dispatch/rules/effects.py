@@ -23,7 +23,7 @@ from datetime import time
 from typing import Any, Literal, Protocol, get_args
 
 from smart_dispatch.domain import KNOWN_CHANNELS
-from smart_dispatch.rules.model import OnCap, QuietHours, QuietPolicy
+from smart_dispatch.rules.model import Choose, Explore, Objective, OnCap, QuietHours, QuietPolicy
 from smart_dispatch.rules.yaml_lines import LineDict
 
 Merge = Literal["concat", "union", "intersect", "first"]
@@ -166,6 +166,35 @@ def _duration(value: Any, line: int, context: EffectContext) -> float:
     return parse_duration(value, line, context.fail)
 
 
+def _choose(value: Any, line: int, context: EffectContext) -> Choose:
+    fail = context.fail
+    spec = mapping(value, line, "choose", fail)
+    no_unknown_keys(spec, frozenset({"by", "objective", "margin", "explore"}), "choose", fail)
+    if spec.get("by", "engagement") != "engagement":
+        raise fail(spec.line_of("by"), "choose: by must be engagement")
+    objective = spec.get("objective", "value")
+    if objective not in get_args(Objective):
+        raise fail(
+            spec.line_of("objective"), f"choose: objective must be one of {', '.join(get_args(Objective))}"
+        )
+    explore = spec.get("explore", "thompson")
+    if explore not in get_args(Explore):
+        raise fail(spec.line_of("explore"), f"choose: explore must be one of {', '.join(get_args(Explore))}")
+    margin = spec.get("margin", 0.9)
+    if isinstance(margin, bool) or not isinstance(margin, int | float) or not 0 < margin <= 1:
+        raise fail(spec.line_of("margin"), "choose: margin must be a number in (0, 1]")
+    return Choose(objective, float(margin), explore)
+
+
+def _probability(name: str) -> Parse:
+    def parse(value: Any, line: int, context: EffectContext) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+            raise context.fail(line, f"{name} must be a number from 0 to 1")
+        return float(value)
+
+    return parse
+
+
 #: Every effect, in the order `fold` applies them within one rule.
 EFFECTS: tuple[EffectKind, ...] = (
     EffectKind("prefer", _channels, "concat"),
@@ -179,5 +208,7 @@ EFFECTS: tuple[EffectKind, ...] = (
     EffectKind("suppress", _suppress, "first"),
     EffectKind("fallback", _channels, "first"),
     EffectKind("escalate_after", _duration, "first"),
+    EffectKind("choose", _choose, "first"),
+    EffectKind("min_expected_engagement", _probability("min_expected_engagement"), "first"),
 )
 EFFECT_NAMES: frozenset[str] = frozenset(effect.name for effect in EFFECTS)

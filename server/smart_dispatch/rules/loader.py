@@ -11,6 +11,12 @@ A file (all keys optional):
         shadow: false                     true: evaluate and report, do not enforce
         when: {category: otp}             durable-rules condition (see conditions.py)
         then: {prefer: [sms], fallback: [email], bypass_caps: true, bypass_quiet_hours: true}
+    channels:                             what a message costs per channel (learned choice)
+      sms: {cost: 0.05}
+    learning:                             the engagement model (at most one file sets it)
+      half_life: 30d                      how fast what was learned fades
+      prior_weight: 10                    observations the population prior is worth
+      values: {marketing: 1.0}            what one engagement of a category is worth
 
 Every problem raises `RuleFileError(file, line, problem)`; nothing is half-loaded. A file may
 have at most `MAX_FILE_BYTES` bytes and a directory at most `MAX_RULES` rules (see also the
@@ -37,7 +43,7 @@ from smart_dispatch.rules.effects import (
     parse_duration,
     required,
 )
-from smart_dispatch.rules.model import Effects, Rule, Ruleset
+from smart_dispatch.rules.model import DEFAULT_CHANNEL_COSTS, Effects, Learning, Rule, Ruleset
 from smart_dispatch.rules.yaml_lines import LineDict, load_yaml
 
 DEFAULT_PRIORITY = 100
@@ -46,7 +52,7 @@ MAX_FILE_BYTES = 2 * 1024 * 1024
 #: Rules of one rules directory.
 MAX_RULES = 10_000
 MAX_PRIORITY = 65535
-_FILE_KEYS = frozenset({"categories", "caps", "rules"})
+_FILE_KEYS = frozenset({"categories", "caps", "rules", "channels", "learning"})
 _CAP_KEYS = frozenset({"name", "limit", "window", "scope", "channel", "description"})
 _RULE_KEYS = frozenset({"name", "priority", "when", "then", "shadow", "description"})
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
@@ -115,6 +121,10 @@ class _Builder:
         self.rule_lines: dict[str, str] = {}
         self.categories: set[str] = set()
         self.paths: set[str] = set()
+        self.costs: dict[str, float] = dict(DEFAULT_CHANNEL_COSTS)
+        self.costs_set: dict[str, str] = {}  # channel -> file:line that set its cost
+        self.learning: Learning | None = None
+        self.learning_at = ""
 
     def add_file(self, file: str, text: str) -> None:
         _check_file_size(file, len(text))
@@ -134,6 +144,29 @@ class _Builder:
             self.caps[cap.name] = cap
         for spec, line in _items(doc, "rules", fail):
             self._rule(file, spec, line, fail)
+        if doc.get("channels") is not None:
+            self._channel_costs(mapping(doc["channels"], doc.line_of("channels"), "channels", fail), fail)
+        if doc.get("learning") is not None:
+            if self.learning is not None:
+                raise fail(doc.line_of("learning"), f"learning is set already (in {self.learning_at})")
+            self.learning_at = f"{file}:{doc.line_of('learning')}"
+            self.learning = _learning(
+                mapping(doc["learning"], doc.line_of("learning"), "learning", fail), fail
+            )
+
+    def _channel_costs(self, spec: LineDict, fail: _Fail) -> None:
+        for channel in spec:
+            line = spec.line_of(channel)
+            parse_channels([channel], line, fail)
+            if channel in self.costs_set:
+                raise fail(line, f"the cost of {channel!r} is set already (in {self.costs_set[channel]})")
+            entry = mapping(spec[channel], line, f"channels.{channel}", fail)
+            no_unknown_keys(entry, frozenset({"cost"}), f"channels.{channel}", fail)
+            cost = entry.get("cost")
+            if isinstance(cost, bool) or not isinstance(cost, int | float) or not 0 <= cost < 1e6:
+                raise fail(entry.line_of("cost"), f"channels.{channel}.cost must be a number >= 0")
+            self.costs[channel] = float(cost)
+            self.costs_set[channel] = f"{fail.file}:{line}"
 
     def _cap(self, spec: Any, line: int, fail: _Fail) -> CapSpec:
         spec = mapping(spec, line, "cap", fail)
@@ -196,6 +229,7 @@ class _Builder:
         if not self.rules:
             raise RuleFileError(files[0] if files else "", 0, "the rules directory declares no rules")
         ordered = sorted(enumerate(self.rules), key=lambda pair: (pair[1].priority, pair[0]))
+        learning = self.learning or Learning()
         return Ruleset(
             version=version,
             rules=tuple(rule for _, rule in ordered),
@@ -203,6 +237,7 @@ class _Builder:
             categories=frozenset(self.categories),
             files=files,
             referenced_paths=frozenset(self.paths),
+            learning=Learning(learning.half_life_s, learning.prior_weight, learning.values, dict(self.costs)),
         )
 
 
@@ -223,6 +258,27 @@ class _Fail:
 
     def __call__(self, line: int, problem: str) -> RuleFileError:
         return RuleFileError(self.file, line, problem)
+
+
+def _learning(spec: LineDict, fail: _Fail) -> Learning:
+    no_unknown_keys(spec, frozenset({"half_life", "prior_weight", "values"}), "learning", fail)
+    default = Learning()
+    half_life = default.half_life_s
+    if "half_life" in spec:
+        half_life = parse_duration(spec["half_life"], spec.line_of("half_life"), fail)
+    weight = spec.get("prior_weight", default.prior_weight)
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 < weight <= 1e6:
+        raise fail(spec.line_of("prior_weight"), "learning.prior_weight must be a positive number")
+    values: dict[str, float] = {}
+    if spec.get("values") is not None:
+        given = mapping(spec["values"], spec.line_of("values"), "learning.values", fail)
+        for category, value in given.items():
+            line = given.line_of(category)
+            _name(category, line, "category", fail)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1e9:
+                raise fail(line, f"learning.values.{category} must be a number >= 0")
+            values[category] = float(value)
+    return Learning(half_life, float(weight), values)
 
 
 def _items(doc: LineDict, key: str, fail: _Fail) -> list[tuple[Any, int]]:

@@ -11,6 +11,50 @@ from smart_dispatch.counters.base import CapSpec
 
 OnCap = Literal["defer", "next_channel", "drop"]
 QuietPolicy = Literal["defer", "drop"]
+Objective = Literal["value", "cheapest_within"]
+Explore = Literal["thompson", "none"]
+#: Relative cost per message of a channel the rule files give no cost: free in-app and push,
+#: cheap e-mail, WeChat and webhooks, SMS costs money.
+DEFAULT_CHANNEL_COSTS: Mapping[str, float] = {
+    "in_app": 0.0,
+    "push": 0.0001,
+    "email": 0.0005,
+    "wechat": 0.0005,
+    "webhook": 0.0005,
+    "sms": 0.05,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Learning:
+    """The engagement model's settings (file key `learning:`) and channel costs (`channels:`).
+
+    `half_life_s`: how fast counts fade; `prior_weight`: how many observations the population
+    prior is worth to a person with no data of their own; `values`: what one engagement of a
+    category is worth (1.0 when not given), in the same unit as the costs."""
+
+    half_life_s: float = 30 * 86400.0
+    prior_weight: float = 10.0
+    values: Mapping[str, float] = field(default_factory=dict)
+    costs: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_CHANNEL_COSTS))
+
+    def value(self, category: str) -> float:
+        return self.values.get(category, 1.0)
+
+    def cost(self, channel: str) -> float:
+        return self.costs.get(channel, DEFAULT_CHANNEL_COSTS.get(channel, 0.001))
+
+
+@dataclass(frozen=True, slots=True)
+class Choose:
+    """The `choose` effect: pick the channel by learned engagement within what rules allow.
+    `objective` value: maximise P(engage) x value(category) - cost(channel); cheapest_within: the
+    cheapest channel whose P(engage) is at least `margin` x the best one's. `explore` thompson
+    samples P(engage) from each channel's Beta posterior; none takes its mean."""
+
+    objective: Objective = "value"
+    margin: float = 0.9
+    explore: Explore = "thompson"
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +83,9 @@ class Effects:
     suppress: str | None = None
     #: seconds to wait for engagement (opened/clicked) after a step before the next one goes
     escalate_after: float | None = None
+    choose: Choose | None = None
+    #: suppress when the chosen channel's expected engagement is below this
+    min_expected_engagement: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,3 +116,4 @@ class Ruleset:
     categories: frozenset[str]
     files: tuple[str, ...]
     referenced_paths: frozenset[str] = field(default_factory=frozenset)
+    learning: Learning = field(default_factory=Learning)

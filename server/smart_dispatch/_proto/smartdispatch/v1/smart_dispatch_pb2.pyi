@@ -111,6 +111,8 @@ class _EventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventKind.V
     EVENT_KIND_UNSUBSCRIBED: _EventKind.ValueType  # 6
     EVENT_KIND_ACTIVE: _EventKind.ValueType  # 7
     """The person was active (e.g. opened the app); no message or channel needed."""
+    EVENT_KIND_CONVERTED: _EventKind.ValueType  # 8
+    """The message led to the action it was for (a purchase, a sign-up); `value` may say its worth."""
 
 class EventKind(_EventKind, metaclass=_EventKindEnumTypeWrapper):
     """EventKind is what happened to a message or a person."""
@@ -126,6 +128,8 @@ EVENT_KIND_FAILED: EventKind.ValueType  # 5
 EVENT_KIND_UNSUBSCRIBED: EventKind.ValueType  # 6
 EVENT_KIND_ACTIVE: EventKind.ValueType  # 7
 """The person was active (e.g. opened the app); no message or channel needed."""
+EVENT_KIND_CONVERTED: EventKind.ValueType  # 8
+"""The message led to the action it was for (a purchase, a sign-up); `value` may say its worth."""
 Global___EventKind: _TypeAlias = EventKind  # noqa: Y015
 
 class _ListKind:
@@ -676,6 +680,7 @@ class Explanation(_message.Message):
     RULES_FIELD_NUMBER: _builtins.int
     EFFECTS_FIELD_NUMBER: _builtins.int
     RANKED_CHANNELS_FIELD_NUMBER: _builtins.int
+    LEARNED_CHOICE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def facts(self) -> _struct_pb2.Struct:
         """The facts document the rules were matched against."""
@@ -692,6 +697,13 @@ class Explanation(_message.Message):
     def ranked_channels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Channels in ranked order after rule effects (the first one that fits its caps is used)."""
 
+    @_builtins.property
+    def learned_choice(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The learned choice's candidates, best first: for each, the posterior mean P(engage), the
+        rate used (a Thompson sample, or the mean), the person's own counts, the population prior,
+        the channel's cost and the objective's score. Empty when no `choose` effect applied.
+        """
+
     def __init__(
         self,
         *,
@@ -699,10 +711,11 @@ class Explanation(_message.Message):
         rules: _abc.Iterable[Global___RuleEvaluation] | None = ...,
         effects: _abc.Iterable[Global___AppliedEffect] | None = ...,
         ranked_channels: _abc.Iterable[_builtins.str] | None = ...,
+        learned_choice: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["facts", b"facts"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["effects", b"effects", "facts", b"facts", "ranked_channels", b"ranked_channels", "rules", b"rules"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["effects", b"effects", "facts", b"facts", "learned_choice", b"learned_choice", "ranked_channels", b"ranked_channels", "rules", b"rules"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1301,12 +1314,15 @@ class ReportEventRequest(_message.Message):
     CHANNEL_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
     OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     message_id: _builtins.str
     """The message the event is about; required for every kind but ACTIVE."""
     channel: _builtins.str
     """The channel the event happened on; required for every kind but ACTIVE."""
     kind: Global___EventKind.ValueType
+    value: _builtins.float
+    """What a CONVERTED event was worth (any unit, e.g. revenue); 0 when unknown."""
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp:
         """When it happened; unset means now."""
@@ -1319,10 +1335,11 @@ class ReportEventRequest(_message.Message):
         channel: _builtins.str = ...,
         kind: Global___EventKind.ValueType = ...,
         occurred_at: _timestamp_pb2.Timestamp | None = ...,
+        value: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "kind", b"kind", "message_id", b"message_id", "occurred_at", b"occurred_at", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "kind", b"kind", "message_id", b"message_id", "occurred_at", b"occurred_at", "user_id", b"user_id", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
