@@ -119,6 +119,8 @@ class Explanation:
     ranked_channels: tuple[str, ...]
     #: the learned choice's candidates, best first, each "channel: numbers" (empty without it)
     learned: tuple[str, ...] = ()
+    #: the send-time choice's candidates, best first (empty without a `send_time` effect)
+    send_times: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

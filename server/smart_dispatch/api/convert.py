@@ -110,7 +110,11 @@ def decision_lookup(entry: AuditEntry) -> pb.GetDecisionResponse:
 
 
 def _explanation(explanation: Explanation) -> pb.Explanation:
-    out = pb.Explanation(ranked_channels=explanation.ranked_channels, learned_choice=explanation.learned)
+    out = pb.Explanation(
+        ranked_channels=explanation.ranked_channels,
+        learned_choice=explanation.learned,
+        learned_send_time=explanation.send_times,
+    )
     out.facts.update(explanation.facts)
     for rule in explanation.rules:
         out.rules.add(

@@ -14,7 +14,7 @@ from typing import Any
 
 from smart_dispatch.domain import AppliedEffect
 from smart_dispatch.rules.effects import EFFECTS
-from smart_dispatch.rules.model import Choose, OnCap, QuietHours, Rule
+from smart_dispatch.rules.model import Choose, OnCap, QuietHours, Rule, SendTime
 
 
 @dataclass(slots=True)
@@ -31,6 +31,7 @@ class PlanDraft:
     suppress: str | None = None
     escalate_after: float | None = None
     choose: Choose | None = None
+    send_time: SendTime | None = None
     min_expected_engagement: float | None = None
     #: effect name -> the rule that set it (for reasons)
     source: dict[str, str] = field(default_factory=dict)
@@ -88,6 +89,9 @@ def _new(items: Sequence[str], present: Sequence[str]) -> list[str]:
 def _text(value: Any) -> str:
     if isinstance(value, QuietHours):
         return f"{value.start:%H:%M}-{value.end:%H:%M} policy={value.policy}"
+    if isinstance(value, SendTime):
+        within = f"within {value.within_s:g}s, min_events={value.min_events}"
+        return f"by engagement, {within} explore={value.explore}"
     if isinstance(value, Choose):
         return f"by engagement, objective={value.objective} margin={value.margin:g} explore={value.explore}"
     if isinstance(value, list | tuple):

@@ -29,6 +29,9 @@ from smart_dispatch.decide.learned import ChannelScore, posterior, score_channel
 from smart_dispatch.decide.learned import explain as explain_score
 from smart_dispatch.decide.rank import fallback_channels, rank_channels
 from smart_dispatch.decide.schedule import after_quiet_hours, past_deadline
+from smart_dispatch.decide.send_time import SlotScore, best_send_time
+from smart_dispatch.decide.send_time import explain as explain_slot
+from smart_dispatch.decide.timing import quiet_hours_end
 from smart_dispatch.decide.trace import Trace
 from smart_dispatch.decide.validate import validate_request, zone_for
 from smart_dispatch.domain import (
@@ -77,6 +80,7 @@ class _Outcome:
     draft: PlanDraft = field(default_factory=PlanDraft)
     ranked: list[str] = field(default_factory=list)
     learned: tuple[str, ...] = ()
+    send_times: tuple[str, ...] = ()
 
 
 class Decider:
@@ -219,6 +223,13 @@ class Decider:
         send_at = after_quiet_hours(case.now, case.zone, draft, trace)
         if send_at is None or past_deadline(request.message.not_after, send_at, trace):
             return suppressed
+        send_times: tuple[str, ...] = ()
+        if draft.send_time is not None:
+            slots = self._send_times(case, draft, send_at)
+            send_times = tuple(explain_slot(s) for s in slots)
+            if slots:
+                send_at = slots[0].at
+                trace.add(R.SEND_TIME, draft.source["send_time"], send_times[0])
         caps = [case.version.ruleset.caps[name] for name in draft.caps]
         placed = await self._caps.place(
             request,
@@ -242,7 +253,37 @@ class Decider:
         channels = [chosen, *fallback_channels(chosen, ranked, draft)]
         steps = [PlanStep(c, recipient.addresses[c], placed.send_at) for c in channels]
         verdict = Verdict.DEFER if placed.deferred else Verdict.SEND
-        return _Outcome(verdict, steps, placed.send_at, trace, draft, ranked, learned)
+        return _Outcome(verdict, steps, placed.send_at, trace, draft, ranked, learned, send_times)
+
+    def _send_times(self, case: _Case, draft: PlanDraft, earliest: datetime) -> list[SlotScore]:
+        """The `send_time` effect's candidate hours, best first (outside quiet hours only)."""
+        assert draft.send_time is not None
+        learning = case.version.ruleset.learning
+        quiet = None if draft.bypass_quiet_hours else draft.quiet_hours
+
+        def allowed(at: datetime) -> bool:
+            return quiet is None or quiet_hours_end(at, case.zone, quiet) is None
+
+        return best_send_time(
+            earliest,
+            case.zone,
+            draft.send_time,
+            case.behaviour.counts,
+            case.population.counts,
+            case.now.timestamp(),
+            learning.half_life_s,
+            learning.prior_weight,
+            self._rng(case.request, "send_time"),
+            allowed,
+            case.request.message.not_after,
+        )
+
+    def _rng(self, request: DecideRequest, purpose: str) -> random.Random:
+        """The process's random source, or with a seed one that depends on it and the message
+        id alone (reproducible whatever else runs concurrently)."""
+        if self._seed is None:
+            return self._random
+        return random.Random(f"{self._seed}:{purpose}:{request.message.id}")
 
     def _learned(self, case: _Case, draft: PlanDraft, ranked: list[str]) -> list[ChannelScore]:
         """The `choose` effect's scores, best first; none without it. Candidates: the ranked
@@ -252,7 +293,7 @@ class Decider:
             return []
         candidates = [c for c in ranked if c in draft.prefer] or ranked
         own = [c for c in candidates if c in case.request.recipient.preferred]
-        rng = self._random if self._seed is None else random.Random(f"{self._seed}:{case.request.message.id}")
+        rng = self._rng(case.request, "choose")
         return score_channels(
             own or candidates,
             case.behaviour,
@@ -356,7 +397,9 @@ def _explain(
     )
     if shadow_all:
         effects = [replace(e, shadow=True) for e in effects]
-    return Explanation(facts, evaluations, tuple(effects), tuple(outcome.ranked), outcome.learned)
+    return Explanation(
+        facts, evaluations, tuple(effects), tuple(outcome.ranked), outcome.learned, outcome.send_times
+    )
 
 
 def _unreachable_detail(reachable: tuple[str, ...]) -> str:

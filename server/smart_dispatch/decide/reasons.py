@@ -14,4 +14,5 @@ NO_REACHABLE_CHANNEL = "no_reachable_channel"  # no channel with an address, all
 DUPLICATE = "duplicate"  # message id already decided: its reservation is reused
 STORE_UNAVAILABLE = "store_unavailable"  # the store failed; category policy is fail-open
 LEARNED_CHOICE = "learned_choice"  # the `choose` effect ranked the channels by learned engagement
+SEND_TIME = "send_time"  # the `send_time` effect picked the send instant (detail: the slot's numbers)
 LOW_EXPECTED_ENGAGEMENT = "low_expected_engagement"  # below the rule's min_expected_engagement

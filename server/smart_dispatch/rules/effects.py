@@ -23,7 +23,7 @@ from datetime import time
 from typing import Any, Literal, Protocol, get_args
 
 from smart_dispatch.domain import KNOWN_CHANNELS
-from smart_dispatch.rules.model import Choose, Explore, Objective, OnCap, QuietHours, QuietPolicy
+from smart_dispatch.rules.model import Choose, Explore, Objective, OnCap, QuietHours, QuietPolicy, SendTime
 from smart_dispatch.rules.yaml_lines import LineDict
 
 Merge = Literal["concat", "union", "intersect", "first"]
@@ -186,6 +186,26 @@ def _choose(value: Any, line: int, context: EffectContext) -> Choose:
     return Choose(objective, float(margin), explore)
 
 
+def _send_time(value: Any, line: int, context: EffectContext) -> SendTime:
+    fail = context.fail
+    spec = mapping(value, line, "send_time", fail)
+    no_unknown_keys(spec, frozenset({"by", "within", "min_events", "explore"}), "send_time", fail)
+    if spec.get("by", "engagement") != "engagement":
+        raise fail(spec.line_of("by"), "send_time: by must be engagement")
+    within = parse_duration(spec.get("within", "24h"), spec.line_of("within"), fail)
+    if within > 7 * 86400:
+        raise fail(spec.line_of("within"), "send_time: within is at most 7d")
+    min_events = spec.get("min_events", 5)
+    if isinstance(min_events, bool) or not isinstance(min_events, int) or min_events < 0:
+        raise fail(spec.line_of("min_events"), "send_time: min_events must be a whole number >= 0")
+    explore = spec.get("explore", "thompson")
+    if explore not in get_args(Explore):
+        raise fail(
+            spec.line_of("explore"), f"send_time: explore must be one of {', '.join(get_args(Explore))}"
+        )
+    return SendTime(within, min_events, explore)
+
+
 def _probability(name: str) -> Parse:
     def parse(value: Any, line: int, context: EffectContext) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
@@ -209,6 +229,7 @@ EFFECTS: tuple[EffectKind, ...] = (
     EffectKind("fallback", _channels, "first"),
     EffectKind("escalate_after", _duration, "first"),
     EffectKind("choose", _choose, "first"),
+    EffectKind("send_time", _send_time, "first"),
     EffectKind("min_expected_engagement", _probability("min_expected_engagement"), "first"),
 )
 EFFECT_NAMES: frozenset[str] = frozenset(effect.name for effect in EFFECTS)

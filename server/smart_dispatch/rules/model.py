@@ -26,6 +26,17 @@ DEFAULT_CHANNEL_COSTS: Mapping[str, float] = {
 
 
 @dataclass(frozen=True, slots=True)
+class SendTime:
+    """The `send_time` effect: send at the local hour, within `within_s` of the earliest allowed
+    instant, with the best learned open rate; the person's own slot data count once they have
+    `min_events` sends, before that the population curve decides."""
+
+    within_s: float = 86400.0
+    min_events: int = 5
+    explore: Explore = "thompson"
+
+
+@dataclass(frozen=True, slots=True)
 class Learning:
     """The engagement model's settings (file key `learning:`) and channel costs (`channels:`).
 
@@ -84,6 +95,7 @@ class Effects:
     #: seconds to wait for engagement (opened/clicked) after a step before the next one goes
     escalate_after: float | None = None
     choose: Choose | None = None
+    send_time: SendTime | None = None
     #: suppress when the chosen channel's expected engagement is below this
     min_expected_engagement: float | None = None
 

@@ -681,6 +681,7 @@ class Explanation(_message.Message):
     EFFECTS_FIELD_NUMBER: _builtins.int
     RANKED_CHANNELS_FIELD_NUMBER: _builtins.int
     LEARNED_CHOICE_FIELD_NUMBER: _builtins.int
+    LEARNED_SEND_TIME_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def facts(self) -> _struct_pb2.Struct:
         """The facts document the rules were matched against."""
@@ -704,6 +705,12 @@ class Explanation(_message.Message):
         the channel's cost and the objective's score. Empty when no `choose` effect applied.
         """
 
+    @_builtins.property
+    def learned_send_time(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The send-time choice's candidate hours, best first: slot, instant, posterior mean P(open),
+        the rate used and the person's own opens/sends in the slot. Empty without `send_time`.
+        """
+
     def __init__(
         self,
         *,
@@ -712,10 +719,11 @@ class Explanation(_message.Message):
         effects: _abc.Iterable[Global___AppliedEffect] | None = ...,
         ranked_channels: _abc.Iterable[_builtins.str] | None = ...,
         learned_choice: _abc.Iterable[_builtins.str] | None = ...,
+        learned_send_time: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["facts", b"facts"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["effects", b"effects", "facts", b"facts", "learned_choice", b"learned_choice", "ranked_channels", b"ranked_channels", "rules", b"rules"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["effects", b"effects", "facts", b"facts", "learned_choice", b"learned_choice", "learned_send_time", b"learned_send_time", "ranked_channels", b"ranked_channels", "rules", b"rules"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
