@@ -64,6 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     health.add_argument("--timeout", type=float, default=2.0, help="seconds (default 2)")
 
+    simulate = sub.add_parser(
+        "simulate", help="compare policies (static, random, learned, oracle) on a simulated population"
+    )
+    simulate.add_argument("scenario", type=Path, help="scenario file (YAML), e.g. simulations/default.yaml")
+    simulate.add_argument("--seed", type=int, default=7, help="seed of the people, messages and sampling")
+    simulate.add_argument("--out", type=Path, help="write daily.csv, summary.csv and daily.png here")
+    simulate.add_argument("--policies", default=",".join(("static", "random", "learned", "oracle")))
+    simulate.add_argument("--store", dest="store_url", default="memory://", help="memory:// or redis://…")
+    simulate.add_argument("--processes", type=int, default=2, help="policies run in parallel (default 2)")
+
     rules = sub.add_parser("rules", help="work with rule files")
     rules_sub = rules.add_subparsers(dest="rules_command", required=True)
     check = rules_sub.add_parser("check", help="validate a rules directory; exit 1 on problems")
@@ -98,6 +108,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command in ("serve", "worker"):
             return _run(args, argv)
+        if args.command == "simulate":
+            from smart_dispatch.simulate import simulate as run_simulation
+
+            policies = tuple(p.strip() for p in args.policies.split(",") if p.strip())
+            return run_simulation(
+                args.scenario,
+                seed=args.seed,
+                out=args.out,
+                policies=policies,
+                store_url=args.store_url,
+                processes=args.processes,
+            )
         if args.command == "health":
             return _health(args.target, args.timeout)
         if args.command == "why":

@@ -272,7 +272,6 @@ class Decider:
             case.population.counts,
             case.now.timestamp(),
             learning.half_life_s,
-            learning.prior_weight,
             self._rng(case.request, "send_time"),
             allowed,
             case.request.message.not_after,

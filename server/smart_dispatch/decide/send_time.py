@@ -4,13 +4,14 @@ Pure but for the random source it is given.
 Candidates are the earliest allowed instant and the start of every following local hour inside
 `within` (and before the message deadline), each outside quiet hours. Each candidate's slot
 (`wd07`, `we21`: base.slot_of) has a Beta posterior of P(open | sent in that slot): the
-population's rate for the slot (worth `prior_weight` observations) plus the person's own sends
-and opens in it. Opens are counted against sends in the same slot, so a person is not "learned"
-to like the hours we happened to send at. Where the person has fewer than `min_events` sends in
-the weekday/weekend slot, both halves of that hour are pooled; where they have fewer than that in
-all slots together, only the population curve speaks. Thompson sampling explores; the best
-sampled candidate wins, ties going to the earlier one. Hours are local, so midnight wraps like
-any other hour.
+population's rate for the slot, worth the effect's `prior_weight` observations (default 50),
+plus the person's own sends and opens in it. Opens are counted against sends in the same slot,
+so a person is not "learned" to like the hours we happened to send at. Where the person has fewer
+than `min_events` sends in the weekday/weekend slot, both halves of that hour are pooled; where
+they have fewer than that in all slots together, only the population curve speaks. Each hour
+also borrows from its neighbours (kernel 1/4, 1/2, 1, 1/2, 1/4), since openness changes smoothly
+with the hour. Thompson sampling explores; the best sampled candidate wins, ties going to the
+earlier one. Hours are local, so midnight wraps like any other hour.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ class SlotScore:
     own_opened: float
 
 
+_KERNEL = ((0, 1.0), (-1, 0.5), (1, 0.5), (-2, 0.25), (2, 0.25))
+
+
 class _Counts:
     def __init__(self, counts: Mapping[str, Decayed], now_s: float, half_life_s: float) -> None:
         self._counts = counts
@@ -48,6 +52,17 @@ class _Counts:
     def pooled(self, slot: str, kind: str) -> float:
         hour = slot[2:]
         return self.get(f"wd{hour}", kind) + self.get(f"we{hour}", kind)
+
+    def smoothed(self, slot: str, kind: str, pooled: bool) -> float:
+        """The slot's count plus its neighbours' (half an hour either side weighs 1/2, two
+        hours 1/4): openness changes smoothly with the hour, so an hour borrows strength from
+        the hours around it, circularly (23:00 neighbours 00:00)."""
+        day, hour = slot[:2], int(slot[2:])
+        total = 0.0
+        for offset, weight in _KERNEL:
+            neighbour = f"{day}{(hour + offset) % 24:02d}"
+            total += weight * (self.pooled(neighbour, kind) if pooled else self.get(neighbour, kind))
+        return total
 
     def total_sent(self) -> float:
         return sum(
@@ -65,7 +80,6 @@ def best_send_time(
     population: Mapping[str, Decayed],
     now_s: float,
     half_life_s: float,
-    prior_weight: float,
     rng: random.Random,
     allowed: Callable[[datetime], bool],
     not_after: datetime | None = None,
@@ -78,16 +92,18 @@ def best_send_time(
         if not allowed(at):
             continue
         slot = slot_of(at.astimezone(zone))
-        prior_sent, prior_opened = everyone.pooled(slot, "sent"), everyone.pooled(slot, "opened")
+        prior_sent, prior_opened = (
+            everyone.smoothed(slot, "sent", True),
+            everyone.smoothed(slot, "opened", True),
+        )
         rate = (min(prior_opened, prior_sent) + 1.0) / (prior_sent + 2.0)
         sent = opened = 0.0
         if use_own:
-            sent, opened = mine.get(slot, "sent"), mine.get(slot, "opened")
-            if sent < spec.min_events:
-                sent, opened = mine.pooled(slot, "sent"), mine.pooled(slot, "opened")
+            pooled = mine.get(slot, "sent") < spec.min_events
+            sent, opened = mine.smoothed(slot, "sent", pooled), mine.smoothed(slot, "opened", pooled)
             opened = min(opened, sent)
-        alpha = prior_weight * rate + opened
-        beta = prior_weight * (1.0 - rate) + (sent - opened)
+        alpha = spec.prior_weight * rate + opened
+        beta = spec.prior_weight * (1.0 - rate) + (sent - opened)
         mean = alpha / (alpha + beta)
         sample = rng.betavariate(alpha, beta) if spec.explore == "thompson" else mean
         scored.append(SlotScore(at, slot, mean, sample, sent, opened))

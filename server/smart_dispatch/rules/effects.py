@@ -189,7 +189,9 @@ def _choose(value: Any, line: int, context: EffectContext) -> Choose:
 def _send_time(value: Any, line: int, context: EffectContext) -> SendTime:
     fail = context.fail
     spec = mapping(value, line, "send_time", fail)
-    no_unknown_keys(spec, frozenset({"by", "within", "min_events", "explore"}), "send_time", fail)
+    no_unknown_keys(
+        spec, frozenset({"by", "within", "min_events", "explore", "prior_weight"}), "send_time", fail
+    )
     if spec.get("by", "engagement") != "engagement":
         raise fail(spec.line_of("by"), "send_time: by must be engagement")
     within = parse_duration(spec.get("within", "24h"), spec.line_of("within"), fail)
@@ -203,7 +205,10 @@ def _send_time(value: Any, line: int, context: EffectContext) -> SendTime:
         raise fail(
             spec.line_of("explore"), f"send_time: explore must be one of {', '.join(get_args(Explore))}"
         )
-    return SendTime(within, min_events, explore)
+    weight = spec.get("prior_weight", 50)
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 < weight <= 1e6:
+        raise fail(spec.line_of("prior_weight"), "send_time: prior_weight must be a positive number")
+    return SendTime(within, min_events, explore, float(weight))
 
 
 def _probability(name: str) -> Parse:

@@ -34,6 +34,10 @@ class SendTime:
     within_s: float = 86400.0
     min_events: int = 5
     explore: Explore = "thompson"
+    #: observations the population's curve is worth for one person's hour: the curve is
+    #: learned from everyone, so it is worth more than a channel prior; a person's own opens
+    #: move it as they accumulate, and Thompson sampling explores only "a little"
+    prior_weight: float = 50.0
 
 
 @dataclass(frozen=True, slots=True)
