@@ -89,7 +89,7 @@ async def test_a_person_gets_messages_at_the_hour_they_open_them(stub):
 
 
 async def test_the_best_hour_after_midnight_is_found_across_it(stub):
-    await history(stub, "owl", {1: True, 22: False, 23: False})
+    await history(stub, "owl", {0: False, 1: True, 2: False, 22: False, 23: False})
     decided = await stub.Decide(request("owl", MONDAY.replace(hour=22), "night"))
     assert decided.send_at.ToDatetime(tzinfo=UTC) == MONDAY + timedelta(days=1, hours=1)
 

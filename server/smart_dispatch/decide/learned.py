@@ -3,7 +3,8 @@ engage on, for what it costs. Pure but for the random source it is given.
 
 Each candidate channel has a Beta posterior of P(engage), the share of attempts (sends or
 deliveries) that were opened or clicked. Its prior is the population's rate for the message's
-category and that channel (all people, decayed counts) worth `prior_weight` observations; the
+category and that channel (all people, decayed counts; shrunk towards the category's rate on
+all channels) worth `prior_weight` observations; the
 person's own decayed counts are added to it, so a new person starts from what works for everyone
 and moves towards their own data. With `explore: thompson` a rate is sampled from each
 posterior (channels with little data get tried), with `none` the posterior mean is used.
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from smart_dispatch.behaviour.base import Behaviour, ChannelStats, Population
+from smart_dispatch.domain import KNOWN_CHANNELS
 from smart_dispatch.rules.model import Choose, Learning
 
 
@@ -36,14 +38,30 @@ class ChannelScore:
     prior_rate: float  # the population's rate the prior is centred on
 
 
-def posterior(own: ChannelStats, prior: ChannelStats, weight: float) -> tuple[float, float, float]:
-    """(alpha, beta, prior rate) of P(engage): the population rate worth `weight` observations,
-    plus the person's engagements and non-engaged attempts. An unsubscribe from the channel
-    weighs as much as the whole prior against it: a person who said no is not asked again soon."""
-    rate = (prior.engaged + 1.0) / (prior.tried + 2.0)
+def prior_rate(
+    population: Population, category: str, channel: str, now_s: float, half_life_s: float
+) -> float:
+    """The population's rate for `channel` in `category`, shrunk towards the category's rate on
+    every channel (two observations' worth): a channel nobody was sent on is as good as the
+    average channel, not a coin flip."""
+    engaged = tried = 0.0
+    mine = ChannelStats()
+    for candidate in KNOWN_CHANNELS:
+        stats = population.stats(category, candidate, now_s, half_life_s)
+        engaged, tried = engaged + stats.engaged, tried + stats.tried
+        if candidate == channel:
+            mine = stats
+    overall = (engaged + 1.0) / (tried + 2.0)
+    return (mine.engaged + 2.0 * overall) / (mine.tried + 2.0)
+
+
+def posterior(own: ChannelStats, rate: float, weight: float) -> tuple[float, float]:
+    """(alpha, beta) of P(engage): the population `rate` worth `weight` observations, plus the
+    person's engagements and non-engaged attempts. An unsubscribe from the channel weighs as
+    much as the whole prior against it: a person who said no is not asked again soon."""
     alpha = weight * rate + own.engaged
     beta = weight * (1.0 - rate) + max(0.0, own.tried - own.engaged) + weight * own.unsubscribed
-    return alpha, beta, rate
+    return alpha, beta
 
 
 def score_channels(
@@ -61,14 +79,13 @@ def score_channels(
     scored: list[ChannelScore] = []
     for channel in candidates:
         own = behaviour.stats(channel, now_s, half_life)
-        alpha, beta, prior_rate = posterior(
-            own, population.stats(category, channel, now_s, half_life), learning.prior_weight
-        )
+        rate = prior_rate(population, category, channel, now_s, half_life)
+        alpha, beta = posterior(own, rate, learning.prior_weight)
         mean = alpha / (alpha + beta)
         sample = rng.betavariate(alpha, beta) if choose.explore == "thompson" else mean
         cost = learning.cost(channel)
         score = sample * learning.value(category) - cost
-        scored.append(ChannelScore(channel, mean, sample, cost, score, own.tried, own.engaged, prior_rate))
+        scored.append(ChannelScore(channel, mean, sample, cost, score, own.tried, own.engaged, rate))
     if choose.objective == "cheapest_within" and scored:
         best = max(s.sample for s in scored)
         within = [s for s in scored if s.sample >= choose.margin * best]

@@ -25,7 +25,7 @@ from smart_dispatch.decide import reasons as R
 from smart_dispatch.decide.caps_step import SHADOW_PREFIX, CapStep, FailurePolicy
 from smart_dispatch.decide.draft import PlanDraft, fold
 from smart_dispatch.decide.facts import build_facts, reachable_channels
-from smart_dispatch.decide.learned import ChannelScore, posterior, score_channels
+from smart_dispatch.decide.learned import ChannelScore, posterior, prior_rate, score_channels
 from smart_dispatch.decide.learned import explain as explain_score
 from smart_dispatch.decide.rank import fallback_channels, rank_channels
 from smart_dispatch.decide.schedule import after_quiet_hours, past_deadline
@@ -309,8 +309,10 @@ class Decider:
         learning = case.version.ruleset.learning
         now_s = case.now.timestamp()
         own = case.behaviour.stats(channel, now_s, learning.half_life_s)
-        prior = case.population.stats(case.request.message.category, channel, now_s, learning.half_life_s)
-        alpha, beta, _ = posterior(own, prior, learning.prior_weight)
+        rate = prior_rate(
+            case.population, case.request.message.category, channel, now_s, learning.half_life_s
+        )
+        alpha, beta = posterior(own, rate, learning.prior_weight)
         return alpha / (alpha + beta)
 
     def _with_templates(self, request: DecideRequest, ranked: list[str]) -> list[str]:

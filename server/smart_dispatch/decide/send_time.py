@@ -8,9 +8,11 @@ population's rate for the slot, worth the effect's `prior_weight` observations (
 plus the person's own sends and opens in it. Opens are counted against sends in the same slot,
 so a person is not "learned" to like the hours we happened to send at. Where the person has fewer
 than `min_events` sends in the weekday/weekend slot, both halves of that hour are pooled; where
-they have fewer than that in all slots together, only the population curve speaks. Each hour
-also borrows from its neighbours (kernel 1/4, 1/2, 1, 1/2, 1/4), since openness changes smoothly
-with the hour. Thompson sampling explores; the best sampled candidate wins, ties going to the
+they have fewer than that in all slots together, only the population curve speaks. The
+population's hour also borrows from its neighbours (kernel 1/4, 1/2, 1, 1/2, 1/4), since its
+openness changes smoothly with the hour; a person's own counts are not smoothed (an hour next to
+their opens, never tried, would look better than the hour they were opened at). Thompson
+sampling explores; the best sampled candidate wins, ties going to the
 earlier one. Hours are local, so midnight wraps like any other hour.
 """
 
@@ -64,11 +66,11 @@ class _Counts:
             total += weight * (self.pooled(neighbour, kind) if pooled else self.get(neighbour, kind))
         return total
 
-    def total_sent(self) -> float:
+    def total(self, kind: str) -> float:
         return sum(
             count.at(self._now_s, self._half_life_s)
             for key, count in self._counts.items()
-            if key.startswith("slot:") and key.endswith(":sent")
+            if key.startswith("slot:") and key.endswith(f":{kind}")
         )
 
 
@@ -86,7 +88,9 @@ def best_send_time(
 ) -> list[SlotScore]:
     """The candidates scored, best first; empty when none is allowed."""
     mine, everyone = _Counts(own, now_s, half_life_s), _Counts(population, now_s, half_life_s)
-    use_own = mine.total_sent() >= spec.min_events
+    use_own = mine.total("sent") >= spec.min_events
+    # an hour nobody was sent at is as good as the average hour, not a coin flip
+    overall = (everyone.total("opened") + 1.0) / (everyone.total("sent") + 2.0)
     scored: list[SlotScore] = []
     for at in _candidates(earliest, zone, spec.within_s, not_after):
         if not allowed(at):
@@ -96,11 +100,12 @@ def best_send_time(
             everyone.smoothed(slot, "sent", True),
             everyone.smoothed(slot, "opened", True),
         )
-        rate = (min(prior_opened, prior_sent) + 1.0) / (prior_sent + 2.0)
+        rate = (min(prior_opened, prior_sent) + 2.0 * overall) / (prior_sent + 2.0)
         sent = opened = 0.0
         if use_own:
-            pooled = mine.get(slot, "sent") < spec.min_events
-            sent, opened = mine.smoothed(slot, "sent", pooled), mine.smoothed(slot, "opened", pooled)
+            sent, opened = mine.get(slot, "sent"), mine.get(slot, "opened")
+            if sent < spec.min_events:
+                sent, opened = mine.pooled(slot, "sent"), mine.pooled(slot, "opened")
             opened = min(opened, sent)
         alpha = spec.prior_weight * rate + opened
         beta = spec.prior_weight * (1.0 - rate) + (sent - opened)
