@@ -84,3 +84,15 @@ def test_a_bad_scenario_names_the_key(doc: dict, message: str):
     with pytest.raises(ConfigurationError) as info:
         parse_scenario(doc, "x")
     assert message in str(info.value)
+
+
+@pytest.mark.redis
+def test_the_learned_policy_scores_the_same_on_redis_as_on_memory(small: Path, tmp_path: Path, single_redis):
+    single_redis.flushall()
+    summaries = []
+    for store in ("memory://", single_redis.url):
+        out = tmp_path / ("redis" if store.startswith("redis") else "memory")
+        args = ["simulate", str(small), "--out", str(out), "--processes", "1", "--policies", "learned"]
+        main([*args, "--store", store, "--seed", "11"])
+        summaries.append((out / "daily.csv").read_text())
+    assert summaries[0] == summaries[1]

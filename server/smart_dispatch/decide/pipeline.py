@@ -149,6 +149,11 @@ class Decider:
         except StoreError as exc:
             log.warning("send of %s not counted for learning: %s", request.message.id, exc)
 
+    async def refresh_prior(self) -> None:
+        """Re-read the population prior now (a simulation does it once per simulated day, so
+        its runs do not depend on how fast the wall clock went)."""
+        await self._prior.refresh()
+
     async def close(self) -> None:
         await self._prior.close()
 

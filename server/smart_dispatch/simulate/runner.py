@@ -127,7 +127,7 @@ async def run_policy(
             watch_rules=False,
             allow_request_clock=True,
             learning_seed=seed,
-            learning_prior_refresh_s=600.0,
+            learning_prior_refresh_s=1e9,  # refreshed once per simulated day instead
             key_prefix=f"sim{seed}{policy}",
             log_level="WARNING",
         )
@@ -169,13 +169,12 @@ class _Simulation:
         while self.queue:
             when_s, _, action = heapq.heappop(self.queue)
             day = int((when_s - start_s) // 86400)
-            if day != shown_day and self.progress is not None and day < self.scenario.days:
+            if day != shown_day and day < self.scenario.days:
                 shown_day = day
-                print(
-                    f"  {self.policy:<8} day {day + 1:>3}/{self.scenario.days}",
-                    file=self.progress,
-                    flush=True,
-                )
+                await self.runtime.decider.refresh_prior()
+                if self.progress is not None:
+                    line = f"  {self.policy:<8} day {day + 1:>3}/{self.scenario.days}"
+                    print(line, file=self.progress, flush=True)
             outcome = action()
             if hasattr(outcome, "__await__"):
                 await outcome
