@@ -23,7 +23,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 EventKind = Literal[
     "delivered", "opened", "clicked", "converted", "bounced", "failed", "unsubscribed", "active"
@@ -124,17 +124,24 @@ class Behaviour:
 
     last_active_at: datetime | None = None
     counts: Mapping[str, Decayed] = field(default_factory=dict)
+    #: stats already computed for this read (a decision asks for each channel several times)
+    memo: dict[Any, ChannelStats] = field(default_factory=dict, compare=False, repr=False)
 
     def stats(
         self, channel: str, now_s: float | None = None, half_life_s: float = DEFAULT_HALF_LIFE_S
     ) -> ChannelStats:
         """`channel`'s counts decayed to `now_s` (undecayed, as stored, when None)."""
+        key = (channel, now_s, half_life_s)
+        known = self.memo.get(key)
+        if known is not None:
+            return known
         values = {}
         for kind in COUNTED:
             count = self.counts.get(f"{channel}:{kind}")
             if count is not None:
                 values[kind] = count.value if now_s is None else count.at(now_s, half_life_s)
-        return ChannelStats(**values) if values else _NO_STATS
+        stats = self.memo[key] = ChannelStats(**values) if values else _NO_STATS
+        return stats
 
     @property
     def channels(self) -> list[str]:
@@ -177,9 +184,23 @@ class Recorded:
 
 @dataclass(frozen=True, slots=True)
 class Population:
-    """The sums over everyone: keys `<category>:<channel>:<kind>` and `slot:<slot>:<kind>`."""
+    """The sums over everyone: keys `<category>:<channel>:<kind>` and `slot:<slot>:<kind>`.
+    `memo` keeps what decisions derive from one copy (rates, the slot curve), so each is
+    computed once per refresh, decayed to the instant of its first use: between refreshes
+    (seconds) the decay is negligible."""
 
     counts: Mapping[str, Decayed] = field(default_factory=dict)
+    memo: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def slot_values(self, now_s: float, half_life_s: float) -> Mapping[str, float]:
+        """Every `slot:<slot>:<kind>` count, decayed (computed once per copy and half-life)."""
+        key = ("slots", half_life_s)
+        values = self.memo.get(key)
+        if values is None:
+            values = self.memo[key] = {
+                k: c.at(now_s, half_life_s) for k, c in self.counts.items() if k.startswith("slot:")
+            }
+        return values
 
     def stats(self, category: str, channel: str, now_s: float, half_life_s: float) -> ChannelStats:
         values = {}

@@ -43,7 +43,11 @@ def prior_rate(
 ) -> float:
     """The population's rate for `channel` in `category`, shrunk towards the category's rate on
     every channel (two observations' worth): a channel nobody was sent on is as good as the
-    average channel, not a coin flip."""
+    average channel, not a coin flip. Computed once per population copy (see `Population`)."""
+    key = ("rate", category, channel, half_life_s)
+    known = population.memo.get(key)
+    if known is not None:
+        return known  # type: ignore[no-any-return]
     engaged = tried = 0.0
     mine = ChannelStats()
     for candidate in KNOWN_CHANNELS:
@@ -52,7 +56,8 @@ def prior_rate(
         if candidate == channel:
             mine = stats
     overall = (engaged + 1.0) / (tried + 2.0)
-    return (mine.engaged + 2.0 * overall) / (mine.tried + 2.0)
+    rate = population.memo[key] = (mine.engaged + 2.0 * overall) / (mine.tried + 2.0)
+    return rate
 
 
 def posterior(own: ChannelStats, rate: float, weight: float) -> tuple[float, float]:

@@ -31,7 +31,7 @@ from smart_dispatch.decide.rank import fallback_channels, rank_channels
 from smart_dispatch.decide.schedule import after_quiet_hours, past_deadline
 from smart_dispatch.decide.send_time import SlotScore, best_send_time
 from smart_dispatch.decide.send_time import explain as explain_slot
-from smart_dispatch.decide.timing import quiet_hours_end
+from smart_dispatch.decide.timing import in_window
 from smart_dispatch.decide.trace import Trace
 from smart_dispatch.decide.validate import validate_request, zone_for
 from smart_dispatch.domain import (
@@ -210,7 +210,7 @@ class Decider:
             ranked = [chosen, *(c for c in ranked if c != chosen)]
             trace.add(R.LEARNED_CHOICE, draft.source["choose"], explain_score(scores[0], objective))
         ranked = self._with_templates(request, ranked)
-        learned = tuple(explain_score(s, objective) for s in scores)
+        learned = tuple(explain_score(s, objective) for s in scores) if request.explain else ()
         suppressed = _Outcome(Verdict.SUPPRESS, trace=trace, draft=draft, ranked=ranked, learned=learned)
         if draft.suppress is not None:
             trace.add(R.SUPPRESSED_BY_RULE, draft.source["suppress"], draft.suppress)
@@ -231,10 +231,11 @@ class Decider:
         send_times: tuple[str, ...] = ()
         if draft.send_time is not None:
             slots = self._send_times(case, draft, send_at)
-            send_times = tuple(explain_slot(s) for s in slots)
+            if request.explain:
+                send_times = tuple(explain_slot(s) for s in slots)
             if slots:
                 send_at = slots[0].at
-                trace.add(R.SEND_TIME, draft.source["send_time"], send_times[0])
+                trace.add(R.SEND_TIME, draft.source["send_time"], explain_slot(slots[0]))
         caps = [case.version.ruleset.caps[name] for name in draft.caps]
         placed = await self._caps.place(
             request,
@@ -267,14 +268,16 @@ class Decider:
         quiet = None if draft.bypass_quiet_hours else draft.quiet_hours
 
         def allowed(at: datetime) -> bool:
-            return quiet is None or quiet_hours_end(at, case.zone, quiet) is None
+            if quiet is None:
+                return True
+            return not in_window(at.astimezone(case.zone).time(), quiet.start, quiet.end)
 
         return best_send_time(
             earliest,
             case.zone,
             draft.send_time,
             case.behaviour.counts,
-            case.population.counts,
+            case.population,
             case.now.timestamp(),
             learning.half_life_s,
             self._rng(case.request, "send_time"),

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from smart_dispatch.behaviour.base import Decayed, slot_of
+from smart_dispatch.behaviour.base import Decayed, Population, slot_of
 from smart_dispatch.rules.model import SendTime
 
 
@@ -42,14 +42,13 @@ _KERNEL = ((0, 1.0), (-1, 0.5), (1, 0.5), (-2, 0.25), (2, 0.25))
 
 
 class _Counts:
-    def __init__(self, counts: Mapping[str, Decayed], now_s: float, half_life_s: float) -> None:
-        self._counts = counts
-        self._now_s = now_s
-        self._half_life_s = half_life_s
+    """Slot counts, already decayed: `slot:<slot>:<kind>` -> count."""
+
+    def __init__(self, values: Mapping[str, float]) -> None:
+        self._values = values
 
     def get(self, slot: str, kind: str) -> float:
-        count = self._counts.get(f"slot:{slot}:{kind}")
-        return 0.0 if count is None else count.at(self._now_s, self._half_life_s)
+        return self._values.get(f"slot:{slot}:{kind}", 0.0)
 
     def pooled(self, slot: str, kind: str) -> float:
         hour = slot[2:]
@@ -67,11 +66,7 @@ class _Counts:
         return total
 
     def total(self, kind: str) -> float:
-        return sum(
-            count.at(self._now_s, self._half_life_s)
-            for key, count in self._counts.items()
-            if key.startswith("slot:") and key.endswith(f":{kind}")
-        )
+        return sum(value for key, value in self._values.items() if key.endswith(f":{kind}"))
 
 
 def best_send_time(
@@ -79,7 +74,7 @@ def best_send_time(
     zone: ZoneInfo,
     spec: SendTime,
     own: Mapping[str, Decayed],
-    population: Mapping[str, Decayed],
+    population: Population,
     now_s: float,
     half_life_s: float,
     rng: random.Random,
@@ -87,20 +82,15 @@ def best_send_time(
     not_after: datetime | None = None,
 ) -> list[SlotScore]:
     """The candidates scored, best first; empty when none is allowed."""
-    mine, everyone = _Counts(own, now_s, half_life_s), _Counts(population, now_s, half_life_s)
+    mine = _Counts({k: c.at(now_s, half_life_s) for k, c in own.items() if k.startswith("slot:")})
+    curve = _population_curve(population, now_s, half_life_s)
     use_own = mine.total("sent") >= spec.min_events
-    # an hour nobody was sent at is as good as the average hour, not a coin flip
-    overall = (everyone.total("opened") + 1.0) / (everyone.total("sent") + 2.0)
     scored: list[SlotScore] = []
     for at in _candidates(earliest, zone, spec.within_s, not_after):
         if not allowed(at):
             continue
         slot = slot_of(at.astimezone(zone))
-        prior_sent, prior_opened = (
-            everyone.smoothed(slot, "sent", True),
-            everyone.smoothed(slot, "opened", True),
-        )
-        rate = (min(prior_opened, prior_sent) + 2.0 * overall) / (prior_sent + 2.0)
+        rate = curve[slot]
         sent = opened = 0.0
         if use_own:
             sent, opened = mine.get(slot, "sent"), mine.get(slot, "opened")
@@ -113,6 +103,26 @@ def best_send_time(
         sample = rng.betavariate(alpha, beta) if spec.explore == "thompson" else mean
         scored.append(SlotScore(at, slot, mean, sample, sent, opened))
     return sorted(scored, key=lambda s: (-s.sample, s.at))
+
+
+def _population_curve(population: Population, now_s: float, half_life_s: float) -> Mapping[str, float]:
+    """Every slot's prior rate: the population's smoothed opens / sends, shrunk towards the
+    average hour (an hour nobody was sent at is as good as the average hour, not a coin flip).
+    Computed once per population copy."""
+    key = ("slot curve", half_life_s)
+    known = population.memo.get(key)
+    if known is not None:
+        return known  # type: ignore[no-any-return]
+    everyone = _Counts(population.slot_values(now_s, half_life_s))
+    overall = (everyone.total("opened") + 1.0) / (everyone.total("sent") + 2.0)
+    curve = {}
+    for day in ("wd", "we"):
+        for hour in range(24):
+            slot = f"{day}{hour:02d}"
+            sent, opened = everyone.smoothed(slot, "sent", True), everyone.smoothed(slot, "opened", True)
+            curve[slot] = (min(opened, sent) + 2.0 * overall) / (sent + 2.0)
+    population.memo[key] = curve
+    return curve
 
 
 def _candidates(
