@@ -560,3 +560,21 @@ def test_hidden_entries_and_configmap_data_links_are_ignored(tmp_path):
     # Then only the visible rule file counts, read through the links
     assert ruleset.files == (str(tmp_path / "rules.yaml"),)
     assert [r.name for r in ruleset.rules] == ["ok"]
+
+
+def test_a_directory_over_its_byte_or_file_budget_is_refused_before_reading(tmp_path):
+    from smart_dispatch.rules.loader import MAX_FILES, MAX_TOTAL_BYTES
+
+    big = "#" * (MAX_TOTAL_BYTES // 9) + "\n"
+    for n in range(10):
+        (tmp_path / f"r{n}.yaml").write_text(big)
+    with pytest.raises(RuleFileError) as info:
+        load_ruleset(tmp_path)
+    assert info.value.file == str(tmp_path) and "a directory may hold at most" in info.value.problem
+    for n in range(10):
+        (tmp_path / f"r{n}.yaml").unlink()
+    for n in range(MAX_FILES + 1):
+        (tmp_path / f"f{n}.yaml").write_text("rules: []\n")
+    with pytest.raises(RuleFileError) as info:
+        load_ruleset(tmp_path)
+    assert f"at most {MAX_FILES:,}" in info.value.problem

@@ -19,7 +19,8 @@ A file (all keys optional):
       values: {marketing: 1.0}            what one engagement of a category is worth
 
 Every problem raises `RuleFileError(file, line, problem)`; nothing is half-loaded. A file may
-have at most `MAX_FILE_BYTES` bytes and a directory at most `MAX_RULES` rules (see also the
+have at most `MAX_FILE_BYTES` bytes, a directory at most `MAX_FILES` files, `MAX_TOTAL_BYTES`
+bytes and `MAX_RULES` rules (see also the
 bounds of yaml_lines.py and network.py).
 """
 
@@ -51,6 +52,9 @@ DEFAULT_PRIORITY = 100
 MAX_FILE_BYTES = 2 * 1024 * 1024
 #: Rules of one rules directory.
 MAX_RULES = 10_000
+#: Rule files of one directory, and their bytes together (checked before any is read).
+MAX_FILES = 1_000
+MAX_TOTAL_BYTES = 16 * 1024 * 1024
 MAX_PRIORITY = 65535
 _FILE_KEYS = frozenset({"categories", "caps", "rules", "channels", "learning"})
 _CAP_KEYS = frozenset({"name", "limit", "window", "scope", "channel", "description"})
@@ -81,8 +85,16 @@ def read_sources(directory: Path) -> dict[str, str]:
         files = rule_files(directory)
         if not files:
             raise RuleFileError(str(directory), 0, "no rule files (*.yaml, *.yml) in directory")
+        if len(files) > MAX_FILES:
+            raise RuleFileError(str(directory), 0, f"{len(files):,} rule files; at most {MAX_FILES:,}")
+        total = 0
         for path in files:
-            _check_file_size(str(path), path.stat().st_size)
+            size = path.stat().st_size
+            _check_file_size(str(path), size)
+            total += size
+        if total > MAX_TOTAL_BYTES:
+            problem = f"the rule files hold {total:,} bytes; a directory may hold at most {MAX_TOTAL_BYTES:,}"
+            raise RuleFileError(str(directory), 0, problem)
         return {str(path): path.read_text(encoding="utf-8") for path in files}
     except (OSError, UnicodeDecodeError) as exc:
         raise RuleFileError(str(directory), 0, f"cannot read rule files: {exc}") from exc
