@@ -54,16 +54,11 @@ class _Counts:
         hour = slot[2:]
         return self.get(f"wd{hour}", kind) + self.get(f"we{hour}", kind)
 
-    def smoothed(self, slot: str, kind: str, pooled: bool) -> float:
-        """The slot's count plus its neighbours' (half an hour either side weighs 1/2, two
-        hours 1/4): openness changes smoothly with the hour, so an hour borrows strength from
-        the hours around it, circularly (23:00 neighbours 00:00)."""
-        day, hour = slot[:2], int(slot[2:])
-        total = 0.0
-        for offset, weight in _KERNEL:
-            neighbour = f"{day}{(hour + offset) % 24:02d}"
-            total += weight * (self.pooled(neighbour, kind) if pooled else self.get(neighbour, kind))
-        return total
+    def smoothed(self, hour: int, kind: str) -> float:
+        """The hour's count (weekdays and weekends pooled) plus its neighbours' (an hour either
+        side weighs 1/2, two hours 1/4): openness changes smoothly with the hour, so an hour
+        borrows strength from the hours around it, circularly (23:00 neighbours 00:00)."""
+        return sum(weight * self.pooled(f"wd{(hour + offset) % 24:02d}", kind) for offset, weight in _KERNEL)
 
     def total(self, kind: str) -> float:
         return sum(value for key, value in self._values.items() if key.endswith(f":{kind}"))
@@ -119,7 +114,7 @@ def _population_curve(population: Population, now_s: float, half_life_s: float) 
     for day in ("wd", "we"):
         for hour in range(24):
             slot = f"{day}{hour:02d}"
-            sent, opened = everyone.smoothed(slot, "sent", True), everyone.smoothed(slot, "opened", True)
+            sent, opened = everyone.smoothed(hour, "sent"), everyone.smoothed(hour, "opened")
             curve[slot] = (min(opened, sent) + 2.0 * overall) / (sent + 2.0)
     population.memo[key] = curve
     return curve

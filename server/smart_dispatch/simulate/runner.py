@@ -32,6 +32,7 @@ from typing import Any, TextIO
 
 from smart_dispatch.config import Settings
 from smart_dispatch.domain import DecideRequest, Message, Recipient, Verdict
+from smart_dispatch.errors import ConfigurationError
 from smart_dispatch.events import ReportedEvent
 from smart_dispatch.rules.active import ActiveRules
 from smart_dispatch.runtime import Runtime
@@ -99,8 +100,11 @@ class PolicyResult:
 
 def rules_for(policy: str, scenario: Scenario, directory: Path) -> Path:
     """The rules directory `policy` decides with (shipped rules, plus the learned rule)."""
+    shipped = SHIPPED_RULES / "default.yaml"
+    if not shipped.is_file():
+        raise ConfigurationError(f"the simulator compares against the shipped rules: {shipped} is missing")
     directory.mkdir(parents=True, exist_ok=True)
-    shutil.copy(SHIPPED_RULES / "default.yaml", directory / "default.yaml")
+    shutil.copy(shipped, directory / "default.yaml")
     if policy == "learned":
         costs = "{" + ", ".join(f"{c}: {{cost: {t.cost!r}}}" for c, t in scenario.channels.items()) + "}"
         values = "{" + ", ".join(f"{k}: {v!r}" for k, v in scenario.values.items()) + "}"
