@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/decide.py [--store memory://] [--concurrency 1,32]
                                      [--seconds 3] [--rounds 3] [--clients N] [--no-pin]
+                                     [--learning-off]
 
 Two servers, each in its own process (so neither shares a GIL with the load generator):
 - the real sidecar, `smart-dispatch serve --port 0 --rules rules --store URL`;
@@ -15,6 +16,10 @@ generator never competes with the server it measures (the server gets exactly on
 Decide requests mix 70% marketing (a new user each), 20% otp and 10% transactional (a pool of
 users), recipients in several timezones with different `last_active_at`; every message id is
 unique, so caps are really reserved and nothing is a duplicate. Not a test: it prints numbers.
+
+`--learning-off` adds a third server in the same run: the same rules without their learned
+effects (`choose`, `send_time`, ...: `rules.effects.without_learning`), and prints what learning
+costs: Decide with learning / Decide without (goal >= 0.9).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import secrets
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -54,6 +60,7 @@ ACTIVE_SPREAD_S = 86_400  # each request's instant: its template's age plus up t
 POOL_USERS = 5_000
 RUN_TAG = secrets.token_hex(3)  # keeps ids (and Redis keys) of separate runs apart
 TARGETS = {"ratio": 0.6, "p99_ms": 5.0, "p99_concurrency": 32}
+LEARNING_RATIO_TARGET = 0.9  # issue 11: Decide with learning / the same rules without
 REDIS_RATIO_TARGET = 0.5  # issue 3: Decide/echo with the Redis store
 
 
@@ -434,6 +441,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="scaling mode: comma-separated sidecar process counts (e.g. 1,2) for `serve --workers N`; "
         "needs --store redis://…; measures Decide alone at each count, no pinning",
     )
+    add(
+        "--learning-off",
+        action="store_true",
+        help="also measure the same rules without learned effects, and print the ratio",
+    )
     add("--echo-server", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -463,11 +475,19 @@ def main(argv: list[str] | None = None) -> int:
     templates, cycle = request_templates()
     servers: list[Server] = []
     load: LoadGenerator | None = None
+    scratch = tempfile.TemporaryDirectory(prefix="sd-bench-rules-")
     try:
         decide = start_server("Decide", sidecar, "smart-dispatch listening on", env, server_cpus)
         servers.append(decide)
         echo = start_server("echo", echo_argv, "echo listening on", env, server_cpus)
         servers.append(echo)
+        if args.learning_off:
+            static_rules = rules_without_learning(args.rules, Path(scratch.name))
+            static_argv = [*sidecar[: sidecar.index("--rules") + 1], str(static_rules)]
+            static_argv += sidecar[sidecar.index("--rules") + 2 :]
+            static_env = env | {"SD_KEY_PREFIX": f"sdbench{RUN_TAG}off"}
+            marker = "smart-dispatch listening on"
+            servers.append(start_server("static", static_argv, marker, static_env, server_cpus))
         print(
             f"smart-dispatch Decide benchmark | Python {platform.python_version()}, "
             f"grpcio {grpc.__version__}, {len(cpus)} CPUs | store {args.store}"
@@ -502,14 +522,16 @@ def main(argv: list[str] | None = None) -> int:
         )
         rss_start = rss_mib(decide.process.pid)
         decided = 400  # the workload check
-        for server, method in ((echo, ECHO_METHOD), (decide, DECIDE_METHOD)):
+        measured = [(echo, ECHO_METHOD), (decide, DECIDE_METHOD)]
+        measured += [(server, DECIDE_METHOD) for server in servers[2:]]
+        for server, method in measured:
             warm = len(load.run(server.address, method, max(levels), args.warmup)["latencies"])
             decided += warm if server is decide else 0
 
         rounds: dict[tuple[str, int], list[Sample]] = {}
         for level in levels:
             for round_ in range(args.rounds):
-                for server, method in ((echo, ECHO_METHOD), (decide, DECIDE_METHOD)):  # interleaved
+                for server, method in measured:  # interleaved
                     s = measure(load, server, method, level, args.seconds)
                     rounds.setdefault((server.name, level), []).append(s)
                     decided += round(s.rps * args.seconds) if server is decide else 0
@@ -531,6 +553,18 @@ def main(argv: list[str] | None = None) -> int:
         for server in servers:
             server.stop()
         forget_keys(args.store, env["SD_KEY_PREFIX"])
+        scratch.cleanup()
+
+
+def rules_without_learning(rules: Path, into: Path) -> Path:
+    """A copy of the rules directory's files with every learned effect taken out."""
+    import yaml
+    from smart_dispatch.rules.effects import without_learning
+
+    for path in sorted(rules.glob("*.y*ml")):
+        doc = without_learning(yaml.safe_load(path.read_text(encoding="utf-8")))
+        (into / path.name).write_text(yaml.safe_dump(doc, sort_keys=False))
+    return into
 
 
 def scaling(args: argparse.Namespace) -> int:
@@ -621,8 +655,9 @@ def report(
     )
     print(header)
     print("-" * len(header))
+    names = [name for name in ("echo", "Decide", "static") if (name, levels[0]) in results]
     for level in levels:
-        for name in ("echo", "Decide"):
+        for name in names:
             s = results[(name, level)]
             print(
                 f"{name:<8}{level:>10}{s.rps:>8.0f}{s.p50_ms:>8.2f}{s.p99_ms:>8.2f}{s.server_us:>11.0f}"
@@ -641,6 +676,17 @@ def report(
             f"request Decide/echo {decide.server_us / echo.server_us:.2f}x "
             f"(the decision adds {decide.server_us - echo.server_us:.0f} µs)"
         )
+
+    if "static" in names:
+        for level in levels:
+            on, off = results[("Decide", level)], results[("static", level)]
+            pairs = zip(rounds[("Decide", level)], rounds[("static", level)], strict=True)
+            per_round = [d.rps / s.rps for d, s in pairs]
+            print(
+                f"in-flight {level:>3}: learning on/off throughput {on.rps / off.rps:.2f} "
+                f"(rounds {min(per_round):.2f}-{max(per_round):.2f}; goal >= {LEARNING_RATIO_TARGET}); "
+                f"learning adds {on.server_us - off.server_us:.0f} µs server CPU per decision"
+            )
 
     at = TARGETS["p99_concurrency"] if TARGETS["p99_concurrency"] in levels else max(levels)
     note = "" if at == TARGETS["p99_concurrency"] else f" ({TARGETS['p99_concurrency']} not measured)"

@@ -25,7 +25,7 @@ def test_check_accepts_the_shipped_rules():
     result = cli("check", "rules")
 
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("ok: 6 rules, 2 caps in 1 files; version ")
+    assert result.stdout.startswith("ok: 7 rules, 2 caps in 1 files; version ")
 
 
 def test_check_rejects_a_broken_directory_with_file_and_line(tmp_path):
@@ -40,7 +40,7 @@ def test_shipped_rule_tests_pass_and_cover_every_rule():
     result = cli("test", "rules", "--require-coverage")
 
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "coverage: 6/6 rules exercised" in result.stdout
+    assert "coverage: 7/7 rules exercised" in result.stdout
     assert result.stdout.rstrip().endswith(" passed, 0 failed")
 
 
@@ -90,3 +90,58 @@ def test_a_malformed_test_file_is_reported_with_file_and_line(tmp_path):
 
     assert result.returncode == 1
     assert f"{rules / 'tests' / 't.yaml'}:4: unknown key 'expct' in case" in result.stderr
+
+
+def rules_with_case(tmp_path: Path, case: str) -> Path:
+    rules = tmp_path / "rules"
+    (rules / "tests").mkdir(parents=True)
+    shutil.copy(ROOT / "rules" / "default.yaml", rules / "default.yaml")
+    (rules / "tests" / "t.yaml").write_text(
+        'now: "2026-06-01T10:00:00Z"\n'
+        "recipients:\n"
+        "  ann: {user_id: ann, addresses: {sms: '+15550100', email: a@example.com, in_app: ann}}\n"
+        "cases:\n" + case
+    )
+    return rules
+
+
+def test_history_feeds_the_learned_choice_and_send_between_bounds_the_hour(tmp_path):
+    # Given a person who reads e-mail at 18:00 UTC and ignores it at 09:00, and ignores the app
+    case = (
+        "  - name: learned\n"
+        "    history:\n"
+        "      - {channel: email, count: 30, events: [delivered, opened], at: '2026-05-28T18:00:00Z'}\n"
+        "      - {channel: email, count: 30, events: [delivered], at: '2026-05-28T09:00:00Z'}\n"
+        "      - {channel: in_app, count: 30, events: [delivered], at: '2026-05-28T18:00:00Z'}\n"
+        "    message: {id: m1, category: marketing}\n"
+        "    recipient: ann\n"
+        "    expect: {channels: [email], send_between: ['2026-06-01T{low}:00Z', '2026-06-01T{high}:00Z']}\n"
+    )
+    evening = rules_with_case(tmp_path / "a", case.replace("{low}", "16:00").replace("{high}", "20:00"))
+    morning = rules_with_case(tmp_path / "b", case.replace("{low}", "08:00").replace("{high}", "10:00"))
+
+    # Then the evening is where the message goes, and a case expecting the morning fails
+    assert cli("test", str(evening)).returncode == 0, cli("test", str(evening)).stdout
+    wrong = cli("test", str(morning))
+    assert wrong.returncode == 1
+    assert (
+        "send_at: expected from 2026-06-01T08:00:00+00:00 to 2026-06-01T10:00:00+00:00, got 2026-06-01T1"
+        in wrong.stdout
+    )
+
+
+def test_a_history_entry_on_a_channel_the_person_lacks_is_an_error_with_its_line(tmp_path):
+    case = (
+        "  - name: bad history\n"
+        "    history:\n"
+        "      - {channel: push, count: 3, events: [opened]}\n"
+        "    message: {id: m1, category: marketing}\n"
+        "    recipient: ann\n"
+    )
+    result = cli("test", str(rules_with_case(tmp_path, case)))
+
+    assert result.returncode == 1
+    assert (
+        f"{tmp_path / 'rules' / 'tests' / 't.yaml'}:7: history: channel 'push' is not one of the recipient's"
+        in result.stderr
+    )

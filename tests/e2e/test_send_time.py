@@ -103,10 +103,22 @@ async def test_quiet_hours_are_never_chosen_even_when_the_person_reads_then(stub
     assert 8 <= send_at.hour < 21
 
 
-async def test_a_newcomer_gets_the_populations_best_hour(stub):
-    for n in range(5):
-        await history(stub, f"crowd-{n}", {14: True, 9: False}, days=2)
+async def newcomer_after(stub, crowd: int) -> pb.DecideResponse:
+    """A newcomer's promo at 08:00 after `crowd` people were sent 8 messages each (opened at
+    14:00, ignored at 09:00), once the population prior has caught up."""
+    for n in range(crowd):
+        await history(stub, f"crowd-{n}", {14: True, 9: False}, days=4)
     await stub.Decide(request("newcomer", MONDAY.replace(hour=8), dry_run=True))  # refreshes the prior
     await asyncio.sleep(0.2)
-    decided = await stub.Decide(request("newcomer", MONDAY.replace(hour=8), dry_run=True))
+    return await stub.Decide(request("newcomer", MONDAY.replace(hour=8), dry_run=True))
+
+
+async def test_a_newcomer_gets_the_populations_best_hour(stub):
+    decided = await newcomer_after(stub, crowd=7)  # 56 sends: more than the curve's weight (50)
     assert decided.send_at.ToDatetime(tzinfo=UTC) == MONDAY.replace(hour=14)
+
+
+async def test_a_handful_of_sends_does_not_move_a_newcomer_off_sending_at_once(stub):
+    decided = await newcomer_after(stub, crowd=2)  # 16 sends: too few to say anything about hours
+    assert decided.verdict == pb.VERDICT_SEND
+    assert decided.send_at.ToDatetime(tzinfo=UTC) == MONDAY.replace(hour=8)

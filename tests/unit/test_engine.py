@@ -317,17 +317,19 @@ def test_active_rules_serve_the_shipped_rules(tmp_path):
         assert matches({"category": "otp"}) == ["otp_sms_now"]
         assert matches({"category": "marketing", "user": {"days_since_active": 1}}) == [
             "marketing_active_in_app",
+            "marketing_learned",
             "marketing_caps_and_quiet_hours",
         ]
         assert matches({"category": "marketing", "user": {}}) == [
             "marketing_inactive_sms",
+            "marketing_learned",
             "marketing_caps_and_quiet_hours",
         ]
         # Unchanged content is not rebuilt
         assert active.load() is False
         assert active.current() is loaded
         status = active.status()
-        assert (status.version, status.rule_count, status.reloads) == (loaded.version, 6, 1)
+        assert (status.version, status.rule_count, status.reloads) == (loaded.version, 7, 1)
     finally:
         active.close()
     with pytest.raises(NotReadyError):

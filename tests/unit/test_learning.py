@@ -115,3 +115,36 @@ def test_send_time_follows_a_persons_own_open_rate_per_slot():
     )
     assert scores[0].slot == "wd18" and scores[0].at == earliest.replace(hour=18)
     assert slot_of(datetime(2026, 3, 7, 23, 0, tzinfo=UTC)) == "we23"
+
+
+def test_a_persons_active_hours_move_the_send_time_before_any_open():
+    # Given a person in Shanghai (UTC+8) seen in the app around 19:00 local (11:00 UTC) a dozen
+    # times, never opened anything, and a population whose hours say nothing yet
+    zone = ZoneInfo("Asia/Shanghai")
+    earliest = datetime(2026, 3, 2, 1, 0, tzinfo=UTC)  # 09:00 local
+    counts = {"active:u11": Decayed(10, NOW), "active:u10": Decayed(2, NOW)}
+    spec = SendTime(within_s=86400, min_events=5, explore="none", prior_weight=50)
+
+    scores = best_send_time(
+        earliest, zone, spec, counts, Population(), NOW, HL, random.Random(1), lambda at: True
+    )
+
+    # Then the message goes at 19:00 local, and with no activity at all it would go at once
+    assert scores[0].at.astimezone(zone).hour == 19
+    idle = best_send_time(earliest, zone, spec, {}, Population(), NOW, HL, random.Random(1), lambda at: True)
+    assert idle[0].at == earliest
+
+
+def test_activity_is_kept_by_utc_hour_on_the_memory_store():
+    import asyncio
+
+    from smart_dispatch.behaviour.base import EngagementEvent
+    from smart_dispatch.behaviour.memory import MemoryBehaviourStore
+
+    store = MemoryBehaviourStore(lambda: NOW)
+    at = datetime(2026, 3, 2, 11, 40, tzinfo=UTC).timestamp()
+    for _ in range(3):
+        asyncio.run(store.record(EngagementEvent("u", "active", None, at, "", 0.0), HL))
+    behaviour = asyncio.run(store.get("u"))
+    assert behaviour.counts["active:u11"].at(at, HL) == pytest.approx(3.0)
+    assert behaviour.last_active_at == datetime.fromtimestamp(at, UTC)

@@ -57,7 +57,8 @@ async def test_cap_deferral_that_lands_in_quiet_hours_moves_to_the_morning():
     assert second.verdict is Verdict.DEFER
     assert second.send_at == datetime(2026, 6, 2, 6, 0, tzinfo=UTC)
     assert third.send_at == datetime(2026, 6, 2, 7, 0, tzinfo=UTC)
-    assert [r.code for r in second.reasons] == [
+    learning = {"learned_choice", "send_time"}  # the shipped rules learn; not this test's point
+    assert [r.code for r in second.reasons if r.code not in learning] == [
         "channel_selected",
         "cap_exceeded",
         "deferred_by_cap",

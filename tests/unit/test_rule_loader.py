@@ -474,7 +474,10 @@ def test_errors_from_a_directory_name_the_file_path(tmp_path):
 def test_shipped_rules_directory_loads():
     ruleset = load_ruleset(SHIPPED_RULES)
 
-    assert len(ruleset.rules) == 6
+    assert len(ruleset.rules) == 7
+    learned = next(r for r in ruleset.rules if r.name == "marketing_learned")
+    assert learned.effects.choose is not None and learned.effects.send_time is not None
+    assert ruleset.learning.cost("sms") > ruleset.learning.cost("email") > ruleset.learning.cost("in_app")
     assert set(ruleset.caps) == {"marketing_hourly", "marketing_daily"}
     assert ruleset.caps["marketing_daily"].window_s == 24 * 3600
     assert ruleset.categories == {"otp", "transactional", "alert", "marketing"}

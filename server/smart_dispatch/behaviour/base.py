@@ -113,6 +113,13 @@ class ChannelStats:
 _NO_STATS = ChannelStats()
 
 
+def activity_key(at_s: float) -> str:
+    """The count an ACTIVE event adds to: `active:u13` for 13:00-13:59 UTC. Events carry no
+    timezone, so activity is kept by UTC hour and read in the person's local time when a
+    decision (which knows the timezone) uses it."""
+    return f"active:u{int(at_s // 3600) % 24:02d}"
+
+
 def slot_of(local: datetime) -> str:
     """The time slot of a local instant: `wd07` (a weekday, 07:00-07:59) or `we21` (weekend)."""
     return f"{'we' if local.weekday() >= 5 else 'wd'}{local.hour:02d}"
@@ -120,7 +127,8 @@ def slot_of(local: datetime) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Behaviour:
-    """What is known of one person: counts keyed `<channel>:<kind>` and `slot:<slot>:<kind>`."""
+    """What is known of one person: counts keyed `<channel>:<kind>`, `slot:<slot>:<kind>` and
+    `active:u<UTC hour>` (ACTIVE events)."""
 
     last_active_at: datetime | None = None
     counts: Mapping[str, Decayed] = field(default_factory=dict)

@@ -3,7 +3,8 @@ reference for the semantics (see behaviour/base.py); behaviour/redis.py calls it
 
 Key schema (<prefix> is configurable, {..} is the Cluster hash tag)
   <prefix>:{u:<user>}:behaviour      HASH  `active_ms` (epoch ms), decayed counts
-                                           `<channel>:<kind>` and `slot:<slot>:<kind>`, each
+                                           `<channel>:<kind>`, `slot:<slot>:<kind>` and
+                                           `active:u<UTC hour>` (ACTIVE events), each
                                            "<value> <as of, epoch s>"
   <prefix>:{u:<user>}:msg:<message>  HASH  a decided message: ch, slot, cat; and one field per
                                            counted event `<kind>:<channel>` (and `sent` when an
@@ -72,6 +73,9 @@ if ARGV[7] == '1' then
   if ms > current then
     redis.call('HSET', user, 'active_ms', ms)
   end
+end
+if kind == 'active' then
+  add(user, string.format('active:u%02d', math.floor(at / 3600) % 24), 1)
 end
 if channel == '' then
   redis.call('EXPIRE', user, ARGV[9])

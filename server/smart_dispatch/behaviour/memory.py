@@ -18,6 +18,7 @@ from smart_dispatch.behaviour.base import (
     Population,
     Recorded,
     SentMessage,
+    activity_key,
     population_updates,
 )
 
@@ -67,6 +68,8 @@ class MemoryBehaviourStore(BehaviourStore):
         user = self._users.setdefault(event.user_id, _User())
         if event.kind in ENGAGEMENTS and (user.last_active_s is None or event.at_s > user.last_active_s):
             user.last_active_s = event.at_s
+        if event.kind == "active":
+            _add(user.counts, activity_key(event.at_s), 1.0, event.at_s, half_life_s)
         if event.channel is None or event.kind not in CHANNEL_EVENTS or not event.message_id:
             return Recorded(False)
         self._sweep()

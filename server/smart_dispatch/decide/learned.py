@@ -11,6 +11,11 @@ posterior (channels with little data get tried), with `none` the posterior mean 
 
 Objectives: `value` maximises rate x value(category) - cost(channel); `cheapest_within` takes
 the cheapest channel whose rate is at least `margin` x the best rate.
+
+A cold start leaves the rules' order as it is: while the person was never sent anything on a
+candidate channel and everybody's sends of the category on them add up to fewer than
+`prior_weight`, there is nothing to learn from yet, and sampling flat priors would pick channels
+at random. Those first sends inform the population prior.
 """
 
 from __future__ import annotations
@@ -58,6 +63,23 @@ def prior_rate(
     overall = (engaged + 1.0) / (tried + 2.0)
     rate = population.memo[key] = (mine.engaged + 2.0 * overall) / (mine.tried + 2.0)
     return rate
+
+
+def has_data(
+    candidates: Sequence[str],
+    behaviour: Behaviour,
+    population: Population,
+    category: str,
+    learning: Learning,
+    now_s: float,
+) -> bool:
+    """Whether there is something to learn from: this person's attempts on a candidate, or
+    everybody's in `category` worth the prior's weight."""
+    half_life = learning.half_life_s
+    if any(behaviour.stats(channel, now_s, half_life).tried > 0 for channel in candidates):
+        return True
+    everyone = sum(population.stats(category, channel, now_s, half_life).tried for channel in candidates)
+    return everyone >= learning.prior_weight
 
 
 def posterior(own: ChannelStats, rate: float, weight: float) -> tuple[float, float]:

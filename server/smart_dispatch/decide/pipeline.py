@@ -25,7 +25,7 @@ from smart_dispatch.decide import reasons as R
 from smart_dispatch.decide.caps_step import SHADOW_PREFIX, CapStep, FailurePolicy
 from smart_dispatch.decide.draft import PlanDraft, fold
 from smart_dispatch.decide.facts import build_facts, reachable_channels
-from smart_dispatch.decide.learned import ChannelScore, posterior, prior_rate, score_channels
+from smart_dispatch.decide.learned import ChannelScore, has_data, posterior, prior_rate, score_channels
 from smart_dispatch.decide.learned import explain as explain_score
 from smart_dispatch.decide.rank import fallback_channels, rank_channels
 from smart_dispatch.decide.schedule import after_quiet_hours, past_deadline
@@ -205,6 +205,8 @@ class Decider:
         )
         scores = self._learned(case, draft, ranked)
         objective = draft.choose.objective if draft.choose is not None else ""
+        if draft.choose is not None and ranked and not scores:
+            trace.add(R.LEARNED_CHOICE, draft.source["choose"], "no engagement data yet: the rules' order")
         if scores:
             chosen = scores[0].channel
             ranked = [chosen, *(c for c in ranked if c != chosen)]
@@ -299,17 +301,14 @@ class Decider:
         if draft.choose is None or not ranked:
             return []
         candidates = [c for c in ranked if c in draft.prefer] or ranked
-        own = [c for c in candidates if c in case.request.recipient.preferred]
+        candidates = [c for c in candidates if c in case.request.recipient.preferred] or candidates
+        category, now_s = case.request.message.category, case.now.timestamp()
+        learning = case.version.ruleset.learning
+        if not has_data(candidates, case.behaviour, case.population, category, learning, now_s):
+            return []
         rng = self._rng(case.request, "choose")
         return score_channels(
-            own or candidates,
-            case.behaviour,
-            case.population,
-            case.request.message.category,
-            case.version.ruleset.learning,
-            draft.choose,
-            case.now.timestamp(),
-            rng,
+            candidates, case.behaviour, case.population, category, learning, draft.choose, now_s, rng
         )
 
     def _expected(self, case: _Case, channel: str) -> float:

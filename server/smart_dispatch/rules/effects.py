@@ -56,6 +56,9 @@ class EffectKind:
     name: str
     parse: Parse
     merge: Merge
+    #: decided by the engagement model: what `without_learning` takes away to compare a
+    #: ruleset with what its rules alone would do (the simulator, the learning benchmark)
+    learned: bool = False
 
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d|w)$")
@@ -233,8 +236,20 @@ EFFECTS: tuple[EffectKind, ...] = (
     EffectKind("suppress", _suppress, "first"),
     EffectKind("fallback", _channels, "first"),
     EffectKind("escalate_after", _duration, "first"),
-    EffectKind("choose", _choose, "first"),
-    EffectKind("send_time", _send_time, "first"),
-    EffectKind("min_expected_engagement", _probability("min_expected_engagement"), "first"),
+    EffectKind("choose", _choose, "first", learned=True),
+    EffectKind("send_time", _send_time, "first", learned=True),
+    EffectKind("min_expected_engagement", _probability("min_expected_engagement"), "first", learned=True),
 )
 EFFECT_NAMES: frozenset[str] = frozenset(effect.name for effect in EFFECTS)
+LEARNED_EFFECTS: frozenset[str] = frozenset(effect.name for effect in EFFECTS if effect.learned)
+
+
+def without_learning(doc: Any) -> Any:
+    """A rule file's document (as parsed YAML) with every learned effect taken out of its rules."""
+    if isinstance(doc, dict):
+        for rule in doc.get("rules") or []:
+            then = rule.get("then") if isinstance(rule, dict) else None
+            if isinstance(then, dict):
+                for name in LEARNED_EFFECTS:
+                    then.pop(name, None)
+    return doc

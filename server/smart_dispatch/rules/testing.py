@@ -11,34 +11,45 @@ Test files are YAML (by default `<rules dir>/tests/*.yaml`):
         lists: [allow]                     the recipient's list memberships (optional)
         before:                            messages decided first, e.g. to fill caps (optional)
           - {id: m0, category: marketing}
+        history:                           what the person did with earlier messages (optional)
+          - {channel: email, count: 20, events: [delivered, opened], category: marketing,
+             at: "2026-05-30T18:00:00Z"}     `count` messages sent at `at` (default: a day
+                                           before the case's clock), each with these events
         message: {id: o1, category: otp}
         recipient: ada                     a name from `recipients` or an inline mapping
         expect:                            every key optional
           verdict: send                    send | defer | suppress
           channels: [sms, email]           the plan's channels, in order
           send_at: "2026-06-01T22:30:00Z"
+          send_between: ["2026-06-01T18:00:00Z", "2026-06-01T20:00:00Z"]   inclusive
           rules: [otp_sms_now]             exactly the rules that fired, in firing order
           reasons: [channel_selected]      these codes appear in this order (others may be between)
       - name: facts only
         facts: {category: otp}             match rules against a facts document directly
         expect: {rules: [otp_sms_now]}
 
-Each case runs the real pipeline on a fresh in-memory store with a fixed clock.
+Each case runs the real pipeline on a fresh in-memory store with a fixed clock. Learned choices
+are seeded, so a case that depends on exploration gives the same answer every run; `history`
+feeds the person's engagement model and the population prior through the same paths as real
+decisions and `ReportEvent`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from smart_dispatch.behaviour.base import EVENT_KINDS, SentMessage, slot_of
 from smart_dispatch.behaviour.memory import MemoryBehaviourStore
 from smart_dispatch.counters.memory import MemoryCounterStore
 from smart_dispatch.decide.pipeline import Decider
+from smart_dispatch.decide.validate import zone_for
 from smart_dispatch.domain import DecideRequest, Decision, Message, Recipient
 from smart_dispatch.errors import RuleFileError, SmartDispatchError
+from smart_dispatch.events import EventRecorder, ReportedEvent
 from smart_dispatch.lists.memory import MemoryListStore
 from smart_dispatch.rules.active import ActiveRules
 from smart_dispatch.rules.yaml_lines import LineDict, load_yaml
@@ -46,9 +57,12 @@ from smart_dispatch.user_state import UserStateReader
 
 _FILE_KEYS = frozenset({"now", "recipients", "cases"})
 _CASE_KEYS = frozenset(
-    {"name", "now", "lists", "before", "message", "recipient", "dry_run", "facts", "expect"}
+    {"name", "now", "lists", "before", "history", "message", "recipient", "dry_run", "facts", "expect"}
 )
-_EXPECT_KEYS = frozenset({"verdict", "channels", "send_at", "rules", "reasons"})
+_HISTORY_KEYS = frozenset({"channel", "count", "events", "category", "at"})
+#: Learned choices in tests are seeded (see `Decider`): the same case, the same answer.
+TEST_SEED = 0
+_EXPECT_KEYS = frozenset({"verdict", "channels", "send_at", "send_between", "rules", "reasons"})
 _MESSAGE_KEYS = frozenset({"id", "category", "labels", "template", "data", "channels", "not_after"})
 _RECIPIENT_KEYS = frozenset(
     {"user_id", "timezone", "locale", "addresses", "opted_out", "preferred", "attributes"}
@@ -183,9 +197,15 @@ async def _run_case(rules: ActiveRules, case: _Case) -> CaseResult:
         if name not in ("allow", "deny"):
             raise RuleFileError(file, spec.line_of("lists"), f"unknown list {name!r}; known: allow, deny")
         await store.add(name, case.recipient.user_id)
-    reader = UserStateReader(store, MemoryBehaviourStore())
-    decider = Decider(rules, MemoryCounterStore(clock_now.timestamp), reader, clock=lambda: clock_now)
+    behaviour = MemoryBehaviourStore(clock_now.timestamp)
+    counters = MemoryCounterStore(clock_now.timestamp)
+    reader = UserStateReader(store, behaviour)
+    decider = Decider(rules, counters, reader, clock=lambda: clock_now, learning_seed=TEST_SEED)
     try:
+        if spec.get("history"):
+            recorder = EventRecorder(rules, counters, behaviour)
+            await _history(spec, case, behaviour, recorder, rules.current().ruleset.learning.half_life_s)
+            await decider.refresh_prior()
         for earlier in spec.get("before") or []:
             await decider.decide(
                 DecideRequest(_message(earlier, file, spec.line_of("before")), case.recipient)
@@ -203,6 +223,53 @@ async def _run_case(rules: ActiveRules, case: _Case) -> CaseResult:
     return CaseResult(case.name, case.location, tuple(_compare(expect, decision)), decision.matched_rules)
 
 
+async def _history(
+    spec: LineDict, case: _Case, behaviour: MemoryBehaviourStore, recorder: EventRecorder, half_life_s: float
+) -> None:
+    """Earlier messages, sent and reported on as a decision and `ReportEvent` would."""
+    assert case.recipient is not None
+    file, line = case.location.rsplit(":", 1)[0], spec.line_of("history")
+    entries = spec["history"]
+    if not isinstance(entries, list):
+        raise RuleFileError(file, line, "history must be a list of {channel, count, events, category, at}")
+    zone = zone_for(case.recipient.timezone or "UTC")
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, LineDict):
+            raise RuleFileError(file, line, "each history entry must be a mapping")
+        _known(entry, _HISTORY_KEYS, "history entry", file)
+        where = entry.line
+        channel = str(entry.get("channel", ""))
+        if channel not in case.recipient.addresses:
+            raise RuleFileError(file, where, f"history: channel {channel!r} is not one of the recipient's")
+        count = entry.get("count", 1)
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 1000:
+            raise RuleFileError(
+                file, where, f"history: count must be an integer from 1 to 1000, got {count!r}"
+            )
+        kinds = [str(k) for k in entry.get("events") or []]
+        known = [k for k in EVENT_KINDS if k != "active"]
+        unknown = [k for k in kinds if k not in known]
+        if unknown:
+            raise RuleFileError(
+                file, where, f"history: unknown event {unknown[0]!r}; known: {', '.join(known)}"
+            )
+        at = _instant(entry["at"], file, where) if "at" in entry else case.now - timedelta(days=1)
+        category = str(entry.get("category", "marketing"))
+        for n in range(count):
+            message_id = f"history-{index}-{n}"
+            sent = SentMessage(
+                case.recipient.user_id,
+                message_id,
+                channel,
+                slot_of(at.astimezone(zone)),
+                category,
+                at.timestamp(),
+            )
+            await behaviour.decided(sent, half_life_s)
+            for kind in kinds:
+                await recorder.report(ReportedEvent(case.recipient.user_id, kind, at, message_id, channel))  # type: ignore[arg-type]
+
+
 def _compare(expect: Mapping[str, Any], decision: Decision) -> list[str]:
     problems = _compare_rules(expect, decision.matched_rules)
     got_verdict = decision.verdict.value
@@ -216,6 +283,14 @@ def _compare(expect: Mapping[str, Any], decision: Decision) -> list[str]:
         if decision.send_at != want:
             got = decision.send_at.isoformat() if decision.send_at else "none"
             problems.append(f"send_at: expected {want.isoformat()}, got {got}")
+    if "send_between" in expect:
+        bounds = expect["send_between"]
+        if not isinstance(bounds, list) or len(bounds) != 2:
+            raise RuleFileError("expect", 0, "send_between must be [earliest, latest]")
+        low, high = (_instant(bound, "expect", 0) for bound in bounds)
+        if decision.send_at is None or not low <= decision.send_at <= high:
+            got = decision.send_at.isoformat() if decision.send_at else "none"
+            problems.append(f"send_at: expected from {low.isoformat()} to {high.isoformat()}, got {got}")
     if "reasons" in expect:
         codes = [reason.code for reason in decision.reasons]
         if not _in_order(list(expect["reasons"]), codes):

@@ -24,6 +24,8 @@ class Summary:
     messages_per_user_day: float
     violations: int
     seconds: float
+    peak_distance_h: float  # last third: mean hours between a delivery and the person's peak
+    best_channel: float  # last third: share of deliveries on the person's best channel
 
 
 def summarise(result: PolicyResult) -> Summary:
@@ -44,20 +46,22 @@ def summarise(result: PolicyResult) -> Summary:
         sum(d.sent) / max(1, result.users * days),
         result.violations,
         result.seconds,
+        result.late_peak_distance_h / max(1, result.late_deliveries),
+        result.late_best_channel / max(1, result.late_deliveries),
     )
 
 
 def table(summaries: Sequence[Summary]) -> str:
     head = (
         f"{'policy':<8} {'opens':>8} {'last 1/3':>9} {'conv':>7} {'cost':>9} {'cost/open':>10} "
-        f"{'unsubs':>7} {'msg/u/d':>8} {'violations':>10} {'seconds':>8}"
+        f"{'unsubs':>7} {'msg/u/d':>8} {'violations':>10} {'from peak':>9} {'best ch':>8} {'seconds':>8}"
     )
     rows = [head, "-" * len(head)]
     for s in summaries:
         rows.append(
             f"{s.policy:<8} {s.opens:>8} {s.opens_last_third:>9} {s.conversions:>7} {s.cost:>9.2f} "
             f"{s.cost_per_open:>10.4f} {s.unsubscribes:>7} {s.messages_per_user_day:>8.2f} "
-            f"{s.violations:>10} {s.seconds:>8.1f}"
+            f"{s.violations:>10} {s.peak_distance_h:>8.1f}h {s.best_channel:>8.0%} {s.seconds:>8.1f}"
         )
     return "\n".join(rows)
 

@@ -3,11 +3,13 @@
 unsubscribe reported back through `EventRecorder.report`, the path `ReportEvent` takes.
 
 Policies (all on the same people and message stream, from the same seed):
-- static: the shipped rules;
-- random: the shipped rules, each marketing message allowed one random channel of the person's;
-- learned: the shipped rules plus a rule that chooses the channel and the send time by learned
-  engagement (`LEARNED_RULES`, with the scenario's channel costs and values);
-- oracle: the shipped rules, each marketing message decided at the hour and allowed only the
+- learned: the shipped rules as they are (they choose marketing's channel and send time by
+  learned engagement), with the scenario's channel costs and values in place of the shipped ones
+  (an operator knows what their channels cost);
+- static: the same rules without the learned effects (`rules.effects.without_learning`): what
+  the rules alone do;
+- random: the static rules, each marketing message allowed one random channel of the person's;
+- oracle: the static rules, each marketing message decided at the hour and allowed only the
   channel that the hidden truth says is best (an upper bound a learner can only approach).
 
 The simulator checks the rules' promises independently of the sidecar: no marketing delivery
@@ -20,7 +22,6 @@ import functools
 import heapq
 import itertools
 import random
-import shutil
 import sys
 import tempfile
 import time
@@ -30,11 +31,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
+import yaml
+
 from smart_dispatch.config import Settings
 from smart_dispatch.domain import DecideRequest, Message, Recipient, Verdict
 from smart_dispatch.errors import ConfigurationError
 from smart_dispatch.events import ReportedEvent
 from smart_dispatch.rules.active import ActiveRules
+from smart_dispatch.rules.effects import without_learning
 from smart_dispatch.runtime import Runtime
 from smart_dispatch.simulate.scenario import Scenario
 from smart_dispatch.simulate.world import (
@@ -44,27 +48,12 @@ from smart_dispatch.simulate.world import (
     message_stream,
     oracle_choice,
     p_open,
+    peak_distance,
+    sessions,
 )
 
 POLICIES = ("static", "random", "learned", "oracle")
 SHIPPED_RULES = Path(__file__).resolve().parents[3] / "rules"
-
-LEARNED_RULES = """\
-# The learned policy: the shipped rules plus channel choice and send time by engagement.
-channels: {costs}
-learning:
-  half_life: 30d
-  prior_weight: 5
-  values: {values}
-rules:
-  - name: marketing_learned
-    priority: 25
-    when: {{category: marketing}}
-    then:
-      prefer: [in_app, push, email, wechat, sms]
-      choose: {{by: engagement, objective: value, explore: thompson}}
-      send_time: {{by: engagement, within: 20h, min_events: 3, explore: none}}
-"""
 
 
 @dataclass(slots=True)
@@ -96,19 +85,26 @@ class PolicyResult:
     seconds: float = 0.0
     users: int = 0
     notes: list[str] = field(default_factory=list)
+    #: over the last third's marketing deliveries: how many, their summed distance (hours) from
+    #: the person's peak hour, and how many went on the person's best channel (by the truth)
+    late_deliveries: int = 0
+    late_peak_distance_h: float = 0.0
+    late_best_channel: int = 0
 
 
 def rules_for(policy: str, scenario: Scenario, directory: Path) -> Path:
-    """The rules directory `policy` decides with (shipped rules, plus the learned rule)."""
+    """The rules directory `policy` decides with: the shipped rules with the scenario's channel
+    costs and values, and for every policy but `learned` without the learning effects."""
     shipped = SHIPPED_RULES / "default.yaml"
     if not shipped.is_file():
         raise ConfigurationError(f"the simulator compares against the shipped rules: {shipped} is missing")
+    doc = yaml.safe_load(shipped.read_text(encoding="utf-8"))
+    doc["channels"] = {channel: {"cost": truth.cost} for channel, truth in scenario.channels.items()}
+    doc.setdefault("learning", {})["values"] = dict(scenario.values)
+    if policy != "learned":
+        without_learning(doc)
     directory.mkdir(parents=True, exist_ok=True)
-    shutil.copy(shipped, directory / "default.yaml")
-    if policy == "learned":
-        costs = "{" + ", ".join(f"{c}: {{cost: {t.cost!r}}}" for c, t in scenario.channels.items()) + "}"
-        values = "{" + ", ".join(f"{k}: {v!r}" for k, v in scenario.values.items()) + "}"
-        (directory / "learned.yaml").write_text(LEARNED_RULES.format(costs=costs, values=values))
+    (directory / "default.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     return directory
 
 
@@ -154,6 +150,7 @@ class _Simulation:
         world = random.Random(seed)
         self.people = make_people(scenario, world)
         self.stream = message_stream(scenario, self.people, world)
+        self.sessions = sessions(scenario, self.people, random.Random(f"{seed}:sessions"))
         self.rng = random.Random(f"{seed}:{policy}")  # the people's dice
         self.result = PolicyResult(policy, Daily.empty(scenario.days), users=scenario.users)
         self.queue: list[tuple[float, int, Callable[[], Any]]] = []
@@ -168,6 +165,9 @@ class _Simulation:
         started = time.perf_counter()
         for when_s, index, category in self.stream:
             self.at(when_s, functools.partial(self.emit, self.people[index], category, when_s))
+        for when_s, index in self.sessions:
+            at = datetime.fromtimestamp(when_s, UTC)
+            self.at(when_s, functools.partial(self.report, self.people[index], "active", "", "", at))
         shown_day = -1
         start_s = self.scenario.start.timestamp()
         while self.queue:
@@ -238,24 +238,34 @@ class _Simulation:
             return
         if marketing:
             self.check_promises(person, at)
+            if day >= self.scenario.days - self.scenario.days // 3:
+                self.result.late_deliveries += 1
+                self.result.late_peak_distance_h += peak_distance(person, at)
+                best = max(person.reachable() or person.addresses, key=lambda c: person.propensity[c])
+                self.result.late_best_channel += channel == best
         chance = p_open(person, channel, at, self.scenario)  # before this message adds fatigue
         person.delivered.append(at_s)
         await self.report(person, "delivered", message_id, channel, at)
+        if self.rng.random() < chance:  # a receipt or an alert is read like anything else
+            opened = at + timedelta(minutes=self.rng.expovariate(1 / 30))
+            read = functools.partial(self.open, person, message_id, channel, opened, day, marketing)
+            self.at(opened.timestamp(), read)
         if not marketing:
             return
         self.result.daily.delivered[day] += 1
-        if self.rng.random() < chance:
-            opened = at + timedelta(minutes=self.rng.expovariate(1 / 30))
-            self.at(opened.timestamp(), lambda: self.open(person, message_id, channel, opened, day))
         unsubscribe = self.scenario.unsubscribe + self.scenario.unsubscribe_per_message * person.fatigue(at_s)
         if self.rng.random() < unsubscribe:
             person.opted_out.add(channel)
             self.result.daily.unsubscribed[day] += 1
             await self.report(person, "unsubscribed", message_id, channel, at)
 
-    async def open(self, person: Person, message_id: str, channel: str, at: datetime, day: int) -> None:
-        self.result.daily.opened[day] += 1
+    async def open(
+        self, person: Person, message_id: str, channel: str, at: datetime, day: int, marketing: bool
+    ) -> None:
         await self.report(person, "opened", message_id, channel, at)
+        if not marketing:
+            return
+        self.result.daily.opened[day] += 1
         if self.rng.random() < person.segment.convert:
             value = self.scenario.values.get("marketing", 1.0)
             self.result.daily.converted[day] += 1

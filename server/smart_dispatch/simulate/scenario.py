@@ -10,7 +10,8 @@ the people are simulated. A scenario file (every key optional but `segments`):
       sms: {cost: 0.05, failure: 0.02}
     segments:                      kinds of people; `open` is P(open | delivered at their best hour)
       - {name: app_people, share: 0.4, reach: {in_app: 1, email: 0.7}, open: {in_app: 0.4, email: 0.05},
-         convert: 0.1}
+         convert: 0.1, active: 3}  `active`: app sessions a day, reported as ACTIVE events, at
+                                   hours around the person's peak (the hours they are around)
     chronotypes: {morning: {peak: 8, share: 0.3}, evening: {peak: 20, share: 0.7}}
     hour_spread: 3                 hours: how fast openness falls away from a person's peak hour
     fatigue: {per_message: 0.15, unsubscribe: 0.001, unsubscribe_per_message: 0.002}
@@ -49,6 +50,7 @@ class Segment:
     reach: dict[str, float]
     open: dict[str, float]
     convert: float
+    active: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +175,7 @@ def _segment(spec: Any, index: int) -> Segment:
         reach,
         opens,
         _number(spec.get("convert", 0.1), f"{where}.convert", 0, 1),
+        _number(spec.get("active", 0.0), f"{where}.active", 0, 100),
     )
 
 

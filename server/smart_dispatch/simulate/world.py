@@ -71,11 +71,15 @@ def make_people(scenario: Scenario, rng: random.Random) -> list[Person]:
     return people
 
 
-def openness(person: Person, at: datetime, spread: float) -> float:
+def peak_distance(person: Person, at: datetime) -> float:
+    """Hours between `at` (the person's local clock) and their peak hour, circularly."""
     local = at.astimezone(person.zone)
-    hour = local.hour + local.minute / 60.0
-    distance = abs(hour - person.peak) % 24
-    distance = min(distance, 24 - distance)
+    distance = abs(local.hour + local.minute / 60.0 - person.peak) % 24
+    return min(distance, 24 - distance)
+
+
+def openness(person: Person, at: datetime, spread: float) -> float:
+    distance = peak_distance(person, at)
     return math.exp(-(distance**2) / (2 * spread**2))
 
 
@@ -127,6 +131,24 @@ def message_stream(
                     else:
                         at = day_start + rng.uniform(0, DAY_S)
                     out.append((at, index, category))
+    out.sort()
+    return out
+
+
+def sessions(scenario: Scenario, people: list[Person], rng: random.Random) -> list[tuple[float, int]]:
+    """(instant, person index) of every app session (an ACTIVE event), in time order: `active`
+    a day per person of their segment, at local hours spread around their peak like openness."""
+    out: list[tuple[float, int]] = []
+    for day in range(scenario.days):
+        for index, person in enumerate(people):
+            count = _poisson(rng, person.segment.active)
+            if not count:
+                continue
+            midnight = (scenario.start + timedelta(days=day)).astimezone(person.zone)
+            midnight = midnight.replace(hour=0, minute=0, second=0, microsecond=0)
+            for _ in range(count):
+                hours = (person.peak + rng.gauss(0.0, scenario.hour_spread)) % 24
+                out.append(((midnight + timedelta(hours=hours)).timestamp(), index))
     out.sort()
     return out
 
