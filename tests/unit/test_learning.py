@@ -148,3 +148,26 @@ def test_activity_is_kept_by_utc_hour_on_the_memory_store():
     behaviour = asyncio.run(store.get("u"))
     assert behaviour.counts["active:u11"].at(at, HL) == pytest.approx(3.0)
     assert behaviour.last_active_at == datetime.fromtimestamp(at, UTC)
+
+
+def test_send_time_explores_hours_near_the_best_but_never_clearly_bad_ones():
+    # Given a person whose opens say 18:00 is best, 17:00 and 19:00 nearly as good, 09:00 bad
+    zone = ZoneInfo("UTC")
+    earliest = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
+    counts = {
+        "slot:wd09:sent": Decayed(20, NOW), "slot:wd09:opened": Decayed(0, NOW),
+        "slot:wd18:sent": Decayed(20, NOW), "slot:wd18:opened": Decayed(12, NOW),
+    }  # fmt: skip
+    spec = SendTime(within_s=86400, min_events=5, explore="thompson", prior_weight=10)
+
+    # When it is decided under many seeds
+    chosen = [
+        best_send_time(
+            earliest, zone, spec, counts, Population(), NOW, HL, random.Random(seed), lambda at: True
+        )[0].at.hour
+        for seed in range(200)
+    ]
+
+    # Then 18:00 wins most often, its neighbours sometimes, and no hour far from it ever
+    assert max(set(chosen), key=chosen.count) == 18
+    assert set(chosen) - {18} and set(chosen) <= {16, 17, 18, 19, 20}

@@ -269,10 +269,8 @@ class Decider:
         learning = case.version.ruleset.learning
         quiet = None if draft.bypass_quiet_hours else draft.quiet_hours
 
-        def allowed(at: datetime) -> bool:
-            if quiet is None:
-                return True
-            return not in_window(at.astimezone(case.zone).time(), quiet.start, quiet.end)
+        def allowed(local: datetime) -> bool:
+            return quiet is None or not in_window(local.time(), quiet.start, quiet.end)
 
         return best_send_time(
             earliest,

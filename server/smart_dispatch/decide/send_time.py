@@ -22,7 +22,9 @@ Weekdays and weekends are apart where the data allow (`min_events` smoothed send
 of day for a person, `prior_weight` for everyone), pooled otherwise. Until everybody's sends add
 up to `prior_weight` (a new install) the population's hours are flat, and until the person has
 `min_events` sends only the population speaks; with neither, the earliest allowed instant wins.
-Thompson sampling explores; the best sampled candidate wins, ties going to the earlier one.
+Thompson sampling explores a little: only hours whose posterior mean is at least `PLAUSIBLE`
+(0.8) of the best hour's are sampled (the rest keep their mean), so it tries hours near the best
+one, never clearly bad ones; the best sampled candidate wins, ties going to the earlier one.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ from smart_dispatch.rules.model import SendTime
 
 #: ACTIVE events before a person's own rhythm weighs as much as everyone's
 ACTIVITY_WEIGHT = 5.0
+#: Thompson sampling tries only hours whose mean is at least this share of the best hour's
+PLAUSIBLE = 0.8
 #: pseudo-events spread evenly over the day, so one session does not make one hour everything
 ACTIVITY_PSEUDO = 2.0
 
@@ -52,39 +56,52 @@ class SlotScore:
     own_opened: float
 
 
-_KERNEL = ((0, 1.0), (-1, 0.5), (1, 0.5), (-2, 0.25), (2, 0.25))
+_KERNEL_SUM = 2.5  # the weights `_smooth` gives an hour and its neighbours: 1 + 2 x 1/2 + 2 x 1/4
 
 
 class _Counts:
-    """Slot counts, already decayed: `slot:<slot>:<kind>` -> count."""
+    """Slot counts, already decayed, as arrays by kind of day and hour: `slot:<slot>:<kind>`."""
 
     def __init__(self, values: Mapping[str, float]) -> None:
-        self._values = values
+        self._raw: dict[tuple[str, str], list[float]] = {
+            (day, kind): [0.0] * 24 for day in ("wd", "we") for kind in ("sent", "opened")
+        }
+        self.totals = {"sent": 0.0, "opened": 0.0}
+        for key, value in values.items():
+            parts = key.split(":")
+            if len(parts) != 3:
+                continue
+            slot, kind = parts[1], parts[2]
+            hours = self._raw.get((slot[:2], kind))
+            if hours is not None and len(slot) == 4 and slot[2:].isdigit() and int(slot[2:]) < 24:
+                hours[int(slot[2:])] += value
+                self.totals[kind] += value
+        self._smoothed: dict[tuple[str, str], list[float]] = {}
 
-    def get(self, slot: str, kind: str) -> float:
-        return self._values.get(f"slot:{slot}:{kind}", 0.0)
-
-    def smoothed(self, days: tuple[str, ...], hour: int, kind: str) -> float:
-        """The hour's count on `days` (`wd`, `we` or both) plus its neighbours' (an hour either
-        side weighs 1/2, two hours 1/4), circularly."""
-        return sum(
-            weight * self.get(f"{day}{(hour + offset) % 24:02d}", kind)
-            for offset, weight in _KERNEL
-            for day in days
-        )
+    def smoothed(self, days: str, kind: str) -> list[float]:
+        """Per hour, the count on `days` (`wd`, `we`, or `all`) plus its neighbours' (an hour
+        either side weighs 1/2, two hours 1/4), circularly. Computed once per kind."""
+        known = self._smoothed.get((days, kind))
+        if known is None:
+            if days == "all":
+                raw = [a + b for a, b in zip(self._raw[("wd", kind)], self._raw[("we", kind)], strict=True)]
+            else:
+                raw = self._raw[(days, kind)]
+            known = self._smoothed[(days, kind)] = _smooth(raw)
+        return known
 
     def at_hour(self, slot: str, enough: float) -> tuple[float, float]:
         """(sends, opens) smoothed around `slot`'s hour: on its kind of day when that has
         `enough` sends, else on every day."""
-        hour = int(slot[2:])
-        sent = self.smoothed((slot[:2],), hour, "sent")
-        days = (slot[:2],) if sent >= enough else ("wd", "we")
-        if len(days) == 2:
-            sent = self.smoothed(days, hour, "sent")
-        return sent, min(self.smoothed(days, hour, "opened"), sent)
+        hour, days = int(slot[2:]), slot[:2]
+        sent = self.smoothed(days, "sent")[hour]
+        if sent < enough:
+            days = "all"
+            sent = self.smoothed(days, "sent")[hour]
+        return sent, min(self.smoothed(days, "opened")[hour], sent)
 
     def total(self, kind: str) -> float:
-        return sum(value for key, value in self._values.items() if key.endswith(f":{kind}"))
+        return self.totals[kind]
 
 
 def best_send_time(
@@ -99,7 +116,8 @@ def best_send_time(
     allowed: Callable[[datetime], bool],
     not_after: datetime | None = None,
 ) -> list[SlotScore]:
-    """The candidates scored, best first; empty when none is allowed."""
+    """The candidates scored, best first; empty when none is allowed. `allowed` is given each
+    candidate in the person's local time."""
     mine = _Counts({k: c.at(now_s, half_life_s) for k, c in own.items() if k.startswith("slot:")})
     curve, overall, informed = _population_curve(population, now_s, half_life_s, spec.prior_weight)
     rhythm, seen = _activity(own, zone, now_s, half_life_s)
@@ -108,11 +126,11 @@ def best_send_time(
     use_own = own_sent >= spec.min_events and own_sent > 0
     level = (min(mine.total("opened"), own_sent) + weight * overall) / (own_sent + weight)
     sampling = spec.explore == "thompson" and (informed or use_own or seen > 0)
-    scored: list[SlotScore] = []
-    for at in _candidates(earliest, zone, spec.within_s, not_after):
-        if not allowed(at):
+    posteriors: list[tuple[datetime, str, float, float, float, float]] = []
+    for at, local in _candidates(earliest, zone, spec.within_s, not_after):
+        if not allowed(local):
             continue
-        slot = slot_of(at.astimezone(zone))
+        slot = slot_of(local)
         lift = (seen * rhythm[int(slot[2:])] + ACTIVITY_WEIGHT * curve[slot] / overall) / (
             seen + ACTIVITY_WEIGHT
         )
@@ -120,8 +138,13 @@ def best_send_time(
         sent, opened = mine.at_hour(slot, spec.min_events) if use_own else (0.0, 0.0)
         alpha = weight * prior + opened
         beta = weight * (1.0 - prior) + (sent - opened)
+        posteriors.append((at, slot, alpha, beta, sent, opened))
+    # explore a little: sample only the hours that could plausibly be the best
+    plausible = PLAUSIBLE * max((a / (a + b) for _, _, a, b, _, _ in posteriors), default=0.0)
+    scored = []
+    for at, slot, alpha, beta, sent, opened in posteriors:
         mean = alpha / (alpha + beta)
-        sample = rng.betavariate(alpha, beta) if sampling else mean
+        sample = rng.betavariate(alpha, beta) if sampling and mean >= plausible else mean
         scored.append(SlotScore(at, slot, mean, sample, sent, opened))
     return sorted(scored, key=lambda s: (-s.sample, s.at))
 
@@ -142,14 +165,18 @@ def _activity(
             total += value
     if total <= 0:
         return [1.0] * 24, 0.0
-    kernel_sum = sum(weight for _, weight in _KERNEL)
-    rhythm = [
-        24.0
-        * (sum(w * counts[(hour + o) % 24] for o, w in _KERNEL) / kernel_sum + ACTIVITY_PSEUDO / 24)
-        / (total + ACTIVITY_PSEUDO)
-        for hour in range(24)
+    scale = 24.0 / (_KERNEL_SUM * (total + ACTIVITY_PSEUDO))
+    even = ACTIVITY_PSEUDO / (total + ACTIVITY_PSEUDO)
+    return [scale * count + even for count in _smooth(counts)], total
+
+
+def _smooth(hours: list[float]) -> list[float]:
+    """Each hour's count plus its neighbours' (an hour either side weighs 1/2, two hours 1/4),
+    circularly: 23:00 neighbours 00:00."""
+    ring = hours[-2:] + hours + hours[:2]
+    return [
+        ring[h + 2] + 0.5 * (ring[h + 1] + ring[h + 3]) + 0.25 * (ring[h] + ring[h + 4]) for h in range(24)
     ]
-    return rhythm, total
 
 
 def _population_curve(
@@ -178,15 +205,17 @@ def _population_curve(
 
 def _candidates(
     earliest: datetime, zone: ZoneInfo, within_s: float, not_after: datetime | None
-) -> list[datetime]:
+) -> list[tuple[datetime, datetime]]:
+    """(instant, the same in local time): `earliest`, then every following local full hour."""
     end = earliest + timedelta(seconds=within_s)
     if not_after is not None:
         end = min(end, not_after)
-    hour = earliest.astimezone(zone).replace(minute=0, second=0, microsecond=0)
-    out = [earliest]
-    step = hour.astimezone(UTC) + timedelta(hours=1)  # absolute hours: no wall-clock arithmetic
+    first = earliest.astimezone(zone)
+    out = [(earliest, first)]
+    hour = first.replace(minute=0, second=0, microsecond=0).astimezone(UTC)
+    step = hour + timedelta(hours=1)  # absolute hours: no wall-clock arithmetic
     while step <= end:
-        out.append(step.astimezone(earliest.tzinfo))
+        out.append((step, step.astimezone(zone)))
         step += timedelta(hours=1)
     return out
 
