@@ -21,12 +21,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from importlib import resources
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.maint_notifications import MaintNotificationsConfig
 
 from smart_dispatch._redis_guard import TRANSLATED, DirectSender, guarded, translated
 from smart_dispatch.behaviour.redis import RedisBehaviourStore, decode_behaviour, decode_behaviour_flat
@@ -56,15 +58,22 @@ def redis_client(url: str, timeout_s: float) -> Redis | RedisCluster:
     redis-py cannot parse.
     """
     parts = urlsplit(url)
-    no_retry = Retry(NoBackoff(), 0)
+    options: dict[str, Any] = {
+        "retry": Retry(NoBackoff(), 0),
+        "socket_connect_timeout": timeout_s,
+        "socket_timeout": None,
+        # redis-py 8 defaults these to "auto", and with them on its pool skips the check that
+        # a pooled connection is still open: after a Redis restart every pooled connection
+        # would fail one call ("Connection closed by server"). We use none of them (they are
+        # Redis Enterprise's maintenance events).
+        "maint_notifications_config": MaintNotificationsConfig(enabled=False),
+    }
     try:
         if parts.scheme == CLUSTER_SCHEME:
             seed = urlunsplit(("redis", parts.netloc, "", parts.query, ""))
-            return RedisCluster.from_url(
-                seed, retry=no_retry, socket_connect_timeout=timeout_s, socket_timeout=None
-            )
+            return RedisCluster.from_url(seed, **options)
         if parts.scheme in ("redis", "rediss"):
-            return Redis.from_url(url, retry=no_retry, socket_connect_timeout=timeout_s, socket_timeout=None)
+            return Redis.from_url(url, **options)
     except ValueError as exc:
         raise ConfigurationError(f"invalid redis URL {url!r}: {exc}") from exc
     raise ConfigurationError(

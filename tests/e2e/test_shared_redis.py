@@ -99,3 +99,27 @@ async def test_store_outage_follows_the_category_policy_and_recovers(redis_serve
         redis_server.start()
         recovered = await stub.Decide(decide_request(user="u-outage-2"))
         assert recovered.verdict == pb.VERDICT_SEND
+
+
+async def test_after_a_redis_restart_no_call_fails_on_a_connection_of_the_old_server(redis_server):
+    # Given a sidecar whose connection pool is warm from 64 concurrent decisions
+    with sidecar("--rules", "rules", "--store", redis_server.url) as running:
+        async with grpc.aio.insecure_channel(running.address) as channel:
+            stub = pb_grpc.SmartDispatchServiceStub(channel)
+
+            async def burst(tag: str) -> list[grpc.StatusCode]:
+                calls = [
+                    stub.Decide(decide_request("transactional", user=f"u{i}", message_id=f"{tag}-{i}"))
+                    for i in range(64)
+                ]
+                outcomes = await asyncio.gather(*calls, return_exceptions=True)
+                return [o.code() for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
+
+            assert await burst("warm") == []
+            # When Redis restarts on the same port (every pooled connection dies with it)
+            redis_server.stop()
+            redis_server.start()  # returns once PING answers
+
+            # Then not one call fails: dead connections are replaced before use
+            assert await burst("after") == []
+            assert await burst("again") == []
