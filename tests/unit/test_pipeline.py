@@ -126,6 +126,45 @@ async def test_on_cap_next_channel_falls_through_to_an_uncapped_channel(tmp_path
     assert "cap_exceeded" in [r.code for r in second.reasons]
 
 
+async def test_on_cap_next_channel_defers_to_the_channel_that_frees_up_first(tmp_path):
+    # Given an hourly cap on each channel, sms used at 12:00 and e-mail at 12:20
+    (tmp_path / "r.yaml").write_text(
+        """
+categories: [promo]
+caps:
+  - {name: sms_hourly, limit: 1, window: 1h, channel: sms}
+  - {name: email_hourly, limit: 1, window: 1h, channel: email}
+rules:
+  - name: promo_any_channel
+    when: {category: promo}
+    then: {prefer: [sms, email], caps: [sms_hourly, email_hourly], on_cap: next_channel}
+"""
+    )
+    clock = FixedClock(datetime(2026, 6, 1, 12, 0, tzinfo=UTC))
+    decider = decider_for(tmp_path, clock)
+    assert (await decider.decide(promo("p1"))).steps[0].channel == "sms"
+    clock.now += timedelta(minutes=20)
+    assert (await decider.decide(promo("p2"))).steps[0].channel == "email"
+
+    # When a third comes at 12:30, every channel full
+    clock.now += timedelta(minutes=10)
+    third = await decider.decide(promo("p3"))
+    late = DecideRequest(
+        Message(id="p4", category="promo", not_after=clock.now + timedelta(minutes=20)), promo("p4").recipient
+    )
+    hurried = await decider.decide(late)
+
+    # Then it waits for sms, free first (13:00), not for e-mail (13:20); and a message that
+    # must go before 12:50 is suppressed, as nothing frees up in time
+    assert (third.verdict, third.steps[0].channel) == (Verdict.DEFER, "sms")
+    assert third.send_at == datetime(2026, 6, 1, 13, 0, tzinfo=UTC)
+    assert [r.code for r in third.reasons][-2:] == ["cap_exceeded", "deferred_by_cap"]
+    assert hurried.verdict is Verdict.SUPPRESS
+    # and the deferral holds sms at 13:00: another message then waits for e-mail at 13:20
+    fifth = await decider.decide(promo("p5"))
+    assert (fifth.steps[0].channel, fifth.send_at) == ("email", datetime(2026, 6, 1, 13, 20, tzinfo=UTC))
+
+
 @pytest.mark.parametrize("on_cap", ["drop"])
 async def test_on_cap_drop_suppresses(tmp_path, on_cap):
     clock = FixedClock(datetime(2026, 6, 1, 12, 0, tzinfo=UTC))

@@ -91,9 +91,40 @@ class CapStep:
                 trace.add(R.CAP_EXCEEDED, rule, f"{channel}: {', '.join(full)}")
         if outcome.chosen is not None and not outcome.deferred:
             return self._reserved(outcome, candidates, send_at, deferred, trace)
+        if draft.on_cap == "next_channel":
+            return await self._next_free(
+                request, draft, candidates, options, outcome, send_at, deferred, zone, trace
+            )
         if draft.on_cap != "defer":
             return Placement(None, None, False)
         return await self._deferred(request, draft, candidates[0], options[0], outcome, zone, trace)
+
+    async def _next_free(
+        self,
+        request: DecideRequest,
+        draft: PlanDraft,
+        candidates: list[str],
+        options: tuple[tuple[CapSpec, ...], ...],
+        outcome: ReserveOutcome,
+        send_at: datetime,
+        deferred: bool,
+        zone: ZoneInfo,
+        trace: Trace,
+    ) -> Placement:
+        """`on_cap: next_channel` with every channel full: defer to the channel whose caps free
+        up first (suppressed only when that is past the message's deadline). One more round
+        trip: the reservation at that instant, as `defer` makes it."""
+        refused = [(o.retry_at_s, i) for i, o in enumerate(outcome.options) if o.retry_at_s is not None]
+        if not refused:
+            return Placement(None, None, False)
+        index = min(refused)[1]
+        at_s = send_at.timestamp() if deferred else None
+        again = await self._reserve(request, (options[index],), at_s, trace, defer=True)
+        if again is None:  # store down, category fails open (as `place` does)
+            return Placement(candidates[0], send_at, deferred)
+        if again.chosen is not None and not again.deferred:  # it freed up meanwhile
+            return self._reserved(again, [candidates[index]], send_at, deferred, trace)
+        return await self._deferred(request, draft, candidates[index], options[index], again, zone, trace)
 
     async def _deferred(
         self,
