@@ -106,4 +106,4 @@ async def replay_against_reference(store: CounterStore, t0: float, seed: int, st
             expected.deferred,
             expected.reserved_at_s,
             expected.options,
-        ), request
+        ), f"{request}\n got      {actual}\n expected {expected}"

@@ -332,8 +332,10 @@ async def test_defer_waits_for_the_later_of_user_and_global_caps(counter_store: 
         CapUsage(promo, 2, t0 + HOUR + DAY),
     )
     # bob's hourly cap holds m3 only at its deferred instant, nothing at the instants tried before
-    probe = await reserve(counter_store, "m4", [per_user], user="bob", at_s=t0 + HOUR + 30)
+    probe = await reserve(counter_store, "m4", [per_user], user="bob", at_s=t0 + DAY - 600, dry_run=True)
     assert probe.chosen is None and probe.options[0].retry_at_s == t0 + DAY + HOUR
+    free = await reserve(counter_store, "m4", [per_user], user="bob", at_s=t0 + HOUR + 30, dry_run=True)
+    assert free.chosen == 0
 
     # both bind, the promo later: user entry moved to the promo's instant
     both = await reserve(counter_store, "m5", option, user="alice", at_s=t0 + 40, defer=True)
@@ -351,6 +353,33 @@ async def test_defer_waits_for_the_later_of_user_and_global_caps(counter_store: 
     assert carol.options[0].retry_at_s == t0 + 2 * DAY  # after m3 (t0 + DAY) leaves
     assert await used(counter_store, [per_user], user="carol", at_s=t0 + 50) == [0]
     assert not (await reserve(counter_store, "m6", [per_user], user="carol", at_s=t0 + 60)).duplicate
+
+
+async def test_defer_finds_the_earliest_gap_between_planned_entries(counter_store: CounterStore, t0: float):
+    """1 an hour, entries at T0 and T0+2h: a message at T0+10min fits at T0+1h, between them
+    (the window ending at T0+2h then holds only the T0+2h entry), not after the last one."""
+    hourly = cap("gap_hourly", 1, HOUR)
+    assert (await reserve(counter_store, "g0", [hourly], at_s=t0)).chosen == 0
+    assert (await reserve(counter_store, "g2", [hourly], at_s=t0 + 2 * HOUR)).chosen == 0
+
+    deferred = await reserve(counter_store, "g1", [hourly], at_s=t0 + 600, defer=True)
+    assert (deferred.chosen, deferred.deferred, deferred.reserved_at_s) == (0, True, t0 + HOUR)
+    # the gap is now taken: the next one goes after the last entry
+    after = await reserve(counter_store, "g3", [hourly], at_s=t0 + 700, defer=True)
+    assert after.reserved_at_s == t0 + 3 * HOUR
+
+    # 2 a day with entries at T0+1h and T0+30h: T0+2h fits (no day holds three)
+    daily = cap("gap_daily", 2, DAY)
+    assert (await reserve(counter_store, "d1", [daily], user="dan", at_s=t0 + HOUR)).chosen == 0
+    assert (await reserve(counter_store, "d2", [daily], user="dan", at_s=t0 + 30 * HOUR)).chosen == 0
+    probe = await reserve(counter_store, "d3", [daily], user="dan", at_s=t0 + 2 * HOUR, dry_run=True)
+    assert probe.chosen == 0
+    # 1 a day with the same entries: no gap is a day wide, so it waits until T0+30h leaves
+    tight = cap("gap_tight", 1, DAY)
+    assert (await reserve(counter_store, "e1", [tight], user="eve", at_s=t0 + HOUR)).chosen == 0
+    assert (await reserve(counter_store, "e2", [tight], user="eve", at_s=t0 + 30 * HOUR)).chosen == 0
+    squeezed = await reserve(counter_store, "e3", [tight], user="eve", at_s=t0 + 2 * HOUR, dry_run=True)
+    assert squeezed.chosen is None and squeezed.options[0].retry_at_s == t0 + 54 * HOUR
 
 
 async def test_concurrent_deferrals_take_distinct_slots(counter_store: CounterStore, t0: float):

@@ -30,6 +30,10 @@ already holds and instants only move forward:
    `not_after_s`, or after `MAX_DEFER_ROUNDS`, both groups are undone (mode "U") and the outcome
    is a refusal.
 
+A refused option with caps in both groups reports the earliest instant both have room: each
+group's own earliest instant may fall in a gap the other group's caps fill, so the groups are
+asked again, report-only, from the later of the two until they agree (`_joint_retry`).
+
 For any sequence of calls the outcomes equal one server's (and MemoryCounterStore's); the
 contract suite checks this step by step. Round trips when the caps span both groups:
 - a decision, chosen or refused: 2; + up to 3 per option whose user caps fitted but whose global
@@ -50,6 +54,7 @@ the same score; `now_s` is the first node's clock.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from smart_dispatch.counters.base import CapUsage, OptionOutcome, ReserveOutcome, ReserveRequest
@@ -154,10 +159,16 @@ async def _evaluate(
             )
             user_outcomes[-1] = undo.entries[0]
         for k, user_outcome, glob_outcome in zip(span, user_outcomes, glob_outcomes, strict=True):
-            evaluated.append(_merge(request.options[k], user_outcome, glob_outcome))
+            merged = _merge(request.options[k], user_outcome, glob_outcome)
+            deferring = k == 0 and request.defer and not request.dry_run  # settled later, if needed
+            if not deferring:
+                merged = await _joint(store, request, merged, user[k], glob[k])
+            evaluated.append(merged)
         if reply.chosen is None:
             return await _refused(store, request, evaluated, at_ms, now_s, user, glob, reply, settled)
         if chosen_globally:
+            if end > 0 and request.defer and not request.dry_run:  # option 0 was left to `_refused`
+                evaluated[0] = await _joint(store, request, evaluated[0], user[0], glob[0])
             reserved = None if request.dry_run else at_ms / 1000
             return ReserveOutcome(now_s, end, tuple(evaluated), False, reserved)
         start = end + 1
@@ -177,21 +188,26 @@ async def _refused(
     user_reply: ScriptReply | None,
     glob_reply: ScriptReply | None,
 ) -> ReserveOutcome:
-    """No option fits: without `defer` that is the outcome, with it option 0 is deferred."""
-    refused = ReserveOutcome(now_s, None, tuple(evaluated), False, None)
+    """No option fits: without `defer` that is the outcome, with it option 0 is deferred (and
+    when that fails, option 0's retry instant is settled as `_evaluate` does the others')."""
     if not request.defer or request.dry_run:
-        return refused
+        return ReserveOutcome(now_s, None, tuple(evaluated), False, None)
+
+    async def refused() -> ReserveOutcome:
+        settled = await _joint(store, request, evaluated[0], user[0], glob[0])
+        return ReserveOutcome(now_s, None, (settled, *evaluated[1:]), False, None)
+
     groups = (user[0], glob[0])
     holds: list[Hold | None] = [None, None]
     if user_reply is not None and user_reply.defer_at_ms is not None:  # step 5 was tried
         if user_reply.defer_state != DEFER_RECORDED:
-            return refused  # the user caps alone push it past not_after
+            return await refused()  # the user caps alone push it past not_after
         holds[0] = (user_reply.defer_at_ms, user_reply.previous, user_reply.deferred_usages)
         floor = user_reply.defer_at_ms
         if glob_reply is not None and glob_reply.defer_at_ms is not None:
             if glob_reply.defer_state != DEFER_RECORDED:  # the global caps: past not_after
                 await _undo(store, request, at_ms, groups, holds)
-                return refused
+                return await refused()
             holds[1] = (glob_reply.defer_at_ms, glob_reply.previous, glob_reply.deferred_usages)
             floor = max(floor, glob_reply.defer_at_ms)
     else:
@@ -199,7 +215,7 @@ async def _refused(
         floor = at_ms if retry_s is None else round(retry_s * 1000)
     found = await _defer(store, request, at_ms, groups, floor, holds)
     if found is None:
-        return refused
+        return await refused()
     return _deferred(request, evaluated, now_s, *found)
 
 
@@ -262,6 +278,35 @@ def _deferred(
         OptionOutcome(False, glob_usages, at_s) if glob_usages else None,
     )
     return ReserveOutcome(now_s, 0, (first, *evaluated[1:]), False, at_s, deferred=True)
+
+
+async def _joint(
+    store: RedisCounterStore, request: ReserveRequest, outcome: OptionOutcome, user: Caps, glob: Caps
+) -> OptionOutcome:
+    """A refused option whose caps are in both groups, with its retry instant made the earliest
+    one with room in both (`_joint_retry`); any other outcome as it is."""
+    if outcome.retry_at_s is None or not user or not glob:
+        return outcome
+    joint = await _joint_retry(store, request, user, glob, round(outcome.retry_at_s * 1000))
+    return replace(outcome, retry_at_s=joint / 1000)
+
+
+async def _joint_retry(
+    store: RedisCounterStore, request: ReserveRequest, user: Caps, glob: Caps, floor: int
+) -> int:
+    """The earliest instant >= `floor` with room in both groups (each group's own earliest
+    instant may be a gap the other group's caps fill): each group, report-only, from the later
+    of their instants until both agree. As `_defer`, but nothing is recorded."""
+    for _ in range(MAX_DEFER_ROUNDS):
+        moved = False
+        for caps in (user, glob):
+            report = await store.run_reserve(request, [caps], mode="E", eligible=[False], at_ms=floor)
+            retry = report.entries[0].retry_at_s
+            if retry is not None and round(retry * 1000) > floor:
+                floor, moved = round(retry * 1000), True
+        if not moved:
+            return floor
+    return floor
 
 
 def _merge(option: Caps, user: OptionOutcome | None, glob: OptionOutcome | None) -> OptionOutcome:

@@ -121,6 +121,39 @@ def to_ms(seconds: float) -> int:
     return round(seconds * 1000)
 
 
+#: Caps up to this limit (holding up to `GAP_ROWS` entries) are searched for the earliest free
+#: instant gaps included; larger ones wait until enough entries left the window. As reserve.lua.
+GAP_LIMIT, GAP_ROWS = 32, 64
+
+
 def retry_at_ms(scores_ascending_ms: Sequence[int], limit: int, window_ms: int) -> int:
-    """Earliest instant a full cap holding `scores_ascending_ms` has room for one more."""
+    """Earliest instant a full cap holding `scores_ascending_ms` has room for one more, once
+    enough of them left the window (a gap between later entries is not looked for)."""
     return scores_ascending_ms[len(scores_ascending_ms) - limit] + window_ms
+
+
+def has_room_ms(scores_ms: Sequence[int], limit: int, window_ms: int, t_ms: int, now_ms: int) -> bool:
+    """Whether an entry at `t_ms` keeps every window that would hold it within `limit`: each
+    window (y - window, y] with y from t to t + window holds fewer than `limit` of `scores_ms`
+    (checked at y = t and at each entry in [t, t + window), where counts go up)."""
+
+    def count(y: int) -> int:
+        low = max(y, now_ms) - window_ms
+        return sum(1 for s in scores_ms if low < s <= y)
+
+    if count(t_ms) >= limit:
+        return False
+    return all(count(s) < limit for s in scores_ms if t_ms <= s < t_ms + window_ms)
+
+
+def earliest_free_ms(caps: Sequence[tuple[Sequence[int], int, int]], at_ms: int, now_ms: int) -> int | None:
+    """The earliest instant >= `at_ms` at which every cap (its other entries' scores, limit,
+    window) has room, gaps between planned entries included; None when `at_ms` itself has.
+    Candidates are `at_ms` and each instant an entry leaves its window: only then can room open."""
+    if all(has_room_ms(scores, limit, window, at_ms, now_ms) for scores, limit, window in caps):
+        return None
+    leaving = sorted({s + window for scores, _, window in caps for s in scores if s + window > at_ms})
+    for t in leaving:
+        if all(has_room_ms(scores, limit, window, t, now_ms) for scores, limit, window in caps):
+            return t
+    raise AssertionError("once every entry left its window there is room")

@@ -10,12 +10,15 @@ import time
 from collections.abc import Callable, Sequence
 
 from smart_dispatch.counters.base import (
+    GAP_LIMIT,
+    GAP_ROWS,
     CapSpec,
     CapUsage,
     CounterStore,
     OptionOutcome,
     ReserveOutcome,
     ReserveRequest,
+    earliest_free_ms,
     retry_at_ms,
     to_ms,
 )
@@ -73,14 +76,7 @@ class MemoryCounterStore(CounterStore):
 
         evaluated: list[OptionOutcome] = []
         for index, option in enumerate(request.options):
-            retry_ms = 0
-            for cap, entries in zip(option, sets[index], strict=True):
-                window_ms = to_ms(cap.window_s)
-                scores = sorted(
-                    s for m, s in entries.items() if s > at_ms - window_ms and m != request.member
-                )
-                if len(scores) >= cap.limit:
-                    retry_ms = max(retry_ms, retry_at_ms(scores, cap.limit, window_ms))
+            retry_ms = _refusal(option, sets[index], request.member, at_ms, now_ms)
             if retry_ms:
                 evaluated.append(OptionOutcome(False, _usages(option, sets[index], at_ms), retry_ms / 1000))
                 continue
@@ -116,6 +112,26 @@ def _expire(entries: dict[str, int], horizon_ms: int) -> None:
         return
     for member in [m for m, score in entries.items() if score <= horizon_ms]:
         del entries[member]
+
+
+def _refusal(
+    option: Sequence[CapSpec], sets: Sequence[dict[str, int]], member: str, at_ms: int, now_ms: int
+) -> int:
+    """0 when every cap of the option has room for `member` at `at_ms`, else the earliest instant
+    they all have (gaps included for small caps, as reserve.lua)."""
+    others = [sorted(s for m, s in entries.items() if m != member) for entries in sets]
+    if all(
+        cap.limit <= GAP_LIMIT and len(scores) <= GAP_ROWS for cap, scores in zip(option, others, strict=True)
+    ):
+        caps = [(scores, cap.limit, to_ms(cap.window_s)) for cap, scores in zip(option, others, strict=True)]
+        return earliest_free_ms(caps, at_ms, now_ms) or 0
+    retry_ms = 0
+    for cap, scores in zip(option, others, strict=True):
+        window_ms = to_ms(cap.window_s)
+        counted = [s for s in scores if s > at_ms - window_ms]
+        if len(counted) >= cap.limit:
+            retry_ms = max(retry_ms, retry_at_ms(counted, cap.limit, window_ms))
+    return retry_ms
 
 
 def _usages(option: Sequence[CapSpec], sets: Sequence[dict[str, int]], at_ms: int) -> tuple[CapUsage, ...]:

@@ -95,6 +95,7 @@ if ARGV[6] and ARGV[6] ~= '' then
   not_after = tonumber(ARGV[6])
 end
 local SMALL_LIMIT, MAX_ROWS = 32, 64
+local GAP_LIMIT, GAP_ROWS = 32, 64 -- counters/base.py: caps searched for gaps (independent of the above)
 local ROWS_ARG = '64' -- MAX_ROWS as a ZRANGE argument (a Lua number is formatted on every call)
 local EPSILON = 1e-9 -- absorbs rounding in the counter's weighted sum (a count)
 local MS_EPSILON = 1e-6 -- and in an instant computed from a fraction of a window (ms)
@@ -253,39 +254,66 @@ if fast then
     end
   end
 
-  -- Else the first option whose caps all have room at `at` (z_refusal: a full cap has room once
-  -- its (count - limit + 1)-th entry, ascending, the member's left out, leaves the window).
+  -- Else the first option whose caps all have room at `at`; for a refused one the earliest
+  -- instant they all have, gaps between planned entries included (z_earliest, over rows).
+  local function over(r, limit, window, y) -- cap full in the window (y - window, y]?
+    local low, c = math.max(y, now) - window, 0
+    for i = 2, #r, 2 do
+      local s = r[i]
+      if s > low and s <= y and r[i - 1] ~= member then
+        c = c + 1
+      end
+    end
+    return c >= limit
+  end
+  local function fits(o, t)
+    for j = ends[o - 1] + 1, ends[o] do
+      local r, limit, window = rows[fields[5 * j - 3]], fields[5 * j - 2], fields[5 * j - 1]
+      if over(r, limit, window, t) then
+        return false
+      end
+      for i = 2, #r, 2 do
+        local s = r[i]
+        if s >= t and s < t + window and r[i - 1] ~= member and over(r, limit, window, s) then
+          return false
+        end
+      end
+    end
+    return true
+  end
+  local function earliest(o)
+    if fits(o, at) then
+      return nil
+    end
+    local leaving = {}
+    for j = ends[o - 1] + 1, ends[o] do
+      local r, window = rows[fields[5 * j - 3]], fields[5 * j - 1]
+      for i = 2, #r, 2 do
+        if r[i - 1] ~= member and r[i] + window > at then
+          leaving[#leaving + 1] = r[i] + window
+        end
+      end
+    end
+    table.sort(leaving)
+    for _, t in ipairs(leaving) do
+      if fits(o, t) then
+        return t
+      end
+    end
+  end
+
   local first_retry = nil
   for o = 1, fast and n_options or 0 do
-    local retry_at = nil
     for j = ends[o - 1] + 1, ends[o] do
-      local r = rows_of(j)
-      if not r then
+      if not rows_of(j) then
         fast = false
         break
-      end
-      local limit, window = fields[5 * j - 2], fields[5 * j - 1]
-      local low, wanted = math.max(at, now) - window, 1 - limit
-      for i = 2, #r, 2 do
-        if r[i] > low and r[i - 1] ~= member then
-          wanted = wanted + 1
-        end
-      end
-      for i = 2, wanted > 0 and #r or 0, 2 do
-        if r[i] > low and r[i - 1] ~= member then
-          wanted = wanted - 1
-          if wanted == 0 then
-            if retry_at == nil or r[i] + window > retry_at then
-              retry_at = r[i] + window
-            end
-            break
-          end
-        end
       end
     end
     if not fast then
       break
     end
+    local retry_at = earliest(o)
     if o == 1 then
       first_retry = retry_at
     end
@@ -679,6 +707,103 @@ local function refusal(cap, t)
   return c_refusal(cap, t)
 end
 
+-- The live entries (scored after now - window) of a cap with limit <= SMALL_LIMIT, the member's
+-- left out, ascending: false for a larger cap or more than MAX_ROWS of them (counters/base.py
+-- GAP_LIMIT, GAP_ROWS: gaps are looked for only there).
+local gap_rows = {}
+local function others(cap)
+  local g = gap_rows[cap.key]
+  if g == nil then
+    g = false
+    if cap.kind == 'z' and cap.limit <= GAP_LIMIT then
+      local flat = redis.call(
+        'ZRANGEBYSCORE', cap.key, '(' .. fmt('%d', now - cap.window), '+inf', 'WITHSCORES', 'LIMIT', 0, GAP_ROWS + 2
+      )
+      local ss = {}
+      for i = 2, #flat, 2 do
+        if flat[i - 1] ~= member then
+          ss[#ss + 1] = tonumber(flat[i])
+        end
+      end
+      if #ss <= GAP_ROWS then
+        g = ss
+      end
+    end
+    gap_rows[cap.key] = g
+  end
+  return g
+end
+
+-- Whether `scores` hold `limit` or more in the window (y - window, y].
+local function full_at(scores, limit, window, y)
+  local low, c = math.max(y, now) - window, 0
+  for i = 1, #scores do
+    if scores[i] > low and scores[i] <= y then
+      c = c + 1
+    end
+  end
+  return c >= limit
+end
+
+-- Room at t in every cap of the option (counters/base.py `has_room_ms`): each window holding t
+-- holds fewer than `limit` others, checked at t and at each entry in [t, t + window).
+local function fits_all(option, t)
+  for _, cap in ipairs(option.caps) do
+    local ss = gap_rows[cap.key]
+    if full_at(ss, cap.limit, cap.window, t) then
+      return false
+    end
+    for i = 1, #ss do
+      if ss[i] >= t and ss[i] < t + cap.window and full_at(ss, cap.limit, cap.window, ss[i]) then
+        return false
+      end
+    end
+  end
+  return true
+end
+
+-- The first instant >= t every cap of the option has room (nil: at t). For small caps gaps
+-- between planned entries count (counters/base.py `earliest_free_ms`): the candidates are t and
+-- each instant an entry leaves its window. Else the latest of the caps' own instants (a cap has
+-- room once enough entries left the window).
+local function option_refusal(option, t)
+  local small = true
+  for _, cap in ipairs(option.caps) do
+    if not others(cap) then
+      small = false
+      break
+    end
+  end
+  if not small then
+    local retry_at = nil
+    for _, cap in ipairs(option.caps) do
+      local when = refusal(cap, t)
+      if when and (retry_at == nil or when > retry_at) then
+        retry_at = when
+      end
+    end
+    return retry_at
+  end
+  if fits_all(option, t) then
+    return nil
+  end
+  local leaving = {}
+  for _, cap in ipairs(option.caps) do
+    local ss = gap_rows[cap.key]
+    for i = 1, #ss do
+      if ss[i] + cap.window > t then
+        leaving[#leaving + 1] = ss[i] + cap.window
+      end
+    end
+  end
+  table.sort(leaving)
+  for _, when in ipairs(leaving) do
+    if fits_all(option, when) then
+      return when
+    end
+  end
+end
+
 local function push2(out, x, y)
   local k = #out
   out[k + 1], out[k + 2] = x, y
@@ -789,13 +914,7 @@ end
 local first_retry = nil -- option 1's retry instant at `at`
 if mode ~= 'M' then
   for o, option in ipairs(options) do
-    local retry_at = nil
-    for _, cap in ipairs(option.caps) do
-      local when = refusal(cap, at)
-      if when and (retry_at == nil or when > retry_at) then
-        retry_at = when
-      end
-    end
+    local retry_at = option_refusal(option, at)
     if o == 1 then
       first_retry = retry_at
     end
@@ -822,15 +941,9 @@ if defer == '' or dry_run or #options == 0 then
   return reply()
 end
 local when = first_retry or at -- "a": option 1's retry instant, found above
-if defer ~= 'a' then -- "m<floor>": a cap's count only falls with time, so the latest of the caps'
-  local floor = tonumber(string.sub(defer, 2)) -- earliest instants >= floor is the first for all
-  when = floor
-  for _, cap in ipairs(options[1].caps) do
-    local r = refusal(cap, floor)
-    if r and r > when then
-      when = r
-    end
-  end
+if defer ~= 'a' then -- "m<floor>": option 1's earliest instant >= floor
+  local floor = tonumber(string.sub(defer, 2))
+  when = option_refusal(options[1], floor) or floor
 end
 out[7] = when
 if not_after and when > not_after then
