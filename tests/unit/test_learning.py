@@ -4,7 +4,7 @@ the send-time candidates."""
 from __future__ import annotations
 
 import random
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -87,8 +87,8 @@ def test_send_time_candidates_skip_quiet_hours_respect_the_deadline_and_cross_ds
     earliest = datetime(2026, 3, 28, 20, 30, tzinfo=zone).astimezone(UTC)
     spec = SendTime(within_s=12 * 3600, min_events=0, explore="none")
 
-    def allowed(at: datetime) -> bool:
-        return not (at.astimezone(zone).hour >= 22 or at.astimezone(zone).hour < 7)
+    def allowed(local: time) -> bool:
+        return not (local.hour >= 22 or local.hour < 7)
 
     scores = best_send_time(earliest, zone, spec, {}, Population(), NOW, HL, random.Random(1), allowed)
     local = sorted(s.at.astimezone(zone) for s in scores)
@@ -171,3 +171,17 @@ def test_send_time_explores_hours_near_the_best_but_never_clearly_bad_ones():
     # Then 18:00 wins most often, its neighbours sometimes, and no hour far from it ever
     assert max(set(chosen), key=chosen.count) == 18
     assert set(chosen) - {18} and set(chosen) <= {16, 17, 18, 19, 20}
+
+
+@pytest.mark.parametrize(
+    "zone_name", ["Asia/Kolkata", "Asia/Kathmandu", "America/St_Johns", "Pacific/Chatham", "UTC"]
+)
+def test_send_time_candidates_carry_the_zones_own_local_hour_and_kind_of_day(zone_name):
+    from smart_dispatch.decide.send_time import _candidates
+
+    zone = ZoneInfo(zone_name)
+    for start in (datetime(2026, 3, 6, 17, 47, 13, 250, tzinfo=UTC), datetime(2026, 7, 4, 23, 5, tzinfo=UTC)):
+        for at, local, slot in _candidates(start, zone, 3 * 86400, None):
+            truth = at.astimezone(zone)
+            assert (local, slot) == (truth.time(), slot_of(truth))
+            assert at == start or (truth.minute, truth.second, truth.microsecond) == (0, 0, 0)

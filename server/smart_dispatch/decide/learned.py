@@ -78,8 +78,13 @@ def has_data(
     half_life = learning.half_life_s
     if any(behaviour.stats(channel, now_s, half_life).tried > 0 for channel in candidates):
         return True
-    everyone = sum(population.stats(category, channel, now_s, half_life).tried for channel in candidates)
-    return everyone >= learning.prior_weight
+    key = ("tried", category, tuple(candidates), half_life)
+    everyone = population.memo.get(key)
+    if everyone is None:  # once per population copy
+        everyone = population.memo[key] = sum(
+            population.stats(category, channel, now_s, half_life).tried for channel in candidates
+        )
+    return everyone >= learning.prior_weight  # type: ignore[no-any-return]
 
 
 def posterior(own: ChannelStats, rate: float, weight: float) -> tuple[float, float]:

@@ -14,7 +14,7 @@ import random
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
@@ -269,8 +269,8 @@ class Decider:
         learning = case.version.ruleset.learning
         quiet = None if draft.bypass_quiet_hours else draft.quiet_hours
 
-        def allowed(local: datetime) -> bool:
-            return quiet is None or not in_window(local.time(), quiet.start, quiet.end)
+        def allowed(local: time) -> bool:
+            return quiet is None or not in_window(local, quiet.start, quiet.end)
 
         return best_send_time(
             earliest,

@@ -32,7 +32,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from smart_dispatch.behaviour.base import Decayed, Population, slot_of
@@ -113,11 +113,11 @@ def best_send_time(
     now_s: float,
     half_life_s: float,
     rng: random.Random,
-    allowed: Callable[[datetime], bool],
+    allowed: Callable[[time], bool],
     not_after: datetime | None = None,
 ) -> list[SlotScore]:
     """The candidates scored, best first; empty when none is allowed. `allowed` is given each
-    candidate in the person's local time."""
+    candidate's local time of day."""
     mine = _Counts({k: c.at(now_s, half_life_s) for k, c in own.items() if k.startswith("slot:")})
     curve, overall, informed = _population_curve(population, now_s, half_life_s, spec.prior_weight)
     rhythm, seen = _activity(own, zone, now_s, half_life_s)
@@ -127,10 +127,9 @@ def best_send_time(
     level = (min(mine.total("opened"), own_sent) + weight * overall) / (own_sent + weight)
     sampling = spec.explore == "thompson" and (informed or use_own or seen > 0)
     posteriors: list[tuple[datetime, str, float, float, float, float]] = []
-    for at, local in _candidates(earliest, zone, spec.within_s, not_after):
+    for at, local, slot in _candidates(earliest, zone, spec.within_s, not_after):
         if not allowed(local):
             continue
-        slot = slot_of(local)
         lift = (seen * rhythm[int(slot[2:])] + ACTIVITY_WEIGHT * curve[slot] / overall) / (
             seen + ACTIVITY_WEIGHT
         )
@@ -205,18 +204,29 @@ def _population_curve(
 
 def _candidates(
     earliest: datetime, zone: ZoneInfo, within_s: float, not_after: datetime | None
-) -> list[tuple[datetime, datetime]]:
-    """(instant, the same in local time): `earliest`, then every following local full hour."""
-    end = earliest + timedelta(seconds=within_s)
+) -> list[tuple[datetime, time, str]]:
+    """(instant, local time of day, slot): `earliest`, then every following local full hour.
+    Steps are absolute hours (no wall-clock arithmetic); where the zone's offset is the same at
+    both ends of the window (no DST change inside), local hours are computed, not looked up."""
+    end_s = earliest.timestamp() + within_s
     if not_after is not None:
-        end = min(end, not_after)
+        end_s = min(end_s, not_after.timestamp())
     first = earliest.astimezone(zone)
-    out = [(earliest, first)]
-    hour = first.replace(minute=0, second=0, microsecond=0).astimezone(UTC)
-    step = hour + timedelta(hours=1)  # absolute hours: no wall-clock arithmetic
-    while step <= end:
-        out.append((step, step.astimezone(zone)))
-        step += timedelta(hours=1)
+    out = [(earliest, first.time(), slot_of(first))]
+    step_s = first.replace(minute=0, second=0, microsecond=0).timestamp() + 3600
+    offset = first.utcoffset()
+    steady = offset is not None and offset == datetime.fromtimestamp(end_s, zone).utcoffset()
+    offset_s = int(offset.total_seconds()) if steady and offset is not None else 0
+    while step_s <= end_s:
+        at = datetime.fromtimestamp(step_s, UTC)
+        if steady:
+            local_s = int(step_s) + offset_s
+            hour, weekday = local_s // 3600 % 24, (local_s // 86400 + 3) % 7  # 1970-01-01: a Thursday
+            out.append((at, time(hour), f"{'we' if weekday >= 5 else 'wd'}{hour:02d}"))
+        else:
+            local = at.astimezone(zone)
+            out.append((at, local.time(), slot_of(local)))
+        step_s += 3600
     return out
 
 
