@@ -181,7 +181,8 @@ def test_send_time_candidates_carry_the_zones_own_local_hour_and_kind_of_day(zon
 
     zone = ZoneInfo(zone_name)
     for start in (datetime(2026, 3, 6, 17, 47, 13, 250, tzinfo=UTC), datetime(2026, 7, 4, 23, 5, tzinfo=UTC)):
-        for at, local, slot in _candidates(start, zone, 3 * 86400, None):
+        for at_s, local, slot in _candidates(start, zone, 3 * 86400, None):
+            at = datetime.fromtimestamp(at_s, UTC)
             truth = at.astimezone(zone)
             assert (local, slot) == (truth.time(), slot_of(truth))
             assert at == start or (truth.minute, truth.second, truth.microsecond) == (0, 0, 0)

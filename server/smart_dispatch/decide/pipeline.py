@@ -283,6 +283,7 @@ class Decider:
             self._rng(case.request, "send_time"),
             allowed,
             case.request.message.not_after,
+            keep=None if case.request.explain else 1,
         )
 
     def _rng(self, request: DecideRequest, purpose: str) -> random.Random:

@@ -115,9 +115,11 @@ def best_send_time(
     rng: random.Random,
     allowed: Callable[[time], bool],
     not_after: datetime | None = None,
+    keep: int | None = None,
 ) -> list[SlotScore]:
     """The candidates scored, best first; empty when none is allowed. `allowed` is given each
-    candidate's local time of day."""
+    candidate's local time of day. `keep`: only the best so many (a decision without explain
+    needs the winner alone)."""
     mine = _Counts({k: c.at(now_s, half_life_s) for k, c in own.items() if k.startswith("slot:")})
     curve, overall, informed = _population_curve(population, now_s, half_life_s, spec.prior_weight)
     rhythm, seen = _activity(own, zone, now_s, half_life_s)
@@ -126,26 +128,34 @@ def best_send_time(
     use_own = own_sent >= spec.min_events and own_sent > 0
     level = (min(mine.total("opened"), own_sent) + weight * overall) / (own_sent + weight)
     sampling = spec.explore == "thompson" and (informed or use_own or seen > 0)
-    posteriors: list[tuple[datetime, str, float, float, float, float]] = []
+    posteriors: list[tuple[float, str, float, float, float, float, float]] = []
+    own_share, everyone_share = seen / (seen + ACTIVITY_WEIGHT), ACTIVITY_WEIGHT / (seen + ACTIVITY_WEIGHT)
+    best = 0.0
     for at, local, slot in _candidates(earliest, zone, spec.within_s, not_after):
         if not allowed(local):
             continue
-        lift = (seen * rhythm[int(slot[2:])] + ACTIVITY_WEIGHT * curve[slot] / overall) / (
-            seen + ACTIVITY_WEIGHT
-        )
+        lift = own_share * rhythm[local.hour] + everyone_share * curve[slot] / overall
         prior = level * lift / (1.0 - level + level * lift)  # the odds times the lift: stays below 1
         sent, opened = mine.at_hour(slot, spec.min_events) if use_own else (0.0, 0.0)
         alpha = weight * prior + opened
         beta = weight * (1.0 - prior) + (sent - opened)
-        posteriors.append((at, slot, alpha, beta, sent, opened))
-    # explore a little: sample only the hours that could plausibly be the best
-    plausible = PLAUSIBLE * max((a / (a + b) for _, _, a, b, _, _ in posteriors), default=0.0)
-    scored = []
-    for at, slot, alpha, beta, sent, opened in posteriors:
         mean = alpha / (alpha + beta)
+        best = max(best, mean)
+        posteriors.append((at, slot, alpha, beta, sent, opened, mean))
+    # explore a little: sample only the hours that could plausibly be the best
+    plausible = PLAUSIBLE * best
+    scored = []
+    for at_s, slot, alpha, beta, sent, opened, mean in posteriors:
         sample = rng.betavariate(alpha, beta) if sampling and mean >= plausible else mean
-        scored.append(SlotScore(at, slot, mean, sample, sent, opened))
-    return sorted(scored, key=lambda s: (-s.sample, s.at))
+        scored.append((-sample, at_s, slot, mean, sent, opened))
+    scored.sort()
+    first_s = earliest.timestamp()
+    return [
+        SlotScore(
+            earliest if at_s == first_s else datetime.fromtimestamp(at_s, UTC), slot, mean, -neg, sent, opened
+        )
+        for neg, at_s, slot, mean, sent, opened in scored[:keep]
+    ]
 
 
 def _activity(
@@ -202,30 +212,37 @@ def _population_curve(
     return known
 
 
+_HOURS = tuple(time(hour) for hour in range(24))
+_SLOTS = tuple(tuple(f"{day}{hour:02d}" for hour in range(24)) for day in ("wd", "we"))
+
+
 def _candidates(
     earliest: datetime, zone: ZoneInfo, within_s: float, not_after: datetime | None
-) -> list[tuple[datetime, time, str]]:
-    """(instant, local time of day, slot): `earliest`, then every following local full hour.
-    Steps are absolute hours (no wall-clock arithmetic); where the zone's offset is the same at
-    both ends of the window (no DST change inside), local hours are computed, not looked up."""
-    end_s = earliest.timestamp() + within_s
+) -> list[tuple[float, time, str]]:
+    """(instant as epoch seconds, local time of day, slot): `earliest`, then every following
+    local full hour. Steps are absolute hours (no wall-clock arithmetic); where the zone's
+    offset is the same at both ends of the window (no DST change inside), local hours are
+    computed, not looked up."""
+    first_s = earliest.timestamp()
+    end_s = first_s + within_s
     if not_after is not None:
         end_s = min(end_s, not_after.timestamp())
     first = earliest.astimezone(zone)
-    out = [(earliest, first.time(), slot_of(first))]
+    out = [(first_s, first.time(), slot_of(first))]
     step_s = first.replace(minute=0, second=0, microsecond=0).timestamp() + 3600
     offset = first.utcoffset()
-    steady = offset is not None and offset == datetime.fromtimestamp(end_s, zone).utcoffset()
-    offset_s = int(offset.total_seconds()) if steady and offset is not None else 0
-    while step_s <= end_s:
-        at = datetime.fromtimestamp(step_s, UTC)
-        if steady:
+    if offset is not None and offset == datetime.fromtimestamp(end_s, zone).utcoffset():
+        offset_s = int(offset.total_seconds())
+        while step_s <= end_s:
             local_s = int(step_s) + offset_s
-            hour, weekday = local_s // 3600 % 24, (local_s // 86400 + 3) % 7  # 1970-01-01: a Thursday
-            out.append((at, time(hour), f"{'we' if weekday >= 5 else 'wd'}{hour:02d}"))
-        else:
-            local = at.astimezone(zone)
-            out.append((at, local.time(), slot_of(local)))
+            hour = local_s // 3600 % 24
+            weekend = (local_s // 86400 + 3) % 7 >= 5  # 1970-01-01 was a Thursday
+            out.append((step_s, _HOURS[hour], _SLOTS[weekend][hour]))
+            step_s += 3600
+        return out
+    while step_s <= end_s:
+        local = datetime.fromtimestamp(step_s, zone)
+        out.append((step_s, local.time(), slot_of(local)))
         step_s += 3600
     return out
 
