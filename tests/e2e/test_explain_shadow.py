@@ -36,20 +36,24 @@ async def test_explain_shows_facts_every_rule_the_effects_in_order_and_caps(stub
         "webhook": False,
     }
     rules = {r.name: r for r in explanation.rules}
-    assert len(rules) == 6
+    assert len(rules) == 7
     assert [n for n, r in rules.items() if r.matched] == [
         "marketing_inactive_sms",
+        "marketing_learned",
         "marketing_caps_and_quiet_hours",
     ]
     otp_line = SHIPPED.read_text().splitlines().index("  - name: otp_sms_now") + 1
     assert rules["otp_sms_now"].location == f"{SHIPPED}:{otp_line}"
     assert [(e.rule, e.effect) for e in explanation.effects] == [
         ("marketing_inactive_sms", "prefer"),
+        ("marketing_learned", "prefer"),
+        ("marketing_learned", "choose"),
+        ("marketing_learned", "send_time"),
         ("marketing_caps_and_quiet_hours", "caps"),
         ("marketing_caps_and_quiet_hours", "on_cap"),
         ("marketing_caps_and_quiet_hours", "quiet_hours"),
     ]
-    assert explanation.effects[3].value == "21:00-08:00 policy=defer"
+    assert explanation.effects[6].value == "21:00-08:00 policy=defer"
     assert explanation.ranked_channels[0] == "sms"
     assert {c.name for c in response.caps} == {"marketing_hourly", "marketing_daily"}
 
@@ -108,6 +112,6 @@ async def test_shadow_mode_counts_caps_apart_and_enforces_nothing(make_app):
     # ...but what the rules would have done is reported, with caps counted under shadow names
     assert "shadow:quiet_hours" in codes(first)
     would = next(r for r in second.reasons if r.code == "shadow:verdict")
-    assert would.detail.startswith("would DEFER via sms at ")
+    assert would.detail.startswith("would DEFER via ")  # the shipped rules learn which channel
     exceeded = next(r for r in second.reasons if r.code == "shadow:cap_exceeded")
     assert "shadow:marketing_hourly" in exceeded.detail

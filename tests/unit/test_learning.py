@@ -186,3 +186,33 @@ def test_send_time_candidates_carry_the_zones_own_local_hour_and_kind_of_day(zon
             truth = at.astimezone(zone)
             assert (local, slot) == (truth.time(), slot_of(truth))
             assert at == start or (truth.minute, truth.second, truth.microsecond) == (0, 0, 0)
+
+
+def test_the_prior_key_carries_the_segment_value_made_safe_and_only_when_asked():
+    from smart_dispatch.decide.learned import prior_key
+
+    assert prior_key("marketing", {"plan": "pro"}, "plan") == "marketing@pro"
+    assert prior_key("marketing", {"plan": "a:b@c" + "x" * 40}, "plan") == "marketing@a_b_c" + "x" * 27
+    assert prior_key("marketing", {"plan": "pro"}, "") == "marketing"
+    assert prior_key("marketing", {}, "plan") == "marketing"
+    assert prior_key("marketing", {"plan": {"nested": 1}}, "plan") == "marketing"
+
+
+def test_a_segments_rate_leans_on_its_category_until_it_has_data_of_its_own():
+    from smart_dispatch.decide.learned import SEGMENT_WEIGHT, prior_rate
+
+    everyone = {"marketing:email:sent": Decayed(100, NOW), "marketing:email:opened": Decayed(10, NOW)}
+    thin = Population(
+        everyone
+        | {"marketing@pro:email:sent": Decayed(2, NOW), "marketing@pro:email:opened": Decayed(2, NOW)}
+    )
+    thick = Population(
+        everyone
+        | {"marketing@pro:email:sent": Decayed(200, NOW), "marketing@pro:email:opened": Decayed(100, NOW)}
+    )
+    base = prior_rate(thin, "marketing", "email", NOW, HL)
+    assert prior_rate(thin, "marketing@pro", "email", NOW, HL) == pytest.approx(
+        (2 + SEGMENT_WEIGHT * base) / (2 + SEGMENT_WEIGHT)
+    )
+    assert prior_rate(thick, "marketing@pro", "email", NOW, HL) == pytest.approx(0.5, abs=0.03)
+    assert prior_rate(thin, "marketing@free", "email", NOW, HL) == pytest.approx(base)

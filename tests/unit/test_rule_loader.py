@@ -581,3 +581,25 @@ def test_a_directory_over_its_byte_or_file_budget_is_refused_before_reading(tmp_
     with pytest.raises(RuleFileError) as info:
         load_ruleset(tmp_path)
     assert f"at most {MAX_FILES:,}" in info.value.problem
+
+
+ONE_RULE = "rules:\n  - name: a\n    when: {category: otp}\n    then: {prefer: [sms]}\n"
+
+
+@pytest.mark.parametrize(
+    ("setting", "fragment"),
+    [
+        ("prior_weight: 0", "learning.prior_weight must be a positive number"),
+        ("segment_by: [plan]", "learning.segment_by must be a recipient attribute name"),
+        ("segment_by: 'a b'", "learning.segment_by must be a recipient attribute name"),
+        ("segmented_by: plan", "segmented_by"),
+    ],
+)
+def test_invalid_learning_settings_are_rejected_at_their_line(setting, fragment):
+    text = f"learning:\n  {setting}\n" + ONE_RULE
+    _assert_error_at(text, setting.split(":")[0] + ":", fragment)
+
+
+def test_segment_by_names_the_attribute_the_prior_is_split_by(tmp_path):
+    text = "learning: {segment_by: plan}\n" + ONE_RULE
+    assert load_ruleset(_write(tmp_path, {"f.yaml": text})).learning.segment_by == "plan"

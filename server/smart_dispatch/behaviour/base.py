@@ -168,7 +168,9 @@ class EngagementEvent:
 
 @dataclass(frozen=True, slots=True)
 class SentMessage:
-    """A decided message: counted as sent on its channel and slot, kept for attribution."""
+    """A decided message: counted as sent on its channel and slot, kept for attribution.
+    `category` is the message's prior key: its category, `@` its segment value when the rules
+    segment the prior (`marketing@app`)."""
 
     user_id: str
     message_id: str
@@ -219,16 +221,29 @@ class Population:
         return ChannelStats(**values) if values else _NO_STATS
 
 
+#: Joins a category and a segment value in a message's prior key: `marketing@app`.
+SEGMENT_MARK = "@"
+
+
+def prior_keys(prior_key: str) -> list[str]:
+    """The population keys a message's counts go to: its category's, and its segment's when the
+    key carries one (`marketing@app` -> `marketing@app`, `marketing`)."""
+    category, mark, _ = prior_key.partition(SEGMENT_MARK)
+    return [prior_key, category] if mark else [prior_key]
+
+
 def population_updates(recorded: Recorded, kind: str, value: float) -> list[tuple[str, float]]:
     """The population counts one attributed event adds to: (key, amount)."""
     if not recorded.counted or not recorded.channel:
         return []
-    base = f"{recorded.category or '-'}:{recorded.channel}"
-    updates = [(f"{base}:{kind}", 1.0)]
-    if kind == "converted" and value:
-        updates.append((f"{base}:value", value))
-    if recorded.sent_too:
-        updates.append((f"{base}:sent", 1.0))
+    updates = []
+    for key in prior_keys(recorded.category or "-"):
+        base = f"{key}:{recorded.channel}"
+        updates.append((f"{base}:{kind}", 1.0))
+        if kind == "converted" and value:
+            updates.append((f"{base}:value", value))
+        if recorded.sent_too:
+            updates.append((f"{base}:sent", 1.0))
     if recorded.slot and kind == "opened":
         updates.append((f"slot:{recorded.slot}:opened", 1.0))
     if recorded.slot and recorded.sent_too:

@@ -20,6 +20,7 @@ from smart_dispatch.behaviour.base import (
     SentMessage,
     activity_key,
     population_updates,
+    prior_keys,
 )
 
 
@@ -60,7 +61,8 @@ class MemoryBehaviourStore(BehaviourStore):
         user = self._users.setdefault(sent.user_id, _User())
         for name in (f"{sent.channel}:sent", f"slot:{sent.slot}:sent"):
             _add(user.counts, name, 1.0, sent.at_s, half_life_s)
-        for name in (f"{sent.category}:{sent.channel}:sent", f"slot:{sent.slot}:sent"):
+        names = [f"{key}:{sent.channel}:sent" for key in prior_keys(sent.category)]
+        for name in (*names, f"slot:{sent.slot}:sent"):
             _add(self._population, name, 1.0, sent.at_s, half_life_s)
         return True
 

@@ -33,6 +33,7 @@ from smart_dispatch.behaviour.base import (
     Recorded,
     SentMessage,
     population_updates,
+    prior_keys,
 )
 
 ENGAGEMENT_LUA = resources.files("smart_dispatch.behaviour").joinpath("engagement.lua").read_text("utf-8")
@@ -70,10 +71,8 @@ class RedisBehaviourStore(BehaviourStore):
             first = await self._script(keys, [*args, MESSAGE_TTL_S, self._ttl_s])
             if not first:
                 return False
-            population = [
-                (f"{sent.category}:{sent.channel}:sent", 1.0),
-                (f"slot:{sent.slot}:sent", 1.0),
-            ]
+            population = [(f"{key}:{sent.channel}:sent", 1.0) for key in prior_keys(sent.category)]
+            population.append((f"slot:{sent.slot}:sent", 1.0))
             await self._add_population(population, sent.at_s, half_life_s)
         return True
 

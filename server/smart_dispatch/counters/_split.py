@@ -301,7 +301,8 @@ async def _joint_retry(
         moved = False
         for caps in (user, glob):
             report = await store.run_reserve(request, [caps], mode="E", eligible=[False], at_ms=floor)
-            retry = report.entries[0].retry_at_s
+            entry = report.entries[0]
+            retry = entry.retry_at_s if entry is not None else None
             if retry is not None and round(retry * 1000) > floor:
                 floor, moved = round(retry * 1000), True
         if not moved:

@@ -21,10 +21,11 @@ at random. Those first sends inform the population prior.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from smart_dispatch.behaviour.base import Behaviour, ChannelStats, Population
+from smart_dispatch.behaviour.base import SEGMENT_MARK, Behaviour, ChannelStats, Population
 from smart_dispatch.domain import KNOWN_CHANNELS
 from smart_dispatch.rules.model import Choose, Learning
 
@@ -43,16 +44,41 @@ class ChannelScore:
     prior_rate: float  # the population's rate the prior is centred on
 
 
+#: observations a segment's own rate needs to weigh as much as its category's
+SEGMENT_WEIGHT = 10.0
+_UNSAFE = str.maketrans({SEGMENT_MARK: "_", ":": "_"})
+
+
+def prior_key(category: str, attributes: Mapping[str, Any], segment_by: str) -> str:
+    """What a message's prior is keyed by: its category, or with `segment_by` set and the
+    recipient having that attribute, `category@value` (the value cut to 32 characters)."""
+    if not segment_by:
+        return category
+    value = attributes.get(segment_by)
+    if value is None or isinstance(value, dict | list | bool):
+        return category
+    text = str(value)[:32].translate(_UNSAFE)
+    return f"{category}{SEGMENT_MARK}{text}" if text else category
+
+
 def prior_rate(
     population: Population, category: str, channel: str, now_s: float, half_life_s: float
 ) -> float:
     """The population's rate for `channel` in `category`, shrunk towards the category's rate on
     every channel (two observations' worth): a channel nobody was sent on is as good as the
-    average channel, not a coin flip. Computed once per population copy (see `Population`)."""
+    average channel, not a coin flip. For a segment's key (`marketing@app`), the segment's own
+    rate shrunk towards that (`SEGMENT_WEIGHT` observations' worth). Computed once per
+    population copy (see `Population`)."""
     key = ("rate", category, channel, half_life_s)
     known = population.memo.get(key)
     if known is not None:
         return known  # type: ignore[no-any-return]
+    base, mark, _ = category.partition(SEGMENT_MARK)
+    if mark:
+        everyone = prior_rate(population, base, channel, now_s, half_life_s)
+        own = population.stats(category, channel, now_s, half_life_s)
+        rate = population.memo[key] = (own.engaged + SEGMENT_WEIGHT * everyone) / (own.tried + SEGMENT_WEIGHT)
+        return rate
     engaged = tried = 0.0
     mine = ChannelStats()
     for candidate in KNOWN_CHANNELS:
@@ -79,12 +105,12 @@ def has_data(
     if any(behaviour.stats(channel, now_s, half_life).tried > 0 for channel in candidates):
         return True
     key = ("tried", category, tuple(candidates), half_life)
-    everyone = population.memo.get(key)
+    everyone: float | None = population.memo.get(key)
     if everyone is None:  # once per population copy
         everyone = population.memo[key] = sum(
             population.stats(category, channel, now_s, half_life).tried for channel in candidates
         )
-    return everyone >= learning.prior_weight  # type: ignore[no-any-return]
+    return everyone >= learning.prior_weight
 
 
 def posterior(own: ChannelStats, rate: float, weight: float) -> tuple[float, float]:
@@ -107,6 +133,7 @@ def score_channels(
     rng: random.Random,
 ) -> list[ChannelScore]:
     """Every candidate scored, best first (ties keep the candidates' order)."""
+    value = learning.value(category.partition(SEGMENT_MARK)[0])  # a prior key may carry a segment
     half_life = learning.half_life_s
     scored: list[ChannelScore] = []
     for channel in candidates:
@@ -116,7 +143,7 @@ def score_channels(
         mean = alpha / (alpha + beta)
         sample = rng.betavariate(alpha, beta) if choose.explore == "thompson" else mean
         cost = learning.cost(channel)
-        score = sample * learning.value(category) - cost
+        score = sample * value - cost
         scored.append(ChannelScore(channel, mean, sample, cost, score, own.tried, own.engaged, rate))
     if choose.objective == "cheapest_within" and scored:
         best = max(s.sample for s in scored)

@@ -25,7 +25,14 @@ from smart_dispatch.decide import reasons as R
 from smart_dispatch.decide.caps_step import SHADOW_PREFIX, CapStep, FailurePolicy
 from smart_dispatch.decide.draft import PlanDraft, fold
 from smart_dispatch.decide.facts import build_facts, reachable_channels
-from smart_dispatch.decide.learned import ChannelScore, has_data, posterior, prior_rate, score_channels
+from smart_dispatch.decide.learned import (
+    ChannelScore,
+    has_data,
+    posterior,
+    prior_key,
+    prior_rate,
+    score_channels,
+)
 from smart_dispatch.decide.learned import explain as explain_score
 from smart_dispatch.decide.rank import fallback_channels, rank_channels
 from smart_dispatch.decide.schedule import after_quiet_hours, past_deadline
@@ -136,16 +143,17 @@ class Decider:
             return
         step = decision.steps[0]
         local = step.send_at.astimezone(zone_for(request.recipient.timezone or "UTC"))
+        learning = version.ruleset.learning
         sent = SentMessage(
             request.recipient.user_id,
             request.message.id,
             step.channel,
             slot_of(local),
-            request.message.category,
+            prior_key(request.message.category, request.recipient.attributes, learning.segment_by),
             step.send_at.timestamp(),
         )
         try:
-            await self._behaviour.decided(sent, version.ruleset.learning.half_life_s)
+            await self._behaviour.decided(sent, learning.half_life_s)
         except StoreError as exc:
             log.warning("send of %s not counted for learning: %s", request.message.id, exc)
 
@@ -306,8 +314,9 @@ class Decider:
         if not has_data(candidates, case.behaviour, case.population, category, learning, now_s):
             return []
         rng = self._rng(case.request, "choose")
+        key = prior_key(category, case.request.recipient.attributes, learning.segment_by)
         return score_channels(
-            candidates, case.behaviour, case.population, category, learning, draft.choose, now_s, rng
+            candidates, case.behaviour, case.population, key, learning, draft.choose, now_s, rng
         )
 
     def _expected(self, case: _Case, channel: str) -> float:
@@ -315,9 +324,8 @@ class Decider:
         learning = case.version.ruleset.learning
         now_s = case.now.timestamp()
         own = case.behaviour.stats(channel, now_s, learning.half_life_s)
-        rate = prior_rate(
-            case.population, case.request.message.category, channel, now_s, learning.half_life_s
-        )
+        key = prior_key(case.request.message.category, case.request.recipient.attributes, learning.segment_by)
+        rate = prior_rate(case.population, key, channel, now_s, learning.half_life_s)
         alpha, beta = posterior(own, rate, learning.prior_weight)
         return alpha / (alpha + beta)
 

@@ -17,6 +17,7 @@ A file (all keys optional):
       half_life: 30d                      how fast what was learned fades
       prior_weight: 10                    observations the population prior is worth
       values: {marketing: 1.0}            what one engagement of a category is worth
+      segment_by: plan                    a recipient attribute that splits the prior (optional)
 
 Every problem raises `RuleFileError(file, line, problem)`; nothing is half-loaded. A file may
 have at most `MAX_FILE_BYTES` bytes, a directory at most `MAX_FILES` files, `MAX_TOTAL_BYTES`
@@ -29,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +62,7 @@ _FILE_KEYS = frozenset({"categories", "caps", "rules", "channels", "learning"})
 _CAP_KEYS = frozenset({"name", "limit", "window", "scope", "channel", "description"})
 _RULE_KEYS = frozenset({"name", "priority", "when", "then", "shadow", "description"})
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
+_ATTRIBUTE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
 
 
 def rule_files(directory: Path) -> list[Path]:
@@ -249,7 +252,7 @@ class _Builder:
             categories=frozenset(self.categories),
             files=files,
             referenced_paths=frozenset(self.paths),
-            learning=Learning(learning.half_life_s, learning.prior_weight, learning.values, dict(self.costs)),
+            learning=replace(learning, costs=dict(self.costs)),
         )
 
 
@@ -273,7 +276,7 @@ class _Fail:
 
 
 def _learning(spec: LineDict, fail: _Fail) -> Learning:
-    no_unknown_keys(spec, frozenset({"half_life", "prior_weight", "values"}), "learning", fail)
+    no_unknown_keys(spec, frozenset({"half_life", "prior_weight", "values", "segment_by"}), "learning", fail)
     default = Learning()
     half_life = default.half_life_s
     if "half_life" in spec:
@@ -290,7 +293,13 @@ def _learning(spec: LineDict, fail: _Fail) -> Learning:
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1e9:
                 raise fail(line, f"learning.values.{category} must be a number >= 0")
             values[category] = float(value)
-    return Learning(half_life, float(weight), values)
+    segment_by = spec.get("segment_by", "")
+    if not isinstance(segment_by, str) or (segment_by and not _ATTRIBUTE.fullmatch(segment_by)):
+        raise fail(
+            spec.line_of("segment_by"),
+            "learning.segment_by must be a recipient attribute name (letters, digits, _ . -; at most 64)",
+        )
+    return Learning(half_life, float(weight), values, segment_by=segment_by)
 
 
 def _items(doc: LineDict, key: str, fail: _Fail) -> list[tuple[Any, int]]:

@@ -46,12 +46,16 @@ class Learning:
 
     `half_life_s`: how fast counts fade; `prior_weight`: how many observations the population
     prior is worth to a person with no data of their own; `values`: what one engagement of a
-    category is worth (1.0 when not given), in the same unit as the costs."""
+    category is worth (1.0 when not given), in the same unit as the costs; `segment_by`: a
+    recipient attribute (low cardinality: plan, platform, acquisition channel) whose value
+    splits the population prior: a person starts from the rates of people with the same value,
+    themselves shrunk towards everyone's."""
 
     half_life_s: float = 30 * 86400.0
     prior_weight: float = 10.0
     values: Mapping[str, float] = field(default_factory=dict)
     costs: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_CHANNEL_COSTS))
+    segment_by: str = ""
 
     def value(self, category: str) -> float:
         return self.values.get(category, 1.0)

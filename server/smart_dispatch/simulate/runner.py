@@ -5,7 +5,8 @@ unsubscribe reported back through `EventRecorder.report`, the path `ReportEvent`
 Policies (all on the same people and message stream, from the same seed):
 - learned: the shipped rules as they are (they choose marketing's channel and send time by
   learned engagement), with the scenario's channel costs and values in place of the shipped ones
-  (an operator knows what their channels cost);
+  (an operator knows what their channels cost), and the prior segmented by the scenario's
+  `profile_attribute` (and which attribute tells their people apart);
 - static: the same rules without the learned effects (`rules.effects.without_learning`): what
   the rules alone do;
 - random: the static rules, each marketing message allowed one random channel of the person's;
@@ -101,6 +102,8 @@ def rules_for(policy: str, scenario: Scenario, directory: Path) -> Path:
     doc = yaml.safe_load(shipped.read_text(encoding="utf-8"))
     doc["channels"] = {channel: {"cost": truth.cost} for channel, truth in scenario.channels.items()}
     doc.setdefault("learning", {})["values"] = dict(scenario.values)
+    if scenario.profile_attribute:  # and what they know of their people
+        doc["learning"]["segment_by"] = scenario.profile_attribute
     if policy != "learned":
         without_learning(doc)
     directory.mkdir(parents=True, exist_ok=True)
@@ -207,7 +210,13 @@ class _Simulation:
         opted_out = frozenset(person.opted_out) if category == "marketing" else frozenset()
         request = DecideRequest(
             Message(f"{person.id}-{next(self.ids)}", category, channels=channels),
-            Recipient(person.id, person.zone.key, addresses=person.addresses, opted_out=opted_out),
+            Recipient(
+                person.id,
+                person.zone.key,
+                addresses=person.addresses,
+                opted_out=opted_out,
+                attributes=person.attributes,
+            ),
             at=when,
         )
         decision = await self.runtime.decider.decide(request)

@@ -10,8 +10,11 @@ the people are simulated. A scenario file (every key optional but `segments`):
       sms: {cost: 0.05, failure: 0.02}
     segments:                      kinds of people; `open` is P(open | delivered at their best hour)
       - {name: app_people, share: 0.4, reach: {in_app: 1, email: 0.7}, open: {in_app: 0.4, email: 0.05},
-         convert: 0.1, active: 3}  `active`: app sessions a day, reported as ACTIVE events, at
-                                   hours around the person's peak (the hours they are around)
+         convert: 0.1, active: 3,  `active`: app sessions a day, reported as ACTIVE events, at
+         profile: {app: 0.8, web: 0.2}}    hours around the person's peak; `profile`: the shares of
+                                   the values of `profile_attribute` among the segment's people
+    profile_attribute: acquired_via    a recipient attribute the company knows, loosely tied to
+                                   the segment (the learned policy segments its prior by it)
     chronotypes: {morning: {peak: 8, share: 0.3}, evening: {peak: 20, share: 0.7}}
     hour_spread: 3                 hours: how fast openness falls away from a person's peak hour
     fatigue: {per_message: 0.15, unsubscribe: 0.001, unsubscribe_per_message: 0.002}
@@ -51,6 +54,7 @@ class Segment:
     open: dict[str, float]
     convert: float
     active: float = 0.0
+    profile: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +81,7 @@ class Scenario:
     messages: dict[str, float] = field(default_factory=lambda: {"marketing": 1.5})
     marketing_hours: tuple[int, int] = (9, 18)
     values: dict[str, float] = field(default_factory=lambda: {"marketing": 1.0})
+    profile_attribute: str = ""
 
 
 _DEFAULT_CHANNELS = {
@@ -101,7 +106,7 @@ def load_scenario(path: Path) -> Scenario:
 def parse_scenario(doc: dict[str, Any], name: str) -> Scenario:
     known = {
         "users", "days", "start", "timezones", "channels", "segments", "chronotypes", "hour_spread",
-        "fatigue", "messages", "marketing_hours", "values", "name",
+        "fatigue", "messages", "marketing_hours", "values", "name", "profile_attribute",
     }  # fmt: skip
     unknown = sorted(set(doc) - known)
     if unknown:
@@ -152,6 +157,7 @@ def parse_scenario(doc: dict[str, Any], name: str) -> Scenario:
         messages=messages or {"marketing": 1.5},
         marketing_hours=(int(hours[0]), int(hours[1])),
         values=_weights(doc.get("values") or {"marketing": 1}, "values"),
+        profile_attribute=_attribute(doc.get("profile_attribute", "")),
     )  # fmt: skip
 
 
@@ -176,7 +182,14 @@ def _segment(spec: Any, index: int) -> Segment:
         opens,
         _number(spec.get("convert", 0.1), f"{where}.convert", 0, 1),
         _number(spec.get("active", 0.0), f"{where}.active", 0, 100),
+        _weights(spec.get("profile") or {}, f"{where}.profile"),
     )
+
+
+def _attribute(name: Any) -> str:
+    if not isinstance(name, str) or len(name) > 64:
+        raise ConfigurationError("scenario: profile_attribute: an attribute name, at most 64 characters")
+    return name
 
 
 def _channel(channel: str, where: str) -> None:

@@ -32,6 +32,7 @@ class Person:
     peak: float
     propensity: dict[str, float]
     addresses: dict[str, str]
+    attributes: dict[str, str] = field(default_factory=dict)  # what the company knows of them
     opted_out: set[str] = field(default_factory=set)
     delivered: deque[float] = field(default_factory=deque)  # delivery instants of the last day
 
@@ -67,7 +68,10 @@ def make_people(scenario: Scenario, rng: random.Random) -> list[Person]:
             kappa = 20.0
             propensity[channel] = rng.betavariate(max(mean * kappa, 1e-3), max((1 - mean) * kappa, 1e-3))
         peak = (chronotype.peak + rng.gauss(0.0, 1.0)) % 24
-        people.append(Person(user, ZoneInfo(zone), segment, peak, propensity, addresses))
+        attributes = {}
+        if scenario.profile_attribute and segment.profile:
+            attributes[scenario.profile_attribute] = _pick(rng, segment.profile)
+        people.append(Person(user, ZoneInfo(zone), segment, peak, propensity, addresses, attributes))
     return people
 
 
