@@ -111,6 +111,56 @@ for o = 1, n_options do
 end
 local fields = { struct.unpack('>' .. string.rep('BHddH', total), spec, 2 + n_options) }
 
+-- Earliest free instant, gaps included (counters/base.py `has_room_ms`, `earliest_free_ms`) --------
+-- A cap here is { s = the other members' live scores, limit = , window = }. There is room at t
+-- when each window holding t, (y - window, y] for y in [t, t + window), holds fewer than `limit`
+-- of them: checked at y = t and at each entry in [t, t + window), where counts go up.
+local function full_at(scores, limit, window, y)
+  local low, c = math.max(y, now) - window, 0
+  for i = 1, #scores do
+    if scores[i] > low and scores[i] <= y then
+      c = c + 1
+    end
+  end
+  return c >= limit
+end
+
+local function room_in_all(gaps, t)
+  for _, g in ipairs(gaps) do
+    local ss = g.s
+    if full_at(ss, g.limit, g.window, t) then
+      return false
+    end
+    for i = 1, #ss do
+      if ss[i] >= t and ss[i] < t + g.window and full_at(ss, g.limit, g.window, ss[i]) then
+        return false
+      end
+    end
+  end
+  return true
+end
+
+-- The first instant >= t every cap has room (nil: t itself): t or an instant an entry leaves.
+local function earliest_free(gaps, t)
+  if room_in_all(gaps, t) then
+    return nil
+  end
+  local leaving = {}
+  for _, g in ipairs(gaps) do
+    for i = 1, #g.s do
+      if g.s[i] + g.window > t then
+        leaving[#leaving + 1] = g.s[i] + g.window
+      end
+    end
+  end
+  table.sort(leaving)
+  for _, when in ipairs(leaving) do
+    if room_in_all(gaps, when) then
+      return when
+    end
+  end
+end
+
 -- Fast path: mode "F" over small sorted-set caps ------------------------------------------------
 -- The common request (mode "F" without eligibility flags, defer "a" or none, only sorted-set caps
 -- with limit <= SMALL_LIMIT, e.g. a user's caps) takes the same steps as the general code below,
@@ -256,50 +306,18 @@ if fast then
 
   -- Else the first option whose caps all have room at `at`; for a refused one the earliest
   -- instant they all have, gaps between planned entries included (z_earliest, over rows).
-  local function over(r, limit, window, y) -- cap full in the window (y - window, y]?
-    local low, c = math.max(y, now) - window, 0
-    for i = 2, #r, 2 do
-      local s = r[i]
-      if s > low and s <= y and r[i - 1] ~= member then
-        c = c + 1
-      end
-    end
-    return c >= limit
-  end
-  local function fits(o, t)
+  local function earliest(o) -- option o's caps as `earliest_free` takes them, from the rows
+    local gaps = {}
     for j = ends[o - 1] + 1, ends[o] do
-      local r, limit, window = rows[fields[5 * j - 3]], fields[5 * j - 2], fields[5 * j - 1]
-      if over(r, limit, window, t) then
-        return false
-      end
+      local r, ss = rows[fields[5 * j - 3]], {}
       for i = 2, #r, 2 do
-        local s = r[i]
-        if s >= t and s < t + window and r[i - 1] ~= member and over(r, limit, window, s) then
-          return false
+        if r[i - 1] ~= member then
+          ss[#ss + 1] = r[i]
         end
       end
+      gaps[#gaps + 1] = { s = ss, limit = fields[5 * j - 2], window = fields[5 * j - 1] }
     end
-    return true
-  end
-  local function earliest(o)
-    if fits(o, at) then
-      return nil
-    end
-    local leaving = {}
-    for j = ends[o - 1] + 1, ends[o] do
-      local r, window = rows[fields[5 * j - 3]], fields[5 * j - 1]
-      for i = 2, #r, 2 do
-        if r[i - 1] ~= member and r[i] + window > at then
-          leaving[#leaving + 1] = r[i] + window
-        end
-      end
-    end
-    table.sort(leaving)
-    for _, t in ipairs(leaving) do
-      if fits(o, t) then
-        return t
-      end
-    end
+    return earliest_free(gaps, at)
   end
 
   local first_retry = nil
@@ -707,12 +725,12 @@ local function refusal(cap, t)
   return c_refusal(cap, t)
 end
 
--- The live entries (scored after now - window) of a cap with limit <= SMALL_LIMIT, the member's
--- left out, ascending: false for a larger cap or more than MAX_ROWS of them (counters/base.py
--- GAP_LIMIT, GAP_ROWS: gaps are looked for only there).
-local gap_rows = {}
-local function others(cap)
-  local g = gap_rows[cap.key]
+-- The live entries (scored after now - window) of a cap with limit <= GAP_LIMIT, the member's
+-- left out, ascending, as `earliest_free` takes them: false for a larger cap or more than
+-- GAP_ROWS of them (counters/base.py GAP_LIMIT, GAP_ROWS: gaps are looked for only there).
+local gap_caps = {}
+local function gap_cap(cap)
+  local g = gap_caps[cap.key]
   if g == nil then
     g = false
     if cap.kind == 'z' and cap.limit <= GAP_LIMIT then
@@ -726,82 +744,38 @@ local function others(cap)
         end
       end
       if #ss <= GAP_ROWS then
-        g = ss
+        g = { s = ss, limit = cap.limit, window = cap.window }
       end
     end
-    gap_rows[cap.key] = g
+    gap_caps[cap.key] = g
   end
   return g
 end
 
--- Whether `scores` hold `limit` or more in the window (y - window, y].
-local function full_at(scores, limit, window, y)
-  local low, c = math.max(y, now) - window, 0
-  for i = 1, #scores do
-    if scores[i] > low and scores[i] <= y then
-      c = c + 1
-    end
-  end
-  return c >= limit
-end
-
--- Room at t in every cap of the option (counters/base.py `has_room_ms`): each window holding t
--- holds fewer than `limit` others, checked at t and at each entry in [t, t + window).
-local function fits_all(option, t)
-  for _, cap in ipairs(option.caps) do
-    local ss = gap_rows[cap.key]
-    if full_at(ss, cap.limit, cap.window, t) then
-      return false
-    end
-    for i = 1, #ss do
-      if ss[i] >= t and ss[i] < t + cap.window and full_at(ss, cap.limit, cap.window, ss[i]) then
-        return false
-      end
-    end
-  end
-  return true
-end
-
--- The first instant >= t every cap of the option has room (nil: at t). For small caps gaps
--- between planned entries count (counters/base.py `earliest_free_ms`): the candidates are t and
--- each instant an entry leaves its window. Else the latest of the caps' own instants (a cap has
+-- The first instant >= t every cap of the option has room (nil: at t): gaps included where
+-- every cap is small (`earliest_free`), else the latest of the caps' own instants (a cap has
 -- room once enough entries left the window).
 local function option_refusal(option, t)
-  local small = true
+  local gaps = {}
   for _, cap in ipairs(option.caps) do
-    if not others(cap) then
-      small = false
+    local g = gap_cap(cap)
+    if not g then
+      gaps = nil
       break
     end
+    gaps[#gaps + 1] = g
   end
-  if not small then
-    local retry_at = nil
-    for _, cap in ipairs(option.caps) do
-      local when = refusal(cap, t)
-      if when and (retry_at == nil or when > retry_at) then
-        retry_at = when
-      end
-    end
-    return retry_at
+  if gaps then
+    return earliest_free(gaps, t)
   end
-  if fits_all(option, t) then
-    return nil
-  end
-  local leaving = {}
+  local retry_at = nil
   for _, cap in ipairs(option.caps) do
-    local ss = gap_rows[cap.key]
-    for i = 1, #ss do
-      if ss[i] + cap.window > t then
-        leaving[#leaving + 1] = ss[i] + cap.window
-      end
+    local when = refusal(cap, t)
+    if when and (retry_at == nil or when > retry_at) then
+      retry_at = when
     end
   end
-  table.sort(leaving)
-  for _, when in ipairs(leaving) do
-    if fits_all(option, when) then
-      return when
-    end
-  end
+  return retry_at
 end
 
 local function push2(out, x, y)
