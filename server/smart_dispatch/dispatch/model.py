@@ -93,6 +93,9 @@ class DispatchRecord:
     #: set when the dispatch must be decided again at send_at (it was deferred)
     redecide: bool = False
     dead_lettered: bool = False
+    #: set when the current step is a later one (fallback, escalation) not yet decided again for
+    #: its channel: deny list, opt-outs, quiet hours and that channel's caps apply when it goes
+    recheck: bool = False
 
     def moved(self, state: DispatchState, at: datetime, detail: str = "", **changes: Any) -> DispatchRecord:
         """A copy in `state`, with the change appended to the history."""
@@ -161,6 +164,7 @@ def to_json(record: DispatchRecord) -> str:
         "version": record.version,
         "redecide": record.redecide,
         "dead_lettered": record.dead_lettered,
+        "recheck": record.recheck,
     }
     return json.dumps(raw, default=_encode, separators=(",", ":"))
 
@@ -205,6 +209,7 @@ def from_json(text: str | bytes) -> DispatchRecord:
         version=raw["version"],
         redecide=raw["redecide"],
         dead_lettered=raw["dead_lettered"],
+        recheck=raw.get("recheck", False),  # absent in records stored before it existed
     )
 
 

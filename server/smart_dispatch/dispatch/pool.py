@@ -29,10 +29,10 @@ from typing import Protocol
 
 from opentelemetry.trace import SpanKind
 
-from smart_dispatch.channels.base import Content, Delivery, Provider, ProviderError
+from smart_dispatch.channels.base import Content, Delivery, Provider, ProviderError, SendResult
 from smart_dispatch.decide.pipeline import Decider
 from smart_dispatch.dispatch.model import Attempt, DispatchRecord, DispatchState
-from smart_dispatch.dispatch.resilience import CircuitBreaker, RetryPolicy, compute_backoff
+from smart_dispatch.dispatch.resilience import CircuitBreaker, CircuitOpenError, RetryPolicy, compute_backoff
 from smart_dispatch.dispatch.store import Claim, DispatchStore
 from smart_dispatch.domain import DecideRequest, Verdict
 from smart_dispatch.errors import SmartDispatchError, StoreUnavailableError
@@ -194,14 +194,25 @@ class SenderPool:
         )
 
     async def _send_step(self, record: DispatchRecord, claim: Claim) -> None:
-        """One attempt; its outcome is stored with the claim acked in the same update."""
+        """One attempt, then its settlement, stored with the claim acked in the same update."""
+        step = record.current_step
+        assert step is not None
+        policy = self._retry_by_channel.get(step.channel, self._retry)
+        attempt, error = await self._attempt(record, policy)
+        await self._settle(replace(record, attempts=(*record.attempts, attempt)), error, policy, claim)
+
+    async def _attempt(
+        self, record: DispatchRecord, policy: RetryPolicy
+    ) -> tuple[Attempt, ProviderError | None]:
+        """Send the current step once: the attempt as recorded, and the typed error when it
+        failed (None: delivered). No store write; the breaker learns of the provider's health."""
         step = record.current_step
         assert step is not None
         provider = self._providers.get(step.channel)
         number = record.attempts_in_step() + 1
         key = f"{record.dispatch_id}:{record.step_index}"
-        policy = self._retry_by_channel.get(step.channel, self._retry)
-        now = self._clock()
+        error: ProviderError | None = None
+        result = None
         if provider is None:
             error = ProviderError(
                 f"no provider configured for channel {step.channel!r}",
@@ -210,40 +221,27 @@ class SenderPool:
                 retryable=False,
             )
         elif not self._breakers[step.channel].allow():
-            error = ProviderError(
-                "circuit open", provider=provider.name, channel=step.channel, retryable=True
-            )
+            error = CircuitOpenError(provider.name, step.channel)
         else:
-            failure = await self._call(provider, record, key, number, policy, claim)
-            if failure is None:
-                return
-            error = failure
-        attempt = Attempt(
-            record.step_index, step.channel, error.provider, number, now, _outcome(error), str(error), key
-        )
-        self._telemetry.send_attempted(_attempted(record, attempt))
-        record = replace(record, attempts=(*record.attempts, attempt))
-        circuit_open = str(error).endswith("circuit open")
-        can_fall_back = record.step_index + 1 < len(record.steps)
-        if error.retryable and number < policy.max_attempts and not (circuit_open and can_fall_back):
-            delay = compute_backoff(number, policy, error.retry_after_s)
-            run_at = now + timedelta(seconds=delay)
-            later = record.moved(
-                DispatchState.SCHEDULED, now, f"retry in {delay:.2f}s: {error}", send_at=run_at
+            result, error = await self._call(provider, record, key, number, policy)
+        now = self._clock()
+        if error is None:
+            assert result is not None
+            attempt = Attempt(
+                record.step_index, step.channel, result.provider, number, now, "delivered", "", key,
+                result.provider_message_id,
+            )  # fmt: skip
+        else:
+            attempt = Attempt(
+                record.step_index, step.channel, error.provider, number, now, _outcome(error), str(error), key
             )
-            await self._store.update(later, record.version, run_at=run_at, ack=claim)
-            return
-        await self._next_step_or_fail(record, str(error), claim)
+        self._telemetry.send_attempted(_attempted(record, attempt))
+        return attempt, error
 
     async def _call(
-        self,
-        provider: Provider,
-        record: DispatchRecord,
-        key: str,
-        number: int,
-        policy: RetryPolicy,
-        claim: Claim,
-    ) -> ProviderError | None:
+        self, provider: Provider, record: DispatchRecord, key: str, number: int, policy: RetryPolicy
+    ) -> tuple[SendResult | None, ProviderError | None]:
+        """The provider call, bounded by the policy's timeout; every failure as a ProviderError."""
         step = record.current_step
         assert step is not None
         breaker = self._breakers[step.channel]
@@ -268,50 +266,63 @@ class SenderPool:
                 breaker.record_failure()
             else:
                 breaker.release()
-            return exc
+            return None, exc
         except TimeoutError:
             breaker.record_failure()
-            return ProviderError(
+            error = ProviderError(
                 f"no answer within {policy.timeout_s}s",
                 provider=provider.name,
                 channel=step.channel,
                 retryable=True,
             )
+            return None, error
         except SmartDispatchError as exc:  # e.g. a template that fails to render: never retryable
             breaker.release()
-            return ProviderError(str(exc), provider=provider.name, channel=step.channel, retryable=False)
+            return None, ProviderError(
+                str(exc), provider=provider.name, channel=step.channel, retryable=False
+            )
         except BaseException:  # cancelled (stop) or a bug: a half-open trial must not stay taken
             breaker.release()
             raise
         breaker.record_success()
-        now = self._clock()
-        attempt = Attempt(
-            record.step_index,
-            step.channel,
-            result.provider,
-            number,
-            now,
-            "delivered",
-            "",
-            key,
-            result.provider_message_id,
-        )
-        self._telemetry.send_attempted(_attempted(record, attempt))
-        done = replace(record, attempts=(*record.attempts, attempt))
-        await self._record_event(done, "delivered", step.channel)
-        if record.escalate_after_s and record.step_index + 1 < len(record.steps):
-            run_at = now + timedelta(seconds=record.escalate_after_s)
-            waiting = done.moved(
-                DispatchState.WAITING_ENGAGEMENT,
-                now,
-                f"delivered by {step.channel}; waiting for engagement",
-                send_at=run_at,
+        return result, None
+
+    async def _settle(
+        self, record: DispatchRecord, error: ProviderError | None, policy: RetryPolicy, claim: Claim
+    ) -> None:
+        """The one place an attempt's outcome moves the dispatch on (`record` holds the attempt):
+        delivered (waiting for engagement when an escalation follows), a retry after backoff, the
+        next step (fallback), or failed and dead-lettered. Stored with the claim acked."""
+        step = record.current_step
+        assert step is not None
+        now = record.attempts[-1].at
+        if error is None:
+            await self._record_event(record, "delivered", step.channel)
+            if record.escalate_after_s and record.step_index + 1 < len(record.steps):
+                run_at = now + timedelta(seconds=record.escalate_after_s)
+                waiting = record.moved(
+                    DispatchState.WAITING_ENGAGEMENT,
+                    now,
+                    f"delivered by {step.channel}; waiting for engagement",
+                    send_at=run_at,
+                )
+                await self._store.update(waiting, record.version, run_at=run_at, ack=claim)
+            else:
+                delivered = record.moved(DispatchState.DELIVERED, now, f"delivered by {step.channel}")
+                await self._store.update(delivered, record.version, ack=claim)
+            return
+        number = record.attempts_in_step()
+        can_fall_back = record.step_index + 1 < len(record.steps)
+        waits_for_circuit = isinstance(error, CircuitOpenError) and can_fall_back
+        if error.retryable and number < policy.max_attempts and not waits_for_circuit:
+            delay = compute_backoff(number, policy, error.retry_after_s)
+            run_at = now + timedelta(seconds=delay)
+            later = record.moved(
+                DispatchState.SCHEDULED, now, f"retry in {delay:.2f}s: {error}", send_at=run_at
             )
-            await self._store.update(waiting, record.version, run_at=run_at, ack=claim)
-        else:
-            delivered = done.moved(DispatchState.DELIVERED, now, f"delivered by {step.channel}")
-            await self._store.update(delivered, record.version, ack=claim)
-        return None
+            await self._store.update(later, record.version, run_at=run_at, ack=claim)
+            return
+        await self._next_step_or_fail(record, str(error), claim)
 
     async def _next_step_or_fail(self, record: DispatchRecord, reason: str, claim: Claim) -> None:
         now = self._clock()

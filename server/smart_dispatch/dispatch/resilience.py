@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from smart_dispatch.channels.base import ProviderError
+
 #: A provider's Retry-After is honoured up to this many seconds.
 MAX_RETRY_AFTER_S = 3600.0
 
@@ -35,6 +37,16 @@ def compute_backoff(
     ceiling = min(policy.max_s, policy.base_s * policy.multiplier ** max(0, failures - 1))
     delay = rand() * ceiling
     return max(delay, min(retry_after_s or 0.0, MAX_RETRY_AFTER_S))
+
+
+class CircuitOpenError(ProviderError):
+    """The channel's circuit breaker is open: the provider was not called. Retryable, but with
+    another channel to fall back to the plan moves on rather than waiting for it."""
+
+    def __init__(self, provider: str, channel: str) -> None:
+        super().__init__(
+            "circuit open", provider=provider, channel=channel, retryable=True, code="circuit_open"
+        )
 
 
 class CircuitBreaker:
