@@ -3,6 +3,8 @@
 Each worker claims one ready dispatch at a time and moves it one stage on:
 
 - deferred (decided DEFER): decide again now, against the rules, lists and caps as they are now;
+- a later step (fallback, escalation): decided again for its channel as it goes (deny list,
+  opt-outs, quiet hours, that channel's caps): sent, deferred, or skipped for the next step;
 - send the current plan step through its channel's provider (one attempt, bounded by the
   retry policy's `timeout_s`), the step's idempotency key on every attempt;
 - retryable failure (timeout, 5xx, 429): try again after a jittered backoff (never sooner than
@@ -147,6 +149,7 @@ class SenderPool:
                     now,
                     "not engaged within the escalation window: next step",
                     step_index=record.step_index + 1,
+                    recheck=True,
                 )
             if record.redecide:
                 # A claim's record may be older than the stored one, which only the version check
@@ -158,6 +161,11 @@ class SenderPool:
                 if redecided is None:
                     return True
                 record = redecided
+            elif record.recheck:
+                rechecked = await self._recheck(record, now, claim)
+                if rechecked is None:
+                    return True
+                record = rechecked
             # The only store write before the provider call (see the module docstring).
             sending = await self._store.update(record.moved(DispatchState.SENDING, now), record.version)
             if sending is None:
@@ -192,6 +200,40 @@ class SenderPool:
             decision_id=decision.decision_id,
             ruleset_version=decision.ruleset_version,
         )
+
+    async def _recheck(self, record: DispatchRecord, now: datetime, claim: Claim) -> DispatchRecord | None:
+        """A later step (fallback, escalation) is decided again for its channel as it goes: the
+        deny list, opt-outs, quiet hours and that channel's caps apply as to a first send (the
+        same message id, so a cap that already counts the message does not count it twice).
+        The record to send, or None when deciding finished the claim: deferred (quiet hours,
+        a full cap), or suppressed (then the next step, or the end)."""
+        step = record.current_step
+        assert step is not None
+        message = replace(record.message, channels=(step.channel,))
+        decision = await self._decider.decide(DecideRequest(message, record.recipient))
+        if decision.verdict is Verdict.SUPPRESS or not decision.steps:
+            detail = f"{step.channel} decided again: " + ", ".join(r.code for r in decision.reasons)
+            if record.step_index + 1 < len(record.steps):
+                following = record.moved(
+                    DispatchState.QUEUED, now, detail, step_index=record.step_index + 1, recheck=True
+                )
+                await self._store.update(following, record.version, run_at=now, ack=claim)
+            elif any(a.outcome == "delivered" for a in record.attempts):  # an escalation not sent
+                delivered = record.moved(DispatchState.DELIVERED, now, detail)
+                await self._store.update(delivered, record.version, unschedule=True, ack=claim)
+            else:
+                await self._finish(record, DispatchState.SUPPRESSED, detail, claim)
+            return None
+        if decision.send_at is not None and decision.send_at > now + timedelta(seconds=1):
+            later = record.moved(
+                DispatchState.SCHEDULED,
+                now,
+                f"{step.channel} decided again: deferred",
+                send_at=decision.send_at,
+            )
+            await self._store.update(later, record.version, run_at=decision.send_at, ack=claim)
+            return None
+        return replace(record, recheck=False)
 
     async def _send_step(self, record: DispatchRecord, claim: Claim) -> None:
         """One attempt, then its settlement, stored with the claim acked in the same update."""
@@ -333,6 +375,7 @@ class SenderPool:
                 now,
                 f"fallback to {following}: {reason}",
                 step_index=record.step_index + 1,
+                recheck=True,
             )
             await self._store.update(moved, record.version, run_at=now, ack=claim)
             return
