@@ -71,6 +71,8 @@ class Settings:
     retry_base_s: float = 0.5
     retry_max_s: float = 60.0
     send_timeout_s: float = 10.0
+    retry_budget_ratio: float = 0.2
+    retry_budget_min_per_s: float = 10.0
     otel_exporter: str = "none"
     otel_endpoint: str = ""
     trace_sample_ratio: float = 1.0
@@ -119,6 +121,8 @@ _ENV = {
     "retry_base_s": "SD_RETRY_BASE_S",
     "retry_max_s": "SD_RETRY_MAX_S",
     "send_timeout_s": "SD_SEND_TIMEOUT_S",
+    "retry_budget_ratio": "SD_RETRY_BUDGET_RATIO",
+    "retry_budget_min_per_s": "SD_RETRY_BUDGET_MIN_PER_S",
     "otel_exporter": "SD_OTEL_EXPORTER",
     "otel_endpoint": "SD_OTEL_ENDPOINT",
     "trace_sample_ratio": "SD_TRACE_SAMPLE_RATIO",

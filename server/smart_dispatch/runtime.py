@@ -20,7 +20,7 @@ from smart_dispatch.channels.base import Provider
 from smart_dispatch.config import Settings
 from smart_dispatch.decide.pipeline import Decider, FailurePolicy
 from smart_dispatch.dispatch.pool import SenderPool
-from smart_dispatch.dispatch.resilience import RetryPolicy
+from smart_dispatch.dispatch.resilience import RetryBudget, RetryPolicy
 from smart_dispatch.dispatch.service import Dispatcher
 from smart_dispatch.events import EventRecorder
 from smart_dispatch.rules.active import ActiveRules
@@ -103,7 +103,8 @@ class Runtime:
                 await stores.lists.add("allow", user)
             for user in options.deny:
                 await stores.lists.add("deny", user)
-            providers = _providers(settings, stores)
+            retry = RetryPolicy(s.retry_attempts, s.retry_base_s, s.retry_max_s, timeout_s=s.send_timeout_s)
+            providers, retry_by_channel = _providers(settings, stores, retry)
         except BaseException:
             await stores.close()
             raise
@@ -128,7 +129,6 @@ class Runtime:
         dispatcher = Dispatcher(stores.dispatches, decider, events)
         pool = None
         if s.senders > 0:
-            retry = RetryPolicy(s.retry_attempts, s.retry_base_s, s.retry_max_s, timeout_s=s.send_timeout_s)
             pool = SenderPool(
                 stores.dispatches,
                 providers,
@@ -136,6 +136,8 @@ class Runtime:
                 events,
                 renderer=renderer,
                 retry=retry,
+                retry_by_channel=retry_by_channel,
+                retry_budget=RetryBudget(s.retry_budget_ratio, s.retry_budget_min_per_s),
                 concurrency=s.senders,
                 telemetry=telemetry,
             )
@@ -152,12 +154,23 @@ class Runtime:
             await self.telemetry.close()
 
 
-def _providers(settings: Settings, stores: Stores) -> dict[str, Provider]:
-    from smart_dispatch.channels.registry import default_providers, load_providers_file
+def _providers(
+    settings: Settings, stores: Stores, retry: RetryPolicy
+) -> tuple[dict[str, Provider], dict[str, RetryPolicy]]:
+    """The providers per channel, and the channels' own retry policies (from the providers file)."""
+    from smart_dispatch.channels.registry import (
+        default_providers,
+        providers_from_config,
+        read_providers_file,
+        retry_policies_from_config,
+    )
 
     if settings.providers_file is None:
-        return default_providers(stores.inbox)
-    return load_providers_file(settings.providers_file, os.environ, stores.inbox)
+        return default_providers(stores.inbox), {}
+    file = str(settings.providers_file)
+    config = read_providers_file(file)
+    providers = providers_from_config(config, os.environ, stores.inbox, file=file)
+    return providers, retry_policies_from_config(config, retry, file=file)
 
 
 def _renderer(settings: Settings):  # type: ignore[no-untyped-def]

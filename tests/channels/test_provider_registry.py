@@ -286,3 +286,36 @@ def test_default_providers_stub_everything_but_the_inbox(caplog: pytest.LogCaptu
     assert stubs == {"sms", "email", "wechat", "push", "webhook"}
     assert all(providers[channel].channel == channel for channel in providers)
     assert "stub" in caplog.text and "sms" in caplog.text
+
+
+def test_a_channels_retry_policy_comes_from_the_providers_file_over_the_defaults():
+    from smart_dispatch.channels.registry import retry_policies_from_config
+    from smart_dispatch.dispatch.resilience import RetryPolicy
+
+    default = RetryPolicy(max_attempts=3, base_s=0.5, timeout_s=10.0)
+    config = {
+        "sms": {"type": "stub", "retry": {"max_attempts": 6, "timeout_s": 2}},
+        "email": {"type": "stub"},
+    }
+    policies = retry_policies_from_config(config, default, file="p.yaml")
+
+    assert policies == {"sms": RetryPolicy(max_attempts=6, base_s=0.5, timeout_s=2.0)}
+
+
+@pytest.mark.parametrize(
+    ("retry", "problem"),
+    [
+        ({"attempts": 2}, "p.yaml: sms.retry.attempts: unknown key; known: base_s, max_attempts"),
+        ({"max_attempts": 0}, "p.yaml: sms.retry.max_attempts: must be a positive number, got 0"),
+        ({"max_attempts": 2.5}, "p.yaml: sms.retry.max_attempts: must be a whole number, got 2.5"),
+        ({"base_s": True}, "p.yaml: sms.retry.base_s: must be a positive number, got True"),
+        (5, "p.yaml: sms.retry: must be a mapping"),
+    ],
+)
+def test_a_bad_retry_policy_names_the_channel_and_key(retry, problem):
+    from smart_dispatch.channels.registry import ProviderConfigError, retry_policies_from_config
+    from smart_dispatch.dispatch.resilience import RetryPolicy
+
+    with pytest.raises(ProviderConfigError) as raised:
+        retry_policies_from_config({"sms": {"type": "stub", "retry": retry}}, RetryPolicy(), file="p.yaml")
+    assert str(raised.value).startswith(problem)

@@ -75,3 +75,20 @@ def test_released_attempts_neither_open_nor_reset_the_count():
     assert breaker.state == "closed"
     breaker.record_failure()
     assert breaker.state == "open"
+
+
+def test_the_retry_budget_allows_retries_in_proportion_to_sends_plus_a_trickle():
+    from smart_dispatch.dispatch.resilience import RetryBudget
+
+    clock = Clock()
+    budget = RetryBudget(ratio=0.2, min_per_s=0.5, clock=clock)  # banks at most 5
+    assert [budget.withdraw() for _ in range(6)] == [True] * 5 + [False]
+    # five first attempts earn one retry
+    for _ in range(5):
+        budget.deposit()
+    assert budget.withdraw() and not budget.withdraw()
+    # and the trickle: one every 2 s, banked up to 5 however long it is quiet
+    clock.now += 2.0
+    assert budget.withdraw() and not budget.withdraw()
+    clock.now += 3600.0
+    assert [budget.withdraw() for _ in range(6)] == [True] * 5 + [False]

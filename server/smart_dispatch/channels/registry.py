@@ -3,7 +3,9 @@
 A providers file maps channels to provider settings; every key below is optional unless marked
 *required*. Secrets are never in the file: a `*_env` key names the environment variable holding
 the secret. Every provider also takes `name` (default: its type), naming it in attempts, metrics
-and circuit breakers.
+and circuit breakers, and `retry` (its channel's retry policy, every key optional, defaults from
+the sidecar's settings: `{max_attempts: 3, base_s: 0.5, max_s: 60, multiplier: 2, timeout_s: 10}`:
+attempts per plan step, the backoff's base, ceiling and growth, and the bound of one call).
 
     email:   {type: smtp, host*, port*, from*, starttls: false, tls: false, username: "",
               password_env (required when username is set), timeout_s: 10, validate_certs: true}
@@ -53,6 +55,7 @@ from smart_dispatch.channels.sms_http import SmsGatewayConfig, SmsGatewayProvide
 from smart_dispatch.channels.stub import StubProvider
 from smart_dispatch.channels.webhook import WebhookConfig, WebhookProvider
 from smart_dispatch.channels.wechat import WeChatConfig, WeChatProvider
+from smart_dispatch.dispatch.resilience import RetryPolicy
 from smart_dispatch.domain import KNOWN_CHANNELS
 from smart_dispatch.errors import ConfigurationError
 from smart_dispatch.inbox.base import InboxStore
@@ -62,7 +65,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 ProviderFactory = Callable[["Section"], Provider]
 _FACTORIES: dict[str, ProviderFactory] = {}
-_COMMON_KEYS = frozenset({"type", "name"})
+_COMMON_KEYS = frozenset({"type", "name", "retry"})
+_RETRY_KEYS = frozenset({"max_attempts", "base_s", "max_s", "multiplier", "timeout_s"})
 
 
 class ProviderConfigError(ConfigurationError):
@@ -293,8 +297,43 @@ def providers_from_config(
     return providers
 
 
-def load_providers_file(path: str | Path, env: Mapping[str, str], inbox: InboxStore) -> dict[str, Provider]:
-    """`providers_from_config` for the YAML file at `path`. An unreadable file or invalid YAML
+def retry_policies_from_config(
+    config: Mapping[str, Any], default: RetryPolicy, *, file: str = "<providers>"
+) -> dict[str, RetryPolicy]:
+    """channel → retry policy for each entry of `config` with a `retry` mapping (its keys over
+    `default`). Raises `ProviderConfigError` naming the channel and key."""
+    policies: dict[str, RetryPolicy] = {}
+    for channel, values in (config or {}).items():
+        spec = values.get("retry") if isinstance(values, Mapping) else None
+        if spec is None:
+            continue
+        if not isinstance(spec, Mapping):
+            raise ProviderConfigError(
+                file, str(channel), "retry", "must be a mapping, e.g. {max_attempts: 5}"
+            )
+        for key, value in spec.items():
+            where = f"retry.{key}"
+            if key not in _RETRY_KEYS:
+                known = ", ".join(sorted(_RETRY_KEYS))
+                raise ProviderConfigError(file, str(channel), where, f"unknown key; known: {known}")
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e6:
+                raise ProviderConfigError(
+                    file, str(channel), where, f"must be a positive number, got {value!r}"
+                )
+            if key == "max_attempts" and value != int(value):
+                raise ProviderConfigError(file, str(channel), where, f"must be a whole number, got {value!r}")
+        policies[str(channel)] = RetryPolicy(
+            max_attempts=int(spec.get("max_attempts", default.max_attempts)),
+            base_s=float(spec.get("base_s", default.base_s)),
+            max_s=float(spec.get("max_s", default.max_s)),
+            multiplier=float(spec.get("multiplier", default.multiplier)),
+            timeout_s=float(spec.get("timeout_s", default.timeout_s)),
+        )
+    return policies
+
+
+def read_providers_file(path: str | Path) -> Mapping[str, Any]:
+    """The providers file's YAML document ({} when empty). An unreadable file or invalid YAML
     raises `ProviderConfigError` naming the file (and line)."""
     file = str(path)
     try:
@@ -307,7 +346,12 @@ def load_providers_file(path: str | Path, env: Mapping[str, str], inbox: InboxSt
         mark = getattr(exc, "problem_mark", None)
         where = f"{file}:{mark.line + 1}" if mark is not None else file
         raise ProviderConfigError(where, "", "", f"invalid YAML: {getattr(exc, 'problem', exc)}") from exc
-    return providers_from_config(config if config is not None else {}, env, inbox, file=file)
+    return config if config is not None else {}
+
+
+def load_providers_file(path: str | Path, env: Mapping[str, str], inbox: InboxStore) -> dict[str, Provider]:
+    """`providers_from_config` for the YAML file at `path` (see `read_providers_file`)."""
+    return providers_from_config(read_providers_file(path), env, inbox, file=str(path))
 
 
 def default_providers(inbox: InboxStore) -> dict[str, Provider]:

@@ -8,8 +8,9 @@ Each worker claims one ready dispatch at a time and moves it one stage on:
 - send the current plan step through its channel's provider (one attempt, bounded by the
   retry policy's `timeout_s`), the step's idempotency key on every attempt;
 - retryable failure (timeout, 5xx, 429): try again after a jittered backoff (never sooner than
-  Retry-After) until the step's attempts are used up; permanent failure, exhausted retries or an
-  open circuit breaker: next plan step (fallback), the reason recorded;
+  Retry-After) until the step's attempts (the channel's retry policy: providers file) are used
+  up, while the retry budget allows; permanent failure, exhausted retries or budget, or an open
+  circuit breaker: next plan step (fallback), the reason recorded;
 - all steps failed: FAILED, dead-lettered with the full history, caps refunded;
 - delivered with an escalation window: wait for engagement, then the next step unless opened.
 
@@ -34,7 +35,13 @@ from opentelemetry.trace import SpanKind
 from smart_dispatch.channels.base import Content, Delivery, Provider, ProviderError, SendResult
 from smart_dispatch.decide.pipeline import Decider
 from smart_dispatch.dispatch.model import Attempt, DispatchRecord, DispatchState
-from smart_dispatch.dispatch.resilience import CircuitBreaker, CircuitOpenError, RetryPolicy, compute_backoff
+from smart_dispatch.dispatch.resilience import (
+    CircuitBreaker,
+    CircuitOpenError,
+    RetryBudget,
+    RetryPolicy,
+    compute_backoff,
+)
 from smart_dispatch.dispatch.store import Claim, DispatchStore
 from smart_dispatch.domain import DecideRequest, Verdict
 from smart_dispatch.errors import SmartDispatchError, StoreUnavailableError
@@ -64,6 +71,7 @@ class SenderPool:
         renderer: ContentRenderer | None = None,
         retry: RetryPolicy | None = None,
         retry_by_channel: Mapping[str, RetryPolicy] | None = None,
+        retry_budget: RetryBudget | None = None,
         concurrency: int = 8,
         consumer: str | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -76,6 +84,7 @@ class SenderPool:
         self._renderer = renderer
         self._retry = retry or RetryPolicy()
         self._retry_by_channel = dict(retry_by_channel or {})
+        self._budget = retry_budget or RetryBudget()
         self._breakers = {channel: CircuitBreaker() for channel in providers}  # one per channel's provider
         self._concurrency = concurrency
         self._consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
@@ -253,6 +262,8 @@ class SenderPool:
         provider = self._providers.get(step.channel)
         number = record.attempts_in_step() + 1
         key = f"{record.dispatch_id}:{record.step_index}"
+        if number == 1:
+            self._budget.deposit()
         error: ProviderError | None = None
         result = None
         if provider is None:
@@ -356,7 +367,18 @@ class SenderPool:
         number = record.attempts_in_step()
         can_fall_back = record.step_index + 1 < len(record.steps)
         waits_for_circuit = isinstance(error, CircuitOpenError) and can_fall_back
-        if error.retryable and number < policy.max_attempts and not waits_for_circuit:
+        retry = error.retryable and number < policy.max_attempts and not waits_for_circuit
+        if retry and not self._budget.withdraw():
+            retry, error = (
+                False,
+                ProviderError(
+                    f"{error} (retry budget spent: retries are at {self._budget.ratio:.0%} of sends)",
+                    provider=error.provider,
+                    channel=error.channel,
+                    retryable=False,
+                ),
+            )
+        if retry:
             delay = compute_backoff(number, policy, error.retry_after_s)
             run_at = now + timedelta(seconds=delay)
             later = record.moved(

@@ -39,6 +39,42 @@ def compute_backoff(
     return max(delay, min(retry_after_s or 0.0, MAX_RETRY_AFTER_S))
 
 
+class RetryBudget:
+    """Retries allowed in proportion to first attempts, so that a provider outage does not
+    multiply the load on it (Finagle's and gRPC's retry budgets): every first attempt deposits
+    `ratio` of a retry, every retry withdraws one; besides, `min_per_s` retries a second are
+    always allowed (a quiet sidecar can still retry). The balance is capped at 10 s of
+    `min_per_s`, so a long quiet spell does not bank a storm of retries."""
+
+    def __init__(
+        self, ratio: float = 0.2, min_per_s: float = 10.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.ratio = ratio
+        self.min_per_s = min_per_s
+        self._clock = clock
+        self._cap = max(1.0, 10.0 * min_per_s)
+        self._balance = self._cap
+        self._at = clock()
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self._balance = min(self._cap, self._balance + (now - self._at) * self.min_per_s)
+        self._at = now
+
+    def deposit(self) -> None:
+        """A first attempt was made."""
+        self._refill()
+        self._balance = min(self._cap, self._balance + self.ratio)
+
+    def withdraw(self) -> bool:
+        """True (and one retry taken) when a retry is allowed now."""
+        self._refill()
+        if self._balance < 1.0:
+            return False
+        self._balance -= 1.0
+        return True
+
+
 class CircuitOpenError(ProviderError):
     """The channel's circuit breaker is open: the provider was not called. Retryable, but with
     another channel to fall back to the plan moves on rather than waiting for it."""

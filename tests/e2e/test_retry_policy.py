@@ -1,0 +1,64 @@
+"""A channel's retry policy comes from the providers file: an SMS gateway that fails four times
+is tried a fifth time when the file allows five attempts, though the sidecar's default is two."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import grpc
+from decide_builders import decide_request
+from smart_dispatch._proto.smartdispatch.v1 import smart_dispatch_pb2 as pb
+from smart_dispatch._proto.smartdispatch.v1 import smart_dispatch_pb2_grpc as pb_grpc
+
+from tests.support.sinks import HttpSink
+
+RULES = """
+categories: [otp]
+rules:
+  - name: otp
+    when: {category: otp}
+    then: {prefer: [sms, email], fallback: [email], bypass_caps: true}
+"""
+
+
+async def settle(stub, dispatch_id: str) -> pb.DispatchStatus:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        status = (await stub.GetDispatch(pb.GetDispatchRequest(dispatch_id=dispatch_id))).status
+        if status.state in (pb.DISPATCH_STATE_DELIVERED, pb.DISPATCH_STATE_FAILED):
+            return status
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{dispatch_id} did not settle")
+
+
+async def test_the_providers_file_sets_how_often_a_channel_is_tried(make_app, tmp_path: Path):
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "rules.yaml").write_text(RULES)
+    gateway = await HttpSink().start()
+    gateway.script.extend([500, 500, 500, 500])
+    providers = tmp_path / "providers.yaml"
+    providers.write_text(
+        f'sms: {{type: http_sms, url: "{gateway.url}/sms",\n'
+        "      retry: {max_attempts: 5, base_s: 0.01, max_s: 0.02}}\n"
+        "email: {type: stub}\n"
+    )
+    app = make_app(
+        rules_dir=tmp_path / "rules", providers_file=providers, retry_attempts=2, retry_base_s=0.01
+    )
+    try:
+        async with app, grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            stub = pb_grpc.SmartDispatchServiceStub(channel)
+            decide = decide_request("otp")
+            accepted = await stub.Dispatch(
+                pb.DispatchRequest(message=decide.message, recipient=decide.recipient)
+            )
+            status = await settle(stub, accepted.dispatch_id)
+    finally:
+        await gateway.stop()
+
+    assert status.state == pb.DISPATCH_STATE_DELIVERED
+    assert [(a.channel, a.outcome) for a in status.attempts] == [("sms", "retryable_error")] * 4 + [
+        ("sms", "delivered")
+    ]
