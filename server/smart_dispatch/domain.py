@@ -14,6 +14,15 @@ from typing import Any
 #: The channels Smart Dispatch knows how to plan for. The set is open in the API (channels are
 #: strings) but a rule file or request naming a channel outside this set is rejected.
 KNOWN_CHANNELS: tuple[str, ...] = ("sms", "email", "in_app", "wechat", "push", "webhook")
+#: Delivery lanes, most urgent first: the sender pool serves them by weight (see dispatch/lanes.py).
+LANES: tuple[str, ...] = ("critical", "high", "normal", "bulk")
+_DEFAULT_LANES = {"otp": "critical", "alert": "critical", "transactional": "high"}
+
+
+def default_lane(category: str) -> str:
+    """The lane of a message no rule put in one: otp and alert critical, transactional high,
+    everything else (marketing) normal."""
+    return _DEFAULT_LANES.get(category, "normal")
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,3 +145,5 @@ class Decision:
     explanation: Explanation | None = None
     #: seconds to wait for engagement after each step before the next (escalation), if any
     escalate_after_s: float | None = None
+    #: the delivery lane a dispatch of it is queued in (`LANES`)
+    lane: str = "normal"

@@ -40,10 +40,11 @@ async def store(backend: Backend) -> AsyncIterator[DispatchStore]:
         await stores.close()
 
 
-def record(n: int, *, send_at: datetime | None = None) -> DispatchRecord:
+def record(n: int, *, send_at: datetime | None = None, lane: str = "normal") -> DispatchRecord:
     now = datetime.now(UTC)
     state = DispatchState.QUEUED if send_at is None else DispatchState.SCHEDULED
     return DispatchRecord(
+        lane=lane,
         dispatch_id=f"d{n}",
         message=Message(f"m{n}", "event", data={"n": n}),
         recipient=Recipient(f"u{n}", addresses={"webhook": "http://127.0.0.1:9/hook"}),
@@ -251,6 +252,54 @@ async def test_claims_share_out_the_work_once(store: DispatchStore):
     taken = await asyncio.gather(*(worker(f"w{i}") for i in range(4)))
 
     assert sorted(d for ids in taken for d in ids) == sorted(f"d{n}" for n in range(20))
+
+
+async def test_a_critical_dispatch_queued_behind_many_normal_ones_is_claimed_next(store: DispatchStore):
+    # Given 200 marketing dispatches waiting, then a login code
+    for n in range(200):
+        await store.create(record(n))
+    await store.create(record(1000, lane="critical"))
+
+    # Then the login code is among the next claims (lanes take turns 8 : 2 with normal)
+    first = [(await claim_one(store, wait_s=1.0)) for _ in range(2)]
+    assert "d1000" in [c.dispatch_id for c in first]
+    assert all(c.lane == ("critical" if c.dispatch_id == "d1000" else "normal") for c in first)
+
+
+async def test_busy_lanes_share_the_claims_by_weight_and_none_starves(store: DispatchStore):
+    # Given 40 dispatches waiting in each lane
+    for lane_index, lane in enumerate(("critical", "high", "normal", "bulk")):
+        for n in range(40):
+            await store.create(record(lane_index * 100 + n, lane=lane))
+
+    # When 30 are claimed (and acked)
+    taken: list[str] = []
+    for _ in range(30):
+        claim = await claim_one(store, wait_s=1.0)
+        taken.append(claim.lane)
+        await store.ack(claim)
+
+    # Then each lane got about its share: 8 : 4 : 2 : 1 of every 15
+    assert (taken.count("critical"), taken.count("high"), taken.count("normal"), taken.count("bulk")) == (
+        16,
+        8,
+        4,
+        2,
+    )
+
+
+async def test_a_rescheduled_dispatch_keeps_its_lane(store: DispatchStore):
+    await store.create(record(1, lane="critical"))
+    claim = await claim_one(store)
+    assert claim.record is not None and claim.lane == "critical"
+    retry = claim.record.moved(DispatchState.SCHEDULED, datetime.now(UTC), "retry")
+    await store.update(retry, claim.token, run_at=later(0.3), ack=claim)
+    for n in range(20):
+        await store.create(record(10 + n))
+
+    await asyncio.sleep(0.5)  # due now, behind 20 normal ones
+    again = [await claim_one(store, wait_s=2.0) for _ in range(2)]
+    assert ("d1", "critical") in [(c.dispatch_id, c.lane) for c in again]
 
 
 async def test_a_watch_sees_every_change_however_quick(store: DispatchStore):

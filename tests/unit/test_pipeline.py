@@ -190,3 +190,25 @@ async def test_the_embedded_counter_store_forgets_users_whose_windows_passed():
     await store.reserve(ReserveRequest("late-user", "m-late", ((hourly,),)))  # triggers the sweep
 
     assert list(store._entries) == [("late-user", "hourly")]
+
+
+async def test_the_lane_comes_from_a_rule_else_from_the_category(tmp_path):
+    (tmp_path / "r.yaml").write_text(
+        """
+categories: [otp, newsletter, marketing]
+rules:
+  - {name: codes, when: {category: otp}, then: {prefer: [sms]}}
+  - {name: digest, when: {category: newsletter}, then: {prefer: [email], lane: bulk}}
+  - {name: promo, when: {category: marketing}, then: {prefer: [email], lane: high}}
+"""
+    )
+    decider = decider_for(tmp_path, FixedClock(datetime(2026, 6, 1, 12, 0, tzinfo=UTC)))
+
+    async def lane(category: str) -> str:
+        request = DecideRequest(
+            Message(id=f"l-{category}", category=category),
+            Recipient(user_id="u1", addresses={"sms": "+15550100", "email": "a@example.com"}),
+        )
+        return (await decider.decide(request)).lane
+
+    assert [await lane(c) for c in ("otp", "newsletter", "marketing")] == ["critical", "bulk", "high"]

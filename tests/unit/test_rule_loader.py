@@ -603,3 +603,8 @@ def test_invalid_learning_settings_are_rejected_at_their_line(setting, fragment)
 def test_segment_by_names_the_attribute_the_prior_is_split_by(tmp_path):
     text = "learning: {segment_by: plan}\n" + ONE_RULE
     assert load_ruleset(_write(tmp_path, {"f.yaml": text})).learning.segment_by == "plan"
+
+
+def test_a_lane_must_be_one_of_the_four():
+    text = "rules:\n  - name: a\n    when: {category: otp}\n    then:\n      lane: urgent\n"
+    _assert_error_at(text, "lane:", "lane must be one of critical, high, normal, bulk")

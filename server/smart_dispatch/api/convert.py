@@ -78,6 +78,7 @@ def decide_response(decision: Decision) -> pb.DecideResponse:
         verdict=_VERDICTS[decision.verdict],
         matched_rules=decision.matched_rules,
         ruleset_version=decision.ruleset_version,
+        lane=decision.lane,
     )
     for index, step in enumerate(decision.steps):
         added = out.steps.add(channel=step.channel, address=step.address, send_at=timestamp(step.send_at))

@@ -33,6 +33,7 @@ class PlanDraft:
     choose: Choose | None = None
     send_time: SendTime | None = None
     min_expected_engagement: float | None = None
+    lane: str | None = None
     #: effect name -> the rule that set it (for reasons)
     source: dict[str, str] = field(default_factory=dict)
     #: every effect that changed the draft, in the order applied

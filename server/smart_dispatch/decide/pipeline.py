@@ -49,6 +49,7 @@ from smart_dispatch.domain import (
     Reason,
     RuleEvaluation,
     Verdict,
+    default_lane,
 )
 from smart_dispatch.errors import InvalidRequestError, StoreError, StoreUnavailableError, quote
 from smart_dispatch.rules.active import ActiveRules, RulesVersion
@@ -177,7 +178,7 @@ class Decider:
         memberships, behaviour = await self._user_state(request, trace)
         if "deny" in memberships:
             trace.add(R.DENY_LISTED, detail="recipient is on the deny list")
-            return _decision(version, _Outcome(Verdict.SUPPRESS, trace=trace), ())
+            return _decision(version, request, _Outcome(Verdict.SUPPRESS, trace=trace), ())
 
         reachable = reachable_channels(request.message, request.recipient)
         learning = version.ruleset.learning
@@ -197,7 +198,7 @@ class Decider:
         explanation = (
             _explain(version, facts, fired, rules, outcome, self._shadow_all) if request.explain else None
         )
-        return _decision(version, outcome, fired, explanation)
+        return _decision(version, request, outcome, fired, explanation)
 
     async def _outcome(self, case: _Case, rules: list[Rule], trace: Trace, *, shadow: bool) -> _Outcome:
         request, recipient = case.request, case.request.recipient
@@ -374,6 +375,7 @@ def _report_shadow(request: DecideRequest, outcome: _Outcome, would: _Outcome) -
 
 def _decision(
     version: RulesVersion,
+    request: DecideRequest,
     outcome: _Outcome,
     fired: list[str] | tuple[str, ...],
     explanation: Explanation | None = None,
@@ -389,6 +391,7 @@ def _decision(
         ruleset_version=version.version,
         explanation=explanation,
         escalate_after_s=outcome.draft.escalate_after if len(outcome.steps) > 1 else None,
+        lane=outcome.draft.lane or default_lane(request.message.category),
     )
 
 

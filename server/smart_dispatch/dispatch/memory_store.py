@@ -18,8 +18,10 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import datetime
 
+from smart_dispatch.dispatch.lanes import LaneOrder
 from smart_dispatch.dispatch.model import DispatchRecord
 from smart_dispatch.dispatch.store import Claim, DispatchStore, Watch
+from smart_dispatch.domain import LANES
 
 
 class MemoryDispatchStore(DispatchStore):
@@ -28,7 +30,8 @@ class MemoryDispatchStore(DispatchStore):
     def __init__(self, claim_timeout_s: float = 30.0, retention_s: float = 7 * 86400) -> None:
         self._records: dict[str, DispatchRecord] = {}
         self._by_message: dict[str, str] = {}
-        self._ready: deque[tuple[str, int]] = deque()
+        self._ready: dict[str, deque[tuple[str, int]]] = {lane: deque() for lane in LANES}
+        self._order = LaneOrder()
         self._scheduled: list[tuple[float, int, str, int]] = []
         self._pending: dict[str, tuple[Claim, float]] = {}
         self._dead: dict[str, float] = {}
@@ -104,7 +107,7 @@ class MemoryDispatchStore(DispatchStore):
         now = time.time()
         when = now if run_at is None else run_at.timestamp()
         if when <= now:
-            self._ready.append((record.dispatch_id, record.version))
+            self._ready[record.lane].append((record.dispatch_id, record.version))
         else:
             entry = (when, next(self._seq), record.dispatch_id, record.version)
             heapq.heappush(self._scheduled, entry)
@@ -123,16 +126,20 @@ class MemoryDispatchStore(DispatchStore):
         deadline = time.monotonic() + wait_s
         while True:
             self._promote()
-            if self._ready:
-                claims = []
+            if any(self._ready.values()):
+                claims: list[Claim] = []
                 expires = time.monotonic() + self._claim_timeout_s
-                for _ in range(min(count, len(self._ready))):
-                    dispatch_id, token = self._ready.popleft()
+                while len(claims) < count:
+                    busy = [lane for lane, queue in self._ready.items() if queue]
+                    if not busy:
+                        break
+                    lane = self._order.next(busy)[0]
+                    dispatch_id, token = self._ready[lane].popleft()
                     record = self._records.get(dispatch_id)
-                    claim = Claim(dispatch_id, token, f"{consumer}:{next(self._seq)}", record)
+                    claim = Claim(dispatch_id, token, f"{consumer}:{next(self._seq)}", record, lane)
                     self._pending[claim.receipt] = (claim, expires)
                     claims.append(claim)
-                if self._ready:
+                if any(self._ready.values()):
                     self._wake_one()  # more work than this claimer takes: pass it on
                 return claims
             remaining = deadline - time.monotonic()
@@ -147,7 +154,7 @@ class MemoryDispatchStore(DispatchStore):
             except TimeoutError:
                 pass
             except asyncio.CancelledError:
-                if waiter.done() and not waiter.cancelled() and self._ready:
+                if waiter.done() and not waiter.cancelled() and any(self._ready.values()):
                     self._wake_one()  # woken, then cancelled before taking the work: pass it on
                 raise
             finally:
@@ -160,13 +167,14 @@ class MemoryDispatchStore(DispatchStore):
         now = time.time()
         while self._scheduled and self._scheduled[0][0] <= now:
             _, _, dispatch_id, token = heapq.heappop(self._scheduled)
-            self._ready.append((dispatch_id, token))
+            record = self._records.get(dispatch_id)
+            self._ready[record.lane if record is not None else "normal"].append((dispatch_id, token))
         if self._pending:
             clock = time.monotonic()
             expired = [r for r, (_, deadline) in self._pending.items() if deadline <= clock]
             for receipt in expired:
                 claim, _ = self._pending.pop(receipt)
-                self._ready.append((claim.dispatch_id, claim.token))
+                self._ready[claim.lane].append((claim.dispatch_id, claim.token))
 
     async def ack(self, claim: Claim) -> None:
         self._pending.pop(claim.receipt, None)

@@ -96,6 +96,8 @@ class DispatchRecord:
     #: set when the current step is a later one (fallback, escalation) not yet decided again for
     #: its channel: deny list, opt-outs, quiet hours and that channel's caps apply when it goes
     recheck: bool = False
+    #: the delivery lane it is queued in, every time (domain.LANES)
+    lane: str = "normal"
 
     def moved(self, state: DispatchState, at: datetime, detail: str = "", **changes: Any) -> DispatchRecord:
         """A copy in `state`, with the change appended to the history."""
@@ -165,6 +167,7 @@ def to_json(record: DispatchRecord) -> str:
         "redecide": record.redecide,
         "dead_lettered": record.dead_lettered,
         "recheck": record.recheck,
+        "lane": record.lane,
     }
     return json.dumps(raw, default=_encode, separators=(",", ":"))
 
@@ -210,6 +213,7 @@ def from_json(text: str | bytes) -> DispatchRecord:
         redecide=raw["redecide"],
         dead_lettered=raw["dead_lettered"],
         recheck=raw.get("recheck", False),  # absent in records stored before it existed
+        lane=raw.get("lane", "normal"),
     )
 
 

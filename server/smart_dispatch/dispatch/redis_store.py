@@ -1,7 +1,8 @@
 """Dispatches in Redis: durable, shared by every sidecar and worker process.
 
 Accepted = persisted: `create` stores the record and queues it in one script before `Dispatch`
-returns. Ready work is a stream read through the consumer group `senders`; scheduled work
+returns. Ready work is a stream per lane (dispatch/lanes.py) read through the consumer group
+`senders`, the lanes in their weighted turn; scheduled work
 (deferred sends, retries, escalations) is a sorted set that `claim` promotes onto the stream when
 due. A claimed entry that is not acked within `claim_timeout_s` (its worker crashed) is taken
 over by another worker (XAUTOCLAIM). Key schema and script contracts: see `create.lua`.
@@ -34,8 +35,10 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from smart_dispatch._redis_guard import guarded
+from smart_dispatch.dispatch.lanes import LaneOrder
 from smart_dispatch.dispatch.model import DispatchRecord, from_json, to_json
 from smart_dispatch.dispatch.store import Claim, DispatchStore, Watch
+from smart_dispatch.domain import LANES
 
 GROUP = "senders"
 _PROMOTE_BATCH = 500
@@ -68,6 +71,9 @@ class RedisDispatchStore(DispatchStore):
         self._retention_s = retention_s
         base = f"{prefix}:{{d}}"
         self._ready = f"{base}:ready"
+        self._streams = {lane: self._ready if lane == "normal" else f"{self._ready}:{lane}" for lane in LANES}
+        self._lane_of = {stream: lane for lane, stream in self._streams.items()}
+        self._order = LaneOrder()
         self._sched = f"{base}:sched"
         self._dead = f"{base}:dead"
         self._base = base
@@ -75,7 +81,7 @@ class RedisDispatchStore(DispatchStore):
         self._create = _script(client, "create.lua")
         self._update = _script(client, "update.lua")
         self._claim = _script(client, "claim.lua")
-        self._reclaim_cursor = "0-0"
+        self._reclaim_cursors = dict.fromkeys(LANES, "0-0")
         self._upkeep_at = 0.0  # event-loop time of the next upkeep (claim.lua): at once
         self._group_ready = False
 
@@ -96,8 +102,13 @@ class RedisDispatchStore(DispatchStore):
         due = "" if record.send_at is None else str(int(record.send_at.timestamp() * 1000))
         async with guarded(self._timeout_s):
             created, dispatch_id = await self._create(
-                keys=[self._msg(record.message.id), self._rec(record.dispatch_id), self._ready, self._sched],
-                args=[record.dispatch_id, to_json(record), due],
+                keys=[
+                    self._msg(record.message.id),
+                    self._rec(record.dispatch_id),
+                    self._streams[record.lane],
+                    self._sched,
+                ],
+                args=[record.dispatch_id, to_json(record), due, record.lane],
             )
         if int(created):
             return record, True
@@ -134,7 +145,7 @@ class RedisDispatchStore(DispatchStore):
             ok = await self._update(
                 keys=[
                     self._rec(record.dispatch_id),
-                    self._ready,
+                    self._streams[record.lane],
                     self._sched,
                     self._msg(record.message.id),
                     self._watched(record.dispatch_id),
@@ -151,6 +162,7 @@ class RedisDispatchStore(DispatchStore):
                     receipt,
                     _WATCH_MARKER_S,
                     "1" if stored.dead_lettered else "0",
+                    stored.lane,
                 ],
             )
         return stored if int(ok) else None
@@ -170,12 +182,15 @@ class RedisDispatchStore(DispatchStore):
             # wait is cut into slices so that some claimer does the upkeep on time.
             remaining = deadline - loop.time()
             block_s = min(remaining, self._upkeep_at - loop.time())
+            lanes = self._order.next()
             async with guarded(self._timeout_s + max(0.0, block_s)):
                 try:
+                    # every lane in its turn's order: an entry of each lane with work may come
+                    # back, handed out most urgent first (sorted below)
                     read: Any = await self._client.xreadgroup(
                         GROUP,
                         consumer,
-                        {self._ready: ">"},
+                        {self._streams[lane]: ">" for lane in lanes},
                         count=count,
                         block=max(1, int(block_s * 1000)) if remaining > 0 else None,
                     )
@@ -185,47 +200,61 @@ class RedisDispatchStore(DispatchStore):
                     self._group_ready = False  # the stream was deleted: the upkeep creates it again
                     continue
             claims = [
-                await self._claim_of(entry, fields)
-                for _, found in read or []
+                await self._claim_of(entry, fields, self._lane_of[_text(stream)])
+                for stream, found in read or []
                 for entry, fields in found
                 if fields
             ]
+            claims.sort(key=lambda claim: lanes.index(claim.lane))
             if claims or loop.time() >= deadline:
                 return claims
 
-    async def _claim_of(self, entry: Any, fields: dict[bytes, bytes]) -> Claim:
+    async def _claim_of(self, entry: Any, fields: dict[bytes, bytes], lane: str) -> Claim:
         dispatch_id = _text(fields[b"id"])
         raw = fields.get(b"json")
         # an entry queued by an older version carries no record
         record = await self.get(dispatch_id) if raw is None else from_json(raw)
-        return Claim(dispatch_id, int(fields[b"token"]), _text(entry), record)
+        return Claim(dispatch_id, int(fields[b"token"]), _text(entry), record, lane)
 
     async def _upkeep_and_claim(self, consumer: str, count: int) -> list[Claim]:
-        """Promote due scheduled work, take over what crashed workers left, claim with records."""
+        """Promote due scheduled work, take over what crashed workers left, claim with records
+        (the lanes in their turn's order)."""
+        lanes = self._order.next()
+        cursors = [value for lane in lanes for value in (lane, self._reclaim_cursors[lane])]
         async with guarded(self._timeout_s):
             reply: Any = await self._claim(
-                keys=[self._ready, self._sched],
+                keys=[self._sched, *(self._streams[lane] for lane in lanes)],
                 args=[
                     GROUP,
                     consumer,
                     count,
                     self._claim_timeout_ms,
-                    self._reclaim_cursor,
+                    "",
                     self._rec_prefix,
                     _PROMOTE_BATCH,
+                    self._ready,
+                    *cursors,
                 ],
             )
-        self._reclaim_cursor = _text(reply[0])
+        moved = [_text(value) for value in reply[0]]
+        self._reclaim_cursors.update(zip(moved[::2], moved[1::2], strict=True))
         return [
-            Claim(_text(reply[i + 1]), int(reply[i + 2]), _text(reply[i]), _record(reply[i + 3]))
-            for i in range(1, len(reply), 4)
+            Claim(
+                _text(reply[i + 1]),
+                int(reply[i + 2]),
+                _text(reply[i]),
+                _record(reply[i + 3]),
+                _text(reply[i + 4]),
+            )
+            for i in range(1, len(reply), 5)
         ]
 
     async def ack(self, claim: Claim) -> None:
         async with guarded(self._timeout_s):
             pipe = self._client.pipeline(transaction=False)
-            pipe.xack(self._ready, GROUP, claim.receipt)
-            pipe.xdel(self._ready, claim.receipt)
+            stream = self._streams.get(claim.lane, self._ready)
+            pipe.xack(stream, GROUP, claim.receipt)
+            pipe.xdel(stream, claim.receipt)
             await pipe.execute()
 
     def watch(self, dispatch_id: str) -> Watch:

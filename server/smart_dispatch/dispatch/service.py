@@ -152,4 +152,5 @@ def _plan_of(decision: Decision) -> dict[str, Any]:
         "reasons": decision.reasons,
         "escalate_after_s": decision.escalate_after_s,
         "redecide": decision.verdict is Verdict.DEFER,
+        "lane": decision.lane,
     }

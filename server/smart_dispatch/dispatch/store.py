@@ -38,6 +38,8 @@ class Claim:
     token: int
     receipt: str
     record: DispatchRecord | None = field(compare=False, repr=False)
+    #: the lane it was queued in (where `ack` finds it)
+    lane: str = "normal"
 
 
 class Watch(abc.ABC):

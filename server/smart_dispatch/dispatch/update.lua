@@ -3,7 +3,8 @@
 -- all in one atomic step.
 --
 -- Key schema: see create.lua (every key carries the hash tag {d}).
--- KEYS[1] rec key   KEYS[2] ready stream   KEYS[3] sched zset   KEYS[4] msg key
+-- KEYS[1] rec key   KEYS[2] the ready stream of the record's lane (its claims are acked there
+-- too)   KEYS[3] sched zset   KEYS[4] msg key
 -- KEYS[5] watch marker   KEYS[6] change log   KEYS[7] dead-letter zset
 -- ARGV[1] expected version   ARGV[2] record JSON (version expected + 1)   ARGV[3] dispatch id
 -- ARGV[4] due time in ms ("" = do not queue, "0" = now)   ARGV[5] retention in seconds once the
@@ -11,7 +12,7 @@
 -- to ack and delete ("" = none): acked whether or not the version matched, as the caller is done
 -- with that claim either way   ARGV[8] change log lifetime in seconds   ARGV[9] "1" when the
 -- new version is a dead letter (indexed, keeping an earlier entry's time), "0" when it is not
--- (unindexed)
+-- (unindexed)   ARGV[10] the record's lane
 -- While the watch marker exists, the new version is appended to the change log (capped).
 -- Returns 1 when stored, 0 when the stored version was not the expected one (then only the
 -- claim is acked: neither the record nor the dead-letter index changes).
@@ -30,7 +31,7 @@ if not current or current ~= ARGV[1] then
   return 0
 end
 local token = tonumber(ARGV[1]) + 1
-redis.call('HSET', KEYS[1], 'v', token, 'json', ARGV[2])
+redis.call('HSET', KEYS[1], 'v', token, 'json', ARGV[2], 'lane', ARGV[10])
 if redis.call('EXISTS', KEYS[5]) == 1 then
   redis.call('XADD', KEYS[6], 'MAXLEN', '~', 100, '*', 'v', token, 'json', ARGV[2])
   redis.call('EXPIRE', KEYS[6], tonumber(ARGV[8]))

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import time
 from typing import Any, Literal, Protocol, get_args
 
-from smart_dispatch.domain import KNOWN_CHANNELS
+from smart_dispatch.domain import KNOWN_CHANNELS, LANES
 from smart_dispatch.rules.model import Choose, Explore, Objective, OnCap, QuietHours, QuietPolicy, SendTime
 from smart_dispatch.rules.yaml_lines import LineDict
 
@@ -159,6 +159,12 @@ def _clock(value: Any, line: int, fail: Fail) -> time:
     return time(int(match.group(1)), int(match.group(2)))
 
 
+def _lane(value: Any, line: int, context: EffectContext) -> str:
+    if value not in LANES:
+        raise context.fail(line, f"lane must be one of {', '.join(LANES)}")
+    return value  # type: ignore[no-any-return]
+
+
 def _suppress(value: Any, line: int, context: EffectContext) -> str:
     if not isinstance(value, str) or not value:
         raise context.fail(line, "suppress takes a reason string")
@@ -236,6 +242,7 @@ EFFECTS: tuple[EffectKind, ...] = (
     EffectKind("suppress", _suppress, "first"),
     EffectKind("fallback", _channels, "first"),
     EffectKind("escalate_after", _duration, "first"),
+    EffectKind("lane", _lane, "first"),
     EffectKind("choose", _choose, "first", learned=True),
     EffectKind("send_time", _send_time, "first", learned=True),
     EffectKind("min_expected_engagement", _probability("min_expected_engagement"), "first", learned=True),

@@ -106,6 +106,8 @@ class Effects:
     send_time: SendTime | None = None
     #: suppress when the chosen channel's expected engagement is below this
     min_expected_engagement: float | None = None
+    #: the delivery lane (domain.LANES); unset: by category (domain.default_lane)
+    lane: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ Test files are YAML (by default `<rules dir>/tests/*.yaml`):
           send_between: ["2026-06-01T18:00:00Z", "2026-06-01T20:00:00Z"]   inclusive
           rules: [otp_sms_now]             exactly the rules that fired, in firing order
           reasons: [channel_selected]      these codes appear in this order (others may be between)
+          lane: critical                   the delivery lane
       - name: facts only
         facts: {category: otp}             match rules against a facts document directly
         expect: {rules: [otp_sms_now]}
@@ -62,7 +63,7 @@ _CASE_KEYS = frozenset(
 _HISTORY_KEYS = frozenset({"channel", "count", "events", "category", "at"})
 #: Learned choices in tests are seeded (see `Decider`): the same case, the same answer.
 TEST_SEED = 0
-_EXPECT_KEYS = frozenset({"verdict", "channels", "send_at", "send_between", "rules", "reasons"})
+_EXPECT_KEYS = frozenset({"verdict", "channels", "send_at", "send_between", "rules", "reasons", "lane"})
 _MESSAGE_KEYS = frozenset({"id", "category", "labels", "template", "data", "channels", "not_after"})
 _RECIPIENT_KEYS = frozenset(
     {"user_id", "timezone", "locale", "addresses", "opted_out", "preferred", "attributes"}
@@ -291,6 +292,8 @@ def _compare(expect: Mapping[str, Any], decision: Decision) -> list[str]:
         if decision.send_at is None or not low <= decision.send_at <= high:
             got = decision.send_at.isoformat() if decision.send_at else "none"
             problems.append(f"send_at: expected from {low.isoformat()} to {high.isoformat()}, got {got}")
+    if "lane" in expect and str(expect["lane"]) != decision.lane:
+        problems.append(f"lane: expected {expect['lane']}, got {decision.lane}")
     if "reasons" in expect:
         codes = [reason.code for reason in decision.reasons]
         if not _in_order(list(expect["reasons"]), codes):

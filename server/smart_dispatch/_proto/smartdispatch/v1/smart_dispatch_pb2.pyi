@@ -628,9 +628,14 @@ class DecideResponse(_message.Message):
     CAPS_FIELD_NUMBER: _builtins.int
     RULESET_VERSION_FIELD_NUMBER: _builtins.int
     EXPLANATION_FIELD_NUMBER: _builtins.int
+    LANE_FIELD_NUMBER: _builtins.int
     decision_id: _builtins.str
     verdict: Global___Verdict.ValueType
     ruleset_version: _builtins.str
+    lane: _builtins.str
+    """The delivery lane a Dispatch of this message is queued in: "critical", "high", "normal" or
+    "bulk" (the rule effect `lane`, else by category: otp and alert critical, transactional high).
+    """
     @_builtins.property
     def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlanStep]: ...
     @_builtins.property
@@ -661,10 +666,11 @@ class DecideResponse(_message.Message):
         caps: _abc.Iterable[Global___CapState] | None = ...,
         ruleset_version: _builtins.str = ...,
         explanation: Global___Explanation | None = ...,
+        lane: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["explanation", b"explanation", "send_at", b"send_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["caps", b"caps", "decision_id", b"decision_id", "explanation", b"explanation", "matched_rules", b"matched_rules", "reasons", b"reasons", "ruleset_version", b"ruleset_version", "send_at", b"send_at", "steps", b"steps", "verdict", b"verdict"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caps", b"caps", "decision_id", b"decision_id", "explanation", b"explanation", "lane", b"lane", "matched_rules", b"matched_rules", "reasons", b"reasons", "ruleset_version", b"ruleset_version", "send_at", b"send_at", "steps", b"steps", "verdict", b"verdict"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
