@@ -191,7 +191,8 @@ async def test_name_can_be_set_and_defaults_to_the_type(closing) -> None:
             "unknown key for type webhook; known: allow_networks, deny_networks, deny_private",
         ),
         ("fax: {type: stub}", "fax", "", "unknown channel; known: sms, email"),
-        ("sms: [http_sms]", "sms", "", "must be a mapping"),
+        ("sms: [http_sms]", "sms[0]", "", "must be a mapping with a `type`"),
+        ("sms: 5", "sms", "", "must be a mapping with a `type`, or a list of them"),
     ],
     ids=lambda value: value if isinstance(value, str) and " " not in value else None,
 )
@@ -318,4 +319,51 @@ def test_a_bad_retry_policy_names_the_channel_and_key(retry, problem):
 
     with pytest.raises(ProviderConfigError) as raised:
         retry_policies_from_config({"sms": {"type": "stub", "retry": retry}}, RetryPolicy(), file="p.yaml")
+    assert str(raised.value).startswith(problem)
+
+
+def test_a_channel_may_list_several_providers_tried_in_order_or_by_weight():
+    from smart_dispatch.channels.failover import FailoverProvider
+
+    config = {
+        "sms": [{"name": "a", "type": "stub"}, {"name": "b", "type": "stub"}],
+        "push": [{"name": "p1", "type": "stub", "weight": 3}, {"name": "p2", "type": "stub", "weight": 1}],
+        "email": [{"name": "only", "type": "stub"}],
+    }
+    providers = providers_from_config(config, ENV, MemoryInboxStore(), file="p.yaml")
+
+    sms, push = providers["sms"], providers["push"]
+    assert isinstance(sms, FailoverProvider) and [p.name for p in sms.order()] == ["a", "b"]
+    assert isinstance(push, FailoverProvider)
+    firsts = [push.order()[0].name for _ in range(2000)]
+    assert 0.70 < firsts.count("p1") / len(firsts) < 0.80  # 3 : 1
+    assert providers["email"].name == "only"  # a list of one is that provider
+
+
+@pytest.mark.parametrize(
+    ("entries", "problem"),
+    [
+        ([], "p.yaml: sms: a list of providers must not be empty"),
+        (
+            [{"type": "stub"}, {"type": "stub"}],
+            "p.yaml: sms.name: each provider of a channel needs its own name",
+        ),
+        (
+            [{"name": "a", "type": "stub", "weight": 2}, {"name": "b", "type": "stub"}],
+            "p.yaml: sms.weight: give every",
+        ),
+        (
+            [{"name": "a", "type": "stub"}, {"name": "b", "type": "stub", "retry": {"max_attempts": 2}}],
+            "p.yaml: sms[1].retry: the retry policy is the channel's",
+        ),
+        (
+            [{"name": "a", "type": "stub"}, {"name": "b", "type": "nope"}],
+            "p.yaml: sms[1].type: unknown provider type 'nope'",
+        ),
+        ([{"name": "a", "type": "stub", "weight": -1}], "p.yaml: sms[0].weight: must be a positive number"),
+    ],
+)
+def test_a_bad_provider_list_names_the_entry(entries, problem):
+    with pytest.raises(ProviderConfigError) as raised:
+        providers_from_config({"sms": entries}, ENV, MemoryInboxStore(), file="p.yaml")
     assert str(raised.value).startswith(problem)

@@ -62,3 +62,44 @@ async def test_the_providers_file_sets_how_often_a_channel_is_tried(make_app, tm
     assert [(a.channel, a.outcome) for a in status.attempts] == [("sms", "retryable_error")] * 4 + [
         ("sms", "delivered")
     ]
+
+
+async def test_a_failing_sms_gateway_hands_the_message_to_the_second_one_before_email(
+    make_app, tmp_path: Path
+):
+    # Given two SMS gateways, the first answering 503 to everything, and e-mail as the fallback
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "rules.yaml").write_text(RULES)
+    down, up = await HttpSink().start(), await HttpSink().start()
+    down.script.extend([503] * 50)
+    providers = tmp_path / "providers.yaml"
+    providers.write_text(
+        "sms:\n"
+        f'  - {{name: gateway_a, type: http_sms, url: "{down.url}/sms"}}\n'
+        f'  - {{name: gateway_b, type: http_sms, url: "{up.url}/sms"}}\n'
+        "email: {type: stub}\n"
+    )
+    app = make_app(
+        rules_dir=tmp_path / "rules", providers_file=providers, retry_attempts=2, retry_base_s=0.01
+    )
+    try:
+        async with app, grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            stub = pb_grpc.SmartDispatchServiceStub(channel)
+            statuses = []
+            for _ in range(3):
+                decide = decide_request("otp")
+                accepted = await stub.Dispatch(
+                    pb.DispatchRequest(message=decide.message, recipient=decide.recipient)
+                )
+                statuses.append(await settle(stub, accepted.dispatch_id))
+    finally:
+        await down.stop()
+        await up.stop()
+
+    # Then each code goes by SMS through the second gateway, at the first attempt
+    for status in statuses:
+        assert status.state == pb.DISPATCH_STATE_DELIVERED
+        assert [(a.channel, a.provider, a.outcome) for a in status.attempts] == [
+            ("sms", "gateway_b", "delivered")
+        ]
+    assert len(up.requests) == 3 and len(down.requests) == 3

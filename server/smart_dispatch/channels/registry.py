@@ -27,6 +27,16 @@ deny entry. IPv4-mapped addresses are judged as the IPv4 address too. Quote IPv6
 YAML flow lists (``["fd00::/8"]``). A denied address fails the send permanently with code
 ``forbidden_destination``.
 
+A channel may list several providers instead of one: they are tried in order for each message,
+the next one taking over when one fails retryably or its circuit is open, before the plan falls
+back to another channel; with `weight: N` on every one of them, the order is drawn by weight
+per message (traffic shared). Each needs its own `name`; the first carries the channel's
+`retry`. See `smart_dispatch.channels.failover`.
+
+    sms:
+      - {name: gateway_a, type: http_sms, url: "https://a.example/send", retry: {max_attempts: 3}}
+      - {name: gateway_b, type: http_sms, url: "https://b.example/send"}
+
 Channels must be known (`smart_dispatch.domain.KNOWN_CHANNELS`); a channel absent from the file
 has no provider. Unknown types, channels or keys, a missing required key, a wrong value type and
 an unset environment variable raise `ProviderConfigError` (a `ConfigurationError`) naming the
@@ -48,6 +58,7 @@ from smart_dispatch.channels import push_fcm, wechat
 from smart_dispatch.channels.base import Provider
 from smart_dispatch.channels.destinations import DestinationPolicy, IPNetwork, parse_network
 from smart_dispatch.channels.email_smtp import SmtpConfig, SmtpProvider, mailbox
+from smart_dispatch.channels.failover import FailoverProvider
 from smart_dispatch.channels.http_common import HttpOptions
 from smart_dispatch.channels.in_app import InboxProvider
 from smart_dispatch.channels.push_fcm import FcmConfig, FcmProvider
@@ -279,22 +290,70 @@ def providers_from_config(
             raise ProviderConfigError(
                 file, str(channel), "", f"unknown channel; known: {', '.join(KNOWN_CHANNELS)}"
             )
+        if isinstance(values, list):
+            providers[channel] = _failover(file, channel, values, env, inbox)
+            continue
         if not isinstance(values, Mapping):
-            raise ProviderConfigError(file, channel, "", "must be a mapping with a `type`")
-        section = Section(file, channel, values, env, inbox)
-        type_name = section.text("type")
-        factory = _FACTORIES.get(type_name)
-        if factory is None:
-            raise section.error(
-                "type", f"unknown provider type {type_name!r}; known: {', '.join(provider_types())}"
-            )
-        provider = factory(section)
-        unknown = sorted(str(key) for key in values if key not in section.read)
-        if unknown:
-            known = ", ".join(sorted(section.read))
-            raise section.error(unknown[0], f"unknown key for type {type_name}; known: {known}")
-        providers[channel] = provider
+            raise ProviderConfigError(file, channel, "", "must be a mapping with a `type`, or a list of them")
+        providers[channel] = _provider(Section(file, channel, values, env, inbox))
     return providers
+
+
+def _provider(section: Section) -> Provider:
+    type_name = section.text("type")
+    factory = _FACTORIES.get(type_name)
+    if factory is None:
+        raise section.error(
+            "type", f"unknown provider type {type_name!r}; known: {', '.join(provider_types())}"
+        )
+    provider = factory(section)
+    unknown = sorted(str(key) for key in section.values if key not in section.read)
+    if unknown:
+        known = ", ".join(sorted(section.read))
+        raise section.error(unknown[0], f"unknown key for type {type_name}; known: {known}")
+    return provider
+
+
+def _failover(
+    file: str, channel: str, entries: list[Any], env: Mapping[str, str], inbox: InboxStore
+) -> Provider:
+    """A channel's list of providers: tried in order (or by `weight`), see channels/failover.py."""
+    if not entries:
+        raise ProviderConfigError(file, channel, "", "a list of providers must not be empty")
+    providers, weights = [], []
+    for index, values in enumerate(entries):
+        where = f"{channel}[{index}]"
+        if not isinstance(values, Mapping):
+            raise ProviderConfigError(file, where, "", "must be a mapping with a `type`")
+        if index and "retry" in values:
+            raise ProviderConfigError(
+                file, where, "retry", "the retry policy is the channel's: set it on the first"
+            )
+        section = Section(file, channel, values, env, inbox)
+        section.read.add("weight")
+        weight = values.get("weight")
+        if weight is not None and (
+            isinstance(weight, bool) or not isinstance(weight, int | float) or weight <= 0
+        ):
+            raise ProviderConfigError(file, where, "weight", f"must be a positive number, got {weight!r}")
+        weights.append(weight)
+        try:
+            providers.append(_provider(section))
+        except ProviderConfigError as exc:
+            raise ProviderConfigError(file, where, exc.key, exc.problem) from exc
+    names = [p.name for p in providers]
+    if len(set(names)) < len(names):
+        raise ProviderConfigError(
+            file, channel, "name", f"each provider of a channel needs its own name, got {names}"
+        )
+    if any(w is not None for w in weights) and not all(w is not None for w in weights):
+        raise ProviderConfigError(
+            file, channel, "weight", "give every provider of the channel a weight, or none"
+        )
+    if len(providers) == 1:
+        return providers[0]
+    chosen = [float(w) for w in weights if w is not None]
+    return FailoverProvider(channel, providers, chosen or None)
 
 
 def retry_policies_from_config(
@@ -304,6 +363,8 @@ def retry_policies_from_config(
     `default`). Raises `ProviderConfigError` naming the channel and key."""
     policies: dict[str, RetryPolicy] = {}
     for channel, values in (config or {}).items():
+        if isinstance(values, list) and values:
+            values = values[0]  # a list of providers: the first one carries the channel's policy
         spec = values.get("retry") if isinstance(values, Mapping) else None
         if spec is None:
             continue
