@@ -38,6 +38,7 @@ from smart_dispatch.errors import ConfigurationError
 from smart_dispatch.inbox.redis import RedisInboxStore
 from smart_dispatch.lists.base import LIST_NAMES
 from smart_dispatch.lists.redis import RedisListStore
+from smart_dispatch.ratelimit.redis import RedisRateLimiter
 from smart_dispatch.stores import StoreOptions, Stores
 from smart_dispatch.user_state import UserState, UserStateReader
 
@@ -97,7 +98,8 @@ def redis_stores(url: str, options: StoreOptions) -> Stores:
     )
     inbox = RedisInboxStore(client, prefix=options.prefix, timeout_s=options.timeout_s, close_client=False)
     user_state = RedisUserStateReader(lists, behaviour, options.timeout_s)
-    return Stores(counters, lists, behaviour, dispatches, inbox, user_state, url)
+    rate_limits = RedisRateLimiter(client, prefix=options.prefix, timeout_s=options.timeout_s)
+    return Stores(counters, lists, behaviour, dispatches, inbox, user_state, url, rate_limits)
 
 
 class RedisUserStateReader(UserStateReader):

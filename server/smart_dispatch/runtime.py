@@ -169,7 +169,7 @@ def _providers(
         return default_providers(stores.inbox), {}
     file = str(settings.providers_file)
     config = read_providers_file(file)
-    providers = providers_from_config(config, os.environ, stores.inbox, file=file)
+    providers = providers_from_config(config, os.environ, stores.inbox, file=file, limiter=stores.rate_limits)
     return providers, retry_policies_from_config(config, retry, file=file)
 
 

@@ -8,7 +8,7 @@ redis+cluster://host:port       Redis Cluster (any node as seed)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from smart_dispatch.behaviour.base import BehaviourStore
@@ -17,6 +17,7 @@ from smart_dispatch.dispatch.store import DispatchStore
 from smart_dispatch.errors import ConfigurationError
 from smart_dispatch.inbox.base import InboxStore
 from smart_dispatch.lists.base import ListStore
+from smart_dispatch.ratelimit.base import MemoryRateLimiter, RateLimiter
 from smart_dispatch.user_state import UserStateReader
 
 
@@ -40,6 +41,7 @@ class Stores:
     inbox: InboxStore
     user_state: UserStateReader
     url: str
+    rate_limits: RateLimiter = field(default_factory=MemoryRateLimiter)
 
     async def close(self) -> None:
         for store in (self.counters, self.lists, self.behaviour, self.dispatches, self.inbox):

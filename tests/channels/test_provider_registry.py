@@ -188,7 +188,7 @@ async def test_name_can_be_set_and_defaults_to_the_type(closing) -> None:
             "webhook: {type: webhook, secret_env: WEBHOOK_SECRET, deny_privat: true}",
             "webhook",
             "deny_privat",
-            "unknown key for type webhook; known: allow_networks, deny_networks, deny_private",
+            "unknown key for type webhook; known: allow_networks, burst, deny_networks, deny_private",
         ),
         ("fax: {type: stub}", "fax", "", "unknown channel; known: sms, email"),
         ("sms: [http_sms]", "sms[0]", "", "must be a mapping with a `type`"),
@@ -367,3 +367,29 @@ def test_a_bad_provider_list_names_the_entry(entries, problem):
     with pytest.raises(ProviderConfigError) as raised:
         providers_from_config({"sms": entries}, ENV, MemoryInboxStore(), file="p.yaml")
     assert str(raised.value).startswith(problem)
+
+
+@pytest.mark.parametrize(
+    ("settings", "problem"),
+    [
+        ({"rate": "fast"}, "p.yaml: sms.rate: a rate like 100/s, 600/min or 10000/h, got 'fast'"),
+        ({"rate": "0/s"}, "p.yaml: sms.rate: a rate like"),
+        ({"burst": 5}, "p.yaml: sms.burst: burst needs a rate"),
+        ({"rate": "10/s", "burst": 0}, "p.yaml: sms.burst: must be a positive whole number"),
+    ],
+)
+def test_a_bad_rate_names_the_key(settings, problem):
+    with pytest.raises(ProviderConfigError) as raised:
+        providers_from_config({"sms": {"type": "stub", **settings}}, ENV, MemoryInboxStore(), file="p.yaml")
+    assert str(raised.value).startswith(problem)
+
+
+def test_a_rate_wraps_the_provider_and_keeps_its_name():
+    from smart_dispatch.ratelimit.provider import RateLimitedProvider
+
+    providers = providers_from_config(
+        {"sms": {"type": "stub", "name": "gw", "rate": "600/min"}}, ENV, MemoryInboxStore(), file="p.yaml"
+    )
+    sms = providers["sms"]
+    assert isinstance(sms, RateLimitedProvider) and sms.name == "gw"
+    assert (sms.rate_per_s, sms.burst) == (10.0, 10)

@@ -4,6 +4,7 @@ is tried a fifth time when the file allows five attempts, though the sidecar's d
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from pathlib import Path
 
@@ -103,3 +104,38 @@ async def test_a_failing_sms_gateway_hands_the_message_to_the_second_one_before_
             ("sms", "gateway_b", "delivered")
         ]
     assert len(up.requests) == 3 and len(down.requests) == 3
+
+
+async def test_a_provider_over_its_rate_makes_messages_wait_their_turn_not_fail(make_app, tmp_path: Path):
+    # Given an SMS gateway allowed 4 sends a second, one at a time, and 8 login codes at once
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "rules.yaml").write_text(RULES)
+    gateway = await HttpSink().start()
+    providers = tmp_path / "providers.yaml"
+    providers.write_text(
+        f'sms: {{type: http_sms, url: "{gateway.url}/sms", rate: 4/s, burst: 1}}\nemail: {{type: stub}}\n'
+    )
+    app = make_app(rules_dir=tmp_path / "rules", providers_file=providers, senders=8, retry_attempts=1)
+    try:
+        async with app, grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            stub = pb_grpc.SmartDispatchServiceStub(channel)
+            started = time.monotonic()
+            requests = [decide_request("otp") for _ in range(8)]
+            accepted = await asyncio.gather(
+                *(
+                    stub.Dispatch(pb.DispatchRequest(message=r.message, recipient=r.recipient))
+                    for r in requests
+                )
+            )
+            statuses = [await settle(stub, a.dispatch_id) for a in accepted]
+            elapsed = time.monotonic() - started
+    finally:
+        await gateway.stop()
+
+    # Then all go by SMS, each at its first attempt (waiting is not failing), spread over ~2 s
+    assert all(s.state == pb.DISPATCH_STATE_DELIVERED for s in statuses)
+    assert all([(a.channel, a.outcome) for a in s.attempts] == [("sms", "delivered")] for s in statuses)
+    arrivals = sorted(r.at for r in gateway.requests)
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
+    assert elapsed >= 1.6 and min(gaps) >= 0.2
+    assert any("waiting for its turn" in h.detail for s in statuses for h in s.history)

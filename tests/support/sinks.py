@@ -8,6 +8,7 @@ import asyncio
 import email
 import email.policy
 import json
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ class Received:
     query: dict[str, str]
     headers: CIMultiDictProxy[str]
     body: bytes
+    at: float = field(default_factory=time.monotonic)  # when it arrived
 
     def json(self) -> Any:
         return json.loads(self.body)

@@ -2,11 +2,12 @@
 
 `FailoverProvider` is a provider made of others, tried in order (or, when any has a `weight`, in
 a weighted random order per message, so traffic is shared). A provider whose own circuit breaker
-is open is skipped; one that fails retryably (timeout, 5xx, 429) hands the message to the next at
-once. A permanent error (a bad number, a rejected message) is the message's, not the provider's:
-it ends the attempt, as it would with one provider. When every provider failed retryably, the
-attempt failed retryably (the sender pool's retry and fallback take over), with each provider's
-error in the message. The delivered attempt names the provider that delivered it.
+is open is skipped; one that fails retryably (timeout, 5xx, 429) or is over its rate hands the
+message to the next at once (when all are over their rates, the message waits for the first free
+slot). A permanent error (a bad number, a rejected message) is the message's, not the
+provider's: it ends the attempt, as it would with one provider. When every provider failed
+retryably, the attempt failed retryably (the sender pool's retry and fallback take over), with
+each provider's error in the message. The delivered attempt names the provider that delivered it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Callable, Sequence
 
 from smart_dispatch.channels.base import Delivery, Provider, ProviderError, SendResult
 from smart_dispatch.dispatch.resilience import CircuitBreaker, CircuitOpenError
+from smart_dispatch.ratelimit.provider import OverRate
 
 
 class FailoverProvider(Provider):
@@ -51,6 +53,10 @@ class FailoverProvider(Provider):
                 continue
             try:
                 result = await provider.send(delivery)
+            except OverRate as exc:  # its rate has no slot now: the next provider may
+                breaker.release()
+                failures.append(exc)
+                continue
             except ProviderError as exc:
                 if not exc.retryable:
                     breaker.release()
@@ -63,6 +69,9 @@ class FailoverProvider(Provider):
                 raise
             breaker.record_success()
             return result
+        waits = [f.wait_s for f in failures if isinstance(f, OverRate)]
+        if waits:  # come back when the first of them has a slot
+            raise OverRate(self.name, self.channel, min(waits))
         if all(isinstance(f, CircuitOpenError) for f in failures):
             raise CircuitOpenError(self.name, self.channel)
         last = failures[-1]

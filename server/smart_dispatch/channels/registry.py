@@ -3,7 +3,9 @@
 A providers file maps channels to provider settings; every key below is optional unless marked
 *required*. Secrets are never in the file: a `*_env` key names the environment variable holding
 the secret. Every provider also takes `name` (default: its type), naming it in attempts, metrics
-and circuit breakers, and `retry` (its channel's retry policy, every key optional, defaults from
+and circuit breakers, `rate` (e.g. `100/s`, `600/min`: sends at most that often, shared by every
+sidecar on Redis; a send over it waits for its turn, never fails) with `burst` (default: one
+second's worth), and `retry` (its channel's retry policy, every key optional, defaults from
 the sidecar's settings: `{max_attempts: 3, base_s: 0.5, max_s: 60, multiplier: 2, timeout_s: 10}`:
 attempts per plan step, the backoff's base, ceiling and growth, and the bound of one call).
 
@@ -46,6 +48,7 @@ file, channel and key. New types are added with `@register("name")`.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,13 +73,26 @@ from smart_dispatch.dispatch.resilience import RetryPolicy
 from smart_dispatch.domain import KNOWN_CHANNELS
 from smart_dispatch.errors import ConfigurationError
 from smart_dispatch.inbox.base import InboxStore
+from smart_dispatch.ratelimit.base import MemoryRateLimiter, RateLimiter
+from smart_dispatch.ratelimit.provider import RateLimitedProvider
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 ProviderFactory = Callable[["Section"], Provider]
 _FACTORIES: dict[str, ProviderFactory] = {}
-_COMMON_KEYS = frozenset({"type", "name", "retry"})
+_COMMON_KEYS = frozenset({"type", "name", "retry", "rate", "burst"})
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*$")
+_PER_S = {
+    "s": 1.0,
+    "sec": 1.0,
+    "second": 1.0,
+    "m": 60.0,
+    "min": 60.0,
+    "minute": 60.0,
+    "h": 3600.0,
+    "hour": 3600.0,
+}
 _RETRY_KEYS = frozenset({"max_attempts", "base_s", "max_s", "multiplier", "timeout_s"})
 
 
@@ -278,10 +294,17 @@ def _stub(section: Section) -> Provider:
 
 
 def providers_from_config(
-    config: Mapping[str, Any], env: Mapping[str, str], inbox: InboxStore, *, file: str = "<providers>"
+    config: Mapping[str, Any],
+    env: Mapping[str, str],
+    inbox: InboxStore,
+    *,
+    file: str = "<providers>",
+    limiter: RateLimiter | None = None,
 ) -> dict[str, Provider]:
-    """channel → provider for each entry of `config`; `file` names the source in errors.
+    """channel → provider for each entry of `config`; `file` names the source in errors;
+    `limiter` keeps the providers' `rate` (default: this process's own).
     Raises `ProviderConfigError` (see the module docstring)."""
+    limiter = limiter or MemoryRateLimiter()
     if not isinstance(config, Mapping):
         raise ProviderConfigError(file, "", "", "must be a mapping of channel to provider settings")
     providers: dict[str, Provider] = {}
@@ -291,15 +314,15 @@ def providers_from_config(
                 file, str(channel), "", f"unknown channel; known: {', '.join(KNOWN_CHANNELS)}"
             )
         if isinstance(values, list):
-            providers[channel] = _failover(file, channel, values, env, inbox)
+            providers[channel] = _failover(file, channel, values, env, inbox, limiter)
             continue
         if not isinstance(values, Mapping):
             raise ProviderConfigError(file, channel, "", "must be a mapping with a `type`, or a list of them")
-        providers[channel] = _provider(Section(file, channel, values, env, inbox))
+        providers[channel] = _provider(Section(file, channel, values, env, inbox), limiter)
     return providers
 
 
-def _provider(section: Section) -> Provider:
+def _provider(section: Section, limiter: RateLimiter) -> Provider:
     type_name = section.text("type")
     factory = _FACTORIES.get(type_name)
     if factory is None:
@@ -311,11 +334,26 @@ def _provider(section: Section) -> Provider:
     if unknown:
         known = ", ".join(sorted(section.read))
         raise section.error(unknown[0], f"unknown key for type {type_name}; known: {known}")
-    return provider
+    rate = section.values.get("rate")
+    if rate is None:
+        if "burst" in section.values:
+            raise section.error("burst", "burst needs a rate")
+        return provider
+    found = _RATE.match(str(rate))
+    if found is None or float(found.group(1)) <= 0:
+        raise section.error("rate", f"a rate like 100/s, 600/min or 10000/h, got {rate!r}")
+    per_s = float(found.group(1)) / _PER_S[found.group(2)]
+    burst = section.integer("burst", max(1, int(per_s)))
+    return RateLimitedProvider(provider, limiter, per_s, burst)
 
 
 def _failover(
-    file: str, channel: str, entries: list[Any], env: Mapping[str, str], inbox: InboxStore
+    file: str,
+    channel: str,
+    entries: list[Any],
+    env: Mapping[str, str],
+    inbox: InboxStore,
+    limiter: RateLimiter,
 ) -> Provider:
     """A channel's list of providers: tried in order (or by `weight`), see channels/failover.py."""
     if not entries:
@@ -338,7 +376,7 @@ def _failover(
             raise ProviderConfigError(file, where, "weight", f"must be a positive number, got {weight!r}")
         weights.append(weight)
         try:
-            providers.append(_provider(section))
+            providers.append(_provider(section, limiter))
         except ProviderConfigError as exc:
             raise ProviderConfigError(file, where, exc.key, exc.problem) from exc
     names = [p.name for p in providers]

@@ -7,6 +7,7 @@ Each worker claims one ready dispatch at a time and moves it one stage on:
   opt-outs, quiet hours, that channel's caps): sent, deferred, or skipped for the next step;
 - send the current plan step through its channel's provider (one attempt, bounded by the
   retry policy's `timeout_s`), the step's idempotency key on every attempt;
+- over the provider's rate: scheduled for its next slot (not an attempt, not a failure);
 - retryable failure (timeout, 5xx, 429): try again after a jittered backoff (never sooner than
   Retry-After) until the step's attempts (the channel's retry policy: providers file) are used
   up, while the retry budget allows; permanent failure, exhausted retries or budget, or an open
@@ -46,6 +47,7 @@ from smart_dispatch.dispatch.store import Claim, DispatchStore
 from smart_dispatch.domain import DecideRequest, Verdict
 from smart_dispatch.errors import SmartDispatchError, StoreUnavailableError
 from smart_dispatch.events import EventRecorder, ReportedEvent
+from smart_dispatch.ratelimit.provider import OverRate
 from smart_dispatch.telemetry import Telemetry
 from smart_dispatch.telemetry.base import DeadLettered, SendAttempted
 
@@ -250,6 +252,14 @@ class SenderPool:
         assert step is not None
         policy = self._retry_by_channel.get(step.channel, self._retry)
         attempt, error = await self._attempt(record, policy)
+        if isinstance(error, OverRate):  # not an attempt: the message waits for its turn
+            now = self._clock()
+            run_at = now + timedelta(seconds=error.wait_s)
+            waiting = record.moved(
+                DispatchState.SCHEDULED, now, f"waiting for its turn: {error}", send_at=run_at
+            )
+            await self._store.update(waiting, record.version, run_at=run_at, ack=claim)
+            return
         await self._settle(replace(record, attempts=(*record.attempts, attempt)), error, policy, claim)
 
     async def _attempt(
@@ -288,7 +298,8 @@ class SenderPool:
             attempt = Attempt(
                 record.step_index, step.channel, error.provider, number, now, _outcome(error), str(error), key
             )
-        self._telemetry.send_attempted(_attempted(record, attempt))
+        if not isinstance(error, OverRate):
+            self._telemetry.send_attempted(_attempted(record, attempt))
         return attempt, error
 
     async def _call(
@@ -311,6 +322,9 @@ class SenderPool:
             )
             async with asyncio.timeout(policy.timeout_s):  # no extra task per send, unlike wait_for
                 result = await provider.send(delivery)
+        except OverRate as exc:  # says nothing of the provider's health
+            breaker.release()
+            return None, exc
         except ProviderError as exc:
             # The breaker tracks the provider's health: a permanent error (4xx, a bad address, a
             # forbidden destination) is about this message, and must not let a run of bad
