@@ -56,6 +56,23 @@ def build_parser() -> argparse.ArgumentParser:
     why.add_argument("--log", type=Path, help="decision log file (default: SD_AUDIT_LOG)")
     why.add_argument("--json", action="store_true", help="print the decision log record as JSON")
 
+    bulk = sub.add_parser(
+        "send", help="dispatch a campaign to an audience file (.jsonl or .csv) via DispatchBatch"
+    )
+    bulk.add_argument("--audience", type=Path, required=True, help="people, one per line (.jsonl or .csv)")
+    bulk.add_argument("--category", required=True, help="the messages' category, e.g. marketing")
+    bulk.add_argument("--template", default="", help="template name (see --templates of serve)")
+    bulk.add_argument(
+        "--campaign", default="", help="campaign id: message ids are <campaign>:<user_id> (resumable)"
+    )
+    bulk.add_argument(
+        "--target", default="127.0.0.1:50051", help="the sidecar, host:port (default 127.0.0.1:50051)"
+    )
+    bulk.add_argument(
+        "--batch", type=int, default=500, help="people per DispatchBatch call (1-1000, default 500)"
+    )
+    bulk.add_argument("--token-env", default="", help="environment variable holding a bearer token")
+
     health = sub.add_parser(
         "health", help="exit 0 when the sidecar reports SERVING (grpc.health.v1 over plaintext)"
     )
@@ -122,6 +139,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         if args.command == "health":
             return _health(args.target, args.timeout)
+        if args.command == "send":
+            from smart_dispatch.bulk import send, token_from
+
+            return send(
+                args.audience,
+                args.category,
+                template=args.template,
+                campaign=args.campaign,
+                target=args.target,
+                batch=args.batch,
+                token=token_from(args.token_env),
+            )
         if args.command == "why":
             return _why(args.message_id, args.log, args.json)
         if args.rules_command == "test":

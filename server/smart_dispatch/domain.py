@@ -19,10 +19,11 @@ LANES: tuple[str, ...] = ("critical", "high", "normal", "bulk")
 _DEFAULT_LANES = {"otp": "critical", "alert": "critical", "transactional": "high"}
 
 
-def default_lane(category: str) -> str:
-    """The lane of a message no rule put in one: otp and alert critical, transactional high,
-    everything else (marketing) normal."""
-    return _DEFAULT_LANES.get(category, "normal")
+def default_lane(category: str, bulk: bool = False) -> str:
+    """The lane of a message no rule put in one: otp and alert critical (even in a bulk send),
+    then bulk sends bulk, transactional high, everything else (marketing) normal."""
+    lane = _DEFAULT_LANES.get(category, "normal")
+    return "bulk" if bulk and lane != "critical" else lane
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +60,8 @@ class DecideRequest:
     explain: bool = False
     #: the request clock (`DecideRequest.at`): decide as of this instant; None for the sidecar's
     at: datetime | None = None
+    #: part of a bulk send (DispatchBatch): the bulk lane unless a rule, or an urgent category, says
+    bulk: bool = False
 
 
 class Verdict(enum.Enum):

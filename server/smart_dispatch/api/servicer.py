@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import grpc
@@ -18,11 +20,11 @@ from smart_dispatch.api.convert import (
     reported_event,
 )
 from smart_dispatch.api.dispatch_convert import dispatch_status, inbox_item
-from smart_dispatch.api.status import grpc_errors, stream_errors
+from smart_dispatch.api.status import grpc_errors, status_for, stream_errors
 from smart_dispatch.decide.pipeline import Decider
 from smart_dispatch.decide.validate import check_id
 from smart_dispatch.dispatch.service import Dispatcher
-from smart_dispatch.errors import InvalidRequestError, NotFoundError
+from smart_dispatch.errors import InvalidRequestError, NotFoundError, SmartDispatchError
 from smart_dispatch.events import EventRecorder
 from smart_dispatch.inbox.base import InboxStore
 from smart_dispatch.lists.base import ListName, ListStore
@@ -67,6 +69,44 @@ class SmartDispatchServicer(pb_grpc.SmartDispatchServiceServicer):
         if decision is not None:
             response.decision.CopyFrom(decide_response(decision))
         return response
+
+    @grpc_errors
+    async def DecideBatch(self, request: pb.DecideBatchRequest, context: Context) -> pb.DecideBatchResponse:
+        _batch_size(len(request.requests))
+
+        async def one(item: pb.DecideRequest) -> pb.DecideBatchResult:
+            try:
+                decision = await self._decider.decide(decide_request(item))
+            except SmartDispatchError as exc:
+                return pb.DecideBatchResult(error=_item_error(exc))
+            return pb.DecideBatchResult(decision=decide_response(decision))
+
+        with self._telemetry.caller_trace(context.invocation_metadata):
+            results = await _in_order(one, request.requests)
+        return pb.DecideBatchResponse(results=results)
+
+    @grpc_errors
+    async def DispatchBatch(
+        self, request: pb.DispatchBatchRequest, context: Context
+    ) -> pb.DispatchBatchResponse:
+        _batch_size(len(request.requests))
+
+        async def one(item: pb.DispatchRequest) -> pb.DispatchBatchResult:
+            try:
+                decide = decide_request(pb.DecideRequest(message=item.message, recipient=item.recipient))
+                record, decision, duplicate = await self._dispatcher.dispatch(replace(decide, bulk=True))
+            except SmartDispatchError as exc:
+                return pb.DispatchBatchResult(error=_item_error(exc))
+            response = pb.DispatchResponse(
+                dispatch_id=record.dispatch_id, duplicate=duplicate, status=dispatch_status(record)
+            )
+            if decision is not None:
+                response.decision.CopyFrom(decide_response(decision))
+            return pb.DispatchBatchResult(dispatch=response)
+
+        with self._telemetry.caller_trace(context.invocation_metadata):
+            results = await _in_order(one, request.requests)
+        return pb.DispatchBatchResponse(results=results)
 
     @grpc_errors
     async def GetDispatch(self, request: pb.GetDispatchRequest, context: Context) -> pb.GetDispatchResponse:
@@ -149,6 +189,31 @@ class SmartDispatchServicer(pb_grpc.SmartDispatchServiceServicer):
         if entry is None:
             raise NotFoundError(f"no decision for message {message_id!r} is known to this sidecar")
         return decision_lookup(entry)
+
+
+MAX_BATCH = 1000
+#: batch items decided at once: their store round trips overlap, their CPU does not
+_BATCH_CONCURRENCY = 32
+
+
+def _batch_size(n: int) -> None:
+    if n > MAX_BATCH:
+        raise InvalidRequestError("requests", f"at most {MAX_BATCH} per call, got {n}")
+
+
+def _item_error(exc: SmartDispatchError) -> pb.BatchItemError:
+    return pb.BatchItemError(code=status_for(exc).name, message=str(exc))
+
+
+async def _in_order(one: Callable[[Any], Awaitable[T]], items: Sequence[Any]) -> list[T]:
+    """`one` of every item, `_BATCH_CONCURRENCY` at a time, results in the items' order."""
+    gate = asyncio.Semaphore(_BATCH_CONCURRENCY)
+
+    async def gated(item: Any) -> T:
+        async with gate:
+            return await one(item)
+
+    return list(await asyncio.gather(*(gated(item) for item in items)))
 
 
 async def _checked(start: Callable[[], AsyncIterator[T]]) -> AsyncIterator[T]:

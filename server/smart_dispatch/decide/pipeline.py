@@ -391,7 +391,7 @@ def _decision(
         ruleset_version=version.version,
         explanation=explanation,
         escalate_after_s=outcome.draft.escalate_after if len(outcome.steps) > 1 else None,
-        lane=outcome.draft.lane or default_lane(request.message.category),
+        lane=outcome.draft.lane or default_lane(request.message.category, request.bulk),
     )
 
 

@@ -36,7 +36,9 @@ class Dispatcher:
         dispatched before returns the first dispatch (decision None, duplicate True)."""
         if request.message.id and (existing := await self._store.get_by_message(request.message.id)):
             return existing, None, True
-        decision = await self._decider.decide(DecideRequest(request.message, request.recipient))
+        decision = await self._decider.decide(
+            DecideRequest(request.message, request.recipient, bulk=request.bulk)
+        )
         now = self._clock()
         state = {
             Verdict.SEND: DispatchState.QUEUED,

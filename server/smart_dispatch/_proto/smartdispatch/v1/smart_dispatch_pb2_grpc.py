@@ -46,6 +46,16 @@ class SmartDispatchServiceStub:
                 request_serializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.DispatchRequest.SerializeToString,
                 response_deserializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.DispatchResponse.FromString,
                 _registered_method=True)
+        self.DecideBatch = channel.unary_unary(
+                '/smartdispatch.v1.SmartDispatchService/DecideBatch',
+                request_serializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.DecideBatchRequest.SerializeToString,
+                response_deserializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.DecideBatchResponse.FromString,
+                _registered_method=True)
+        self.DispatchBatch = channel.unary_unary(
+                '/smartdispatch.v1.SmartDispatchService/DispatchBatch',
+                request_serializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.DispatchBatchRequest.SerializeToString,
+                response_deserializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.DispatchBatchResponse.FromString,
+                _registered_method=True)
         self.GetDispatch = channel.unary_unary(
                 '/smartdispatch.v1.SmartDispatchService/GetDispatch',
                 request_serializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.GetDispatchRequest.SerializeToString,
@@ -120,6 +130,23 @@ class SmartDispatchServiceServicer:
         """Dispatch decides, persists and acknowledges; the sender pool delivers asynchronously.
         A message id dispatched before returns the first dispatch (duplicate = true), never a
         second send.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DecideBatch(self, request, context):
+        """DecideBatch decides up to 1,000 messages in one call: a result per request, in order. A
+        request that is wrong is an error for that item only (the others are decided).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DispatchBatch(self, request, context):
+        """DispatchBatch dispatches up to 1,000 messages in one call, each as Dispatch would: a result
+        per request, in order, one bad item an error for that item only. For campaigns; queued in
+        the bulk lane unless a rule puts them in another.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -218,6 +245,16 @@ def add_SmartDispatchServiceServicer_to_server(servicer, server):
                     servicer.Dispatch,
                     request_deserializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.DispatchRequest.FromString,
                     response_serializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.DispatchResponse.SerializeToString,
+            ),
+            'DecideBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.DecideBatch,
+                    request_deserializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.DecideBatchRequest.FromString,
+                    response_serializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.DecideBatchResponse.SerializeToString,
+            ),
+            'DispatchBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.DispatchBatch,
+                    request_deserializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.DispatchBatchRequest.FromString,
+                    response_serializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.DispatchBatchResponse.SerializeToString,
             ),
             'GetDispatch': grpc.unary_unary_rpc_method_handler(
                     servicer.GetDispatch,
@@ -331,6 +368,60 @@ class SmartDispatchService:
             '/smartdispatch.v1.SmartDispatchService/Dispatch',
             smartdispatch_dot_v1_dot_smart__dispatch__pb2.DispatchRequest.SerializeToString,
             smartdispatch_dot_v1_dot_smart__dispatch__pb2.DispatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DecideBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/smartdispatch.v1.SmartDispatchService/DecideBatch',
+            smartdispatch_dot_v1_dot_smart__dispatch__pb2.DecideBatchRequest.SerializeToString,
+            smartdispatch_dot_v1_dot_smart__dispatch__pb2.DecideBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DispatchBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/smartdispatch.v1.SmartDispatchService/DispatchBatch',
+            smartdispatch_dot_v1_dot_smart__dispatch__pb2.DispatchBatchRequest.SerializeToString,
+            smartdispatch_dot_v1_dot_smart__dispatch__pb2.DispatchBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

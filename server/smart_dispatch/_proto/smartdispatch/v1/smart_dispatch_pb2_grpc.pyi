@@ -44,6 +44,15 @@ class SmartDispatchServiceStub:
     A message id dispatched before returns the first dispatch (duplicate = true), never a
     second send.
     """
+    DecideBatch: _grpc.UnaryUnaryMultiCallable[_smart_dispatch_pb2.DecideBatchRequest, _smart_dispatch_pb2.DecideBatchResponse]
+    """DecideBatch decides up to 1,000 messages in one call: a result per request, in order. A
+    request that is wrong is an error for that item only (the others are decided).
+    """
+    DispatchBatch: _grpc.UnaryUnaryMultiCallable[_smart_dispatch_pb2.DispatchBatchRequest, _smart_dispatch_pb2.DispatchBatchResponse]
+    """DispatchBatch dispatches up to 1,000 messages in one call, each as Dispatch would: a result
+    per request, in order, one bad item an error for that item only. For campaigns; queued in
+    the bulk lane unless a rule puts them in another.
+    """
     GetDispatch: _grpc.UnaryUnaryMultiCallable[_smart_dispatch_pb2.GetDispatchRequest, _smart_dispatch_pb2.GetDispatchResponse]
     """GetDispatch returns a dispatch's status and full history, by dispatch id or message id."""
     WatchDispatch: _grpc.UnaryStreamMultiCallable[_smart_dispatch_pb2.WatchDispatchRequest, _smart_dispatch_pb2.WatchDispatchResponse]
@@ -88,6 +97,15 @@ class SmartDispatchServiceAsyncStub(SmartDispatchServiceStub):
     """Dispatch decides, persists and acknowledges; the sender pool delivers asynchronously.
     A message id dispatched before returns the first dispatch (duplicate = true), never a
     second send.
+    """
+    DecideBatch: _aio.UnaryUnaryMultiCallable[_smart_dispatch_pb2.DecideBatchRequest, _smart_dispatch_pb2.DecideBatchResponse]  # type: ignore[assignment]
+    """DecideBatch decides up to 1,000 messages in one call: a result per request, in order. A
+    request that is wrong is an error for that item only (the others are decided).
+    """
+    DispatchBatch: _aio.UnaryUnaryMultiCallable[_smart_dispatch_pb2.DispatchBatchRequest, _smart_dispatch_pb2.DispatchBatchResponse]  # type: ignore[assignment]
+    """DispatchBatch dispatches up to 1,000 messages in one call, each as Dispatch would: a result
+    per request, in order, one bad item an error for that item only. For campaigns; queued in
+    the bulk lane unless a rule puts them in another.
     """
     GetDispatch: _aio.UnaryUnaryMultiCallable[_smart_dispatch_pb2.GetDispatchRequest, _smart_dispatch_pb2.GetDispatchResponse]  # type: ignore[assignment]
     """GetDispatch returns a dispatch's status and full history, by dispatch id or message id."""
@@ -142,6 +160,27 @@ class SmartDispatchServiceServicer(metaclass=_abc_1.ABCMeta):
         """Dispatch decides, persists and acknowledges; the sender pool delivers asynchronously.
         A message id dispatched before returns the first dispatch (duplicate = true), never a
         second send.
+        """
+
+    @_abc_1.abstractmethod
+    def DecideBatch(
+        self,
+        request: _smart_dispatch_pb2.DecideBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_smart_dispatch_pb2.DecideBatchResponse, _abc.Awaitable[_smart_dispatch_pb2.DecideBatchResponse]]:
+        """DecideBatch decides up to 1,000 messages in one call: a result per request, in order. A
+        request that is wrong is an error for that item only (the others are decided).
+        """
+
+    @_abc_1.abstractmethod
+    def DispatchBatch(
+        self,
+        request: _smart_dispatch_pb2.DispatchBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_smart_dispatch_pb2.DispatchBatchResponse, _abc.Awaitable[_smart_dispatch_pb2.DispatchBatchResponse]]:
+        """DispatchBatch dispatches up to 1,000 messages in one call, each as Dispatch would: a result
+        per request, in order, one bad item an error for that item only. For campaigns; queued in
+        the bulk lane unless a rule puts them in another.
         """
 
     @_abc_1.abstractmethod
