@@ -34,28 +34,35 @@ async def settle(stub, dispatch_id: str) -> pb.DispatchStatus:
     raise AssertionError(f"{dispatch_id} did not settle")
 
 
-async def test_the_providers_file_sets_how_often_a_channel_is_tried(make_app, tmp_path: Path):
-    (tmp_path / "rules").mkdir()
+async def login_codes(
+    make_app, tmp_path: Path, providers_yaml: str, count: int, **settings
+) -> list[pb.DispatchStatus]:
+    """`count` login codes dispatched at once through a sidecar with these providers (rules:
+    SMS, e-mail as the fallback), each status once it is final."""
+    (tmp_path / "rules").mkdir(exist_ok=True)
     (tmp_path / "rules" / "rules.yaml").write_text(RULES)
+    providers = tmp_path / "providers.yaml"
+    providers.write_text(providers_yaml)
+    app = make_app(rules_dir=tmp_path / "rules", providers_file=providers, retry_base_s=0.01, **settings)
+    async with app, grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        stub = pb_grpc.SmartDispatchServiceStub(channel)
+        requests = [decide_request("otp") for _ in range(count)]
+        accepted = await asyncio.gather(
+            *(stub.Dispatch(pb.DispatchRequest(message=r.message, recipient=r.recipient)) for r in requests)
+        )
+        return [await settle(stub, a.dispatch_id) for a in accepted]
+
+
+async def test_the_providers_file_sets_how_often_a_channel_is_tried(make_app, tmp_path: Path):
     gateway = await HttpSink().start()
     gateway.script.extend([500, 500, 500, 500])
-    providers = tmp_path / "providers.yaml"
-    providers.write_text(
+    providers = (
         f'sms: {{type: http_sms, url: "{gateway.url}/sms",\n'
         "      retry: {max_attempts: 5, base_s: 0.01, max_s: 0.02}}\n"
         "email: {type: stub}\n"
     )
-    app = make_app(
-        rules_dir=tmp_path / "rules", providers_file=providers, retry_attempts=2, retry_base_s=0.01
-    )
     try:
-        async with app, grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
-            stub = pb_grpc.SmartDispatchServiceStub(channel)
-            decide = decide_request("otp")
-            accepted = await stub.Dispatch(
-                pb.DispatchRequest(message=decide.message, recipient=decide.recipient)
-            )
-            status = await settle(stub, accepted.dispatch_id)
+        [status] = await login_codes(make_app, tmp_path, providers, 1, retry_attempts=2)
     finally:
         await gateway.stop()
 
@@ -69,30 +76,16 @@ async def test_a_failing_sms_gateway_hands_the_message_to_the_second_one_before_
     make_app, tmp_path: Path
 ):
     # Given two SMS gateways, the first answering 503 to everything, and e-mail as the fallback
-    (tmp_path / "rules").mkdir()
-    (tmp_path / "rules" / "rules.yaml").write_text(RULES)
     down, up = await HttpSink().start(), await HttpSink().start()
     down.script.extend([503] * 50)
-    providers = tmp_path / "providers.yaml"
-    providers.write_text(
+    providers = (
         "sms:\n"
         f'  - {{name: gateway_a, type: http_sms, url: "{down.url}/sms"}}\n'
         f'  - {{name: gateway_b, type: http_sms, url: "{up.url}/sms"}}\n'
         "email: {type: stub}\n"
     )
-    app = make_app(
-        rules_dir=tmp_path / "rules", providers_file=providers, retry_attempts=2, retry_base_s=0.01
-    )
     try:
-        async with app, grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
-            stub = pb_grpc.SmartDispatchServiceStub(channel)
-            statuses = []
-            for _ in range(3):
-                decide = decide_request("otp")
-                accepted = await stub.Dispatch(
-                    pb.DispatchRequest(message=decide.message, recipient=decide.recipient)
-                )
-                statuses.append(await settle(stub, accepted.dispatch_id))
+        statuses = await login_codes(make_app, tmp_path, providers, 3, retry_attempts=2)
     finally:
         await down.stop()
         await up.stop()
@@ -108,29 +101,16 @@ async def test_a_failing_sms_gateway_hands_the_message_to_the_second_one_before_
 
 async def test_a_provider_over_its_rate_makes_messages_wait_their_turn_not_fail(make_app, tmp_path: Path):
     # Given an SMS gateway allowed 4 sends a second, one at a time, and 8 login codes at once
-    (tmp_path / "rules").mkdir()
-    (tmp_path / "rules" / "rules.yaml").write_text(RULES)
     gateway = await HttpSink().start()
-    providers = tmp_path / "providers.yaml"
-    providers.write_text(
+    providers = (
         f'sms: {{type: http_sms, url: "{gateway.url}/sms", rate: 4/s, burst: 1}}\nemail: {{type: stub}}\n'
     )
-    app = make_app(rules_dir=tmp_path / "rules", providers_file=providers, senders=8, retry_attempts=1)
+    started = time.monotonic()
     try:
-        async with app, grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
-            stub = pb_grpc.SmartDispatchServiceStub(channel)
-            started = time.monotonic()
-            requests = [decide_request("otp") for _ in range(8)]
-            accepted = await asyncio.gather(
-                *(
-                    stub.Dispatch(pb.DispatchRequest(message=r.message, recipient=r.recipient))
-                    for r in requests
-                )
-            )
-            statuses = [await settle(stub, a.dispatch_id) for a in accepted]
-            elapsed = time.monotonic() - started
+        statuses = await login_codes(make_app, tmp_path, providers, 8, senders=8, retry_attempts=1)
     finally:
         await gateway.stop()
+    elapsed = time.monotonic() - started
 
     # Then all go by SMS, each at its first attempt (waiting is not failing), spread over ~2 s
     assert all(s.state == pb.DISPATCH_STATE_DELIVERED for s in statuses)
