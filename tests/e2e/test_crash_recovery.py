@@ -32,23 +32,25 @@ class DedupingReceiver:
     def __init__(self) -> None:
         self.applied: dict[str, set[str]] = defaultdict(set)  # message id -> idempotency keys
         self.raw_posts = 0
+        self.arrivals: list[float] = []  # when each post arrived (monotonic)
 
     async def __call__(self, request: Received) -> web.StreamResponse:
         self.raw_posts += 1
+        self.arrivals.append(request.at)
         await asyncio.sleep(0.004)  # a provider that takes a few ms, so sends are in flight
         self.applied[request.json()["message_id"]].add(request.headers["Idempotency-Key"])
         return web.json_response({"id": request.headers["Idempotency-Key"]})
 
 
-async def test_kill_9_while_delivering_then_restart_delivers_every_message_exactly_once(
-    require_redis_binary, tmp_path: Path
-):
+async def kill_9_mid_delivery(
+    tmp_path: Path, providers_yaml: str, messages: int, receiver: DedupingReceiver
+) -> None:
+    """Dispatch `messages` through a sidecar on a private Redis, kill -9 it once 50 are
+    delivered, start another on the same Redis, and wait until every message arrived (plus a
+    claim timeout, for anything that should not)."""
     (tmp_path / "rules").mkdir()
     (tmp_path / "rules" / "event.yaml").write_text(RULES)
-    (tmp_path / "providers.yaml").write_text(
-        "webhook: {type: webhook, secret_env: HOOK_SECRET, timeout_s: 5}\n"
-    )
-    receiver = DedupingReceiver()
+    (tmp_path / "providers.yaml").write_text(providers_yaml)
     sink = await HttpSink(receiver).start()
     env = {"HOOK_SECRET": "s", "SD_CLAIM_TIMEOUT_S": "2"}
     with RedisServer.start_new() as redis_server:
@@ -75,25 +77,26 @@ async def test_kill_9_while_delivering_then_restart_delivers_every_message_exact
                             pb.DispatchRequest(message=decide.message, recipient=decide.recipient)
                         )
 
-                accepted = await asyncio.gather(*(dispatch(i) for i in range(MESSAGES)))
-            assert len({a.dispatch_id for a in accepted}) == MESSAGES
+                accepted = await asyncio.gather(*(dispatch(i) for i in range(messages)))
+            assert len({a.dispatch_id for a in accepted}) == messages
 
             # When the sidecar dies mid-delivery, without any chance to clean up
             async def some_delivered() -> bool:
-                return len(receiver.applied) >= 100
+                return len(receiver.applied) >= 50
 
             await eventually(some_delivered, 30, "first deliveries")
             first.send_signal(signal.SIGKILL)
             first.wait(timeout=10)
-            delivered_before = len(receiver.applied)
-            assert delivered_before < MESSAGES, "everything was delivered before the kill: nothing tested"
+            assert len(receiver.applied) < messages, (
+                "everything was delivered before the kill: nothing tested"
+            )
 
             # And a new sidecar starts on the same Redis
             second = spawn(*args, env=env)
             address_of(second)
 
             async def all_delivered() -> bool:
-                return len(receiver.applied) >= MESSAGES
+                return len(receiver.applied) >= messages
 
             await eventually(all_delivered, 120, "every message delivered after the restart")
             await asyncio.sleep(2.5)  # a claim timeout more: nothing else must arrive
@@ -103,8 +106,33 @@ async def test_kill_9_while_delivering_then_restart_delivers_every_message_exact
                     stop(process)
             await sink.stop()
 
+
+async def test_kill_9_while_delivering_then_restart_delivers_every_message_exactly_once(
+    require_redis_binary, tmp_path: Path
+):
+    receiver = DedupingReceiver()
+    await kill_9_mid_delivery(
+        tmp_path, "webhook: {type: webhook, secret_env: HOOK_SECRET, timeout_s: 5}\n", MESSAGES, receiver
+    )
+
     # Then every message was applied exactly once, each with one idempotency key
     assert sorted(receiver.applied) == sorted(f"m{i}" for i in range(MESSAGES))
     assert all(len(keys) == 1 for keys in receiver.applied.values())
     # Re-sends after the crash are at most the sends that were in flight when it died
     assert receiver.raw_posts - MESSAGES <= SENDERS
+
+
+async def test_kill_9_during_a_rate_limited_backlog_loses_nothing_and_keeps_the_rate(
+    require_redis_binary, tmp_path: Path
+):
+    # Given a provider allowed 100 sends a second (bursts of 10), 400 messages queued for it
+    receiver = DedupingReceiver()
+    providers = "webhook: {type: webhook, secret_env: HOOK_SECRET, timeout_s: 5, rate: 100/s, burst: 10}\n"
+    await kill_9_mid_delivery(tmp_path, providers, 400, receiver)
+
+    # Then every message was applied exactly once, and never faster than the rate
+    assert sorted(receiver.applied) == sorted(f"m{i}" for i in range(400))
+    assert all(len(keys) == 1 for keys in receiver.applied.values())
+    arrivals = sorted(receiver.arrivals)
+    for i in range(len(arrivals) - 110):  # any 110 consecutive sends span at least a second
+        assert arrivals[i + 109] - arrivals[i] >= 0.95
