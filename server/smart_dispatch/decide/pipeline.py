@@ -211,6 +211,7 @@ class Decider:
             case.behaviour,
             case.now.timestamp(),
             learning.half_life_s,
+            learning.cost,
         )
         scores = self._learned(case, draft, ranked)
         objective = draft.choose.objective if draft.choose is not None else ""

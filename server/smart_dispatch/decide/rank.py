@@ -1,27 +1,20 @@
 """Ranking candidate channels. Pure.
 
 Order: channels rules prefer (in firing order), then the recipient's own preferences, then
-learned engagement (opens and clicks per delivery on that channel), then cost (in-app and push
-are free, e-mail and WeChat cheap, SMS costs money). Denied channels, and any
-outside an `only` list, are removed.
+learned engagement (opens and clicks per delivery on that channel), then cost (the rules file's
+`channels:` costs, `Learning.cost`: in-app and push nearly free, e-mail and WeChat cheap, SMS
+costs money). Denied channels, and any outside an `only` list, are removed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Sequence
 
 from smart_dispatch.behaviour.base import DEFAULT_HALF_LIFE_S, Behaviour
 from smart_dispatch.decide.draft import PlanDraft
+from smart_dispatch.rules.model import Learning
 
-#: Relative cost per message; lower is tried first when nothing else decides.
-CHANNEL_COST: Mapping[str, float] = {
-    "in_app": 0.0,
-    "push": 0.1,
-    "email": 0.5,
-    "wechat": 0.5,
-    "webhook": 0.5,
-    "sms": 5.0,
-}
+_DEFAULTS = Learning()  # the default channel costs, for callers without a ruleset
 
 
 def rank_channels(
@@ -31,6 +24,7 @@ def rank_channels(
     behaviour: Behaviour | None = None,
     now_s: float | None = None,
     half_life_s: float = DEFAULT_HALF_LIFE_S,
+    cost: Callable[[str], float] = _DEFAULTS.cost,
 ) -> list[str]:
     learned = behaviour or Behaviour()
     eligible = [c for c in reachable if c not in draft.deny and (draft.only is None or c in draft.only)]
@@ -41,7 +35,7 @@ def rank_channels(
         rule_rank = rule_ranks.get(channel, len(draft.prefer))
         own_rank = own_ranks.get(channel, len(preferred))
         engagement = round(learned.stats(channel, now_s, half_life_s).engagement, 2)
-        return (rule_rank, own_rank, -engagement, CHANNEL_COST.get(channel, 1.0))
+        return (rule_rank, own_rank, -engagement, cost(channel))
 
     return sorted(eligible, key=key)
 
