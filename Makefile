@@ -54,6 +54,8 @@ bench: $(STAMP)
 	$(PY) bench/decide.py
 	$(PY) bench/counters.py
 	$(PY) bench/dispatch.py
+	$(PY) bench/dispatch.py --backlog 50000
+	$(PY) bench/batch.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache tests/interop/node/node_modules
