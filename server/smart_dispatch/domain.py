@@ -9,7 +9,10 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from smart_dispatch.rules.model import Digest
 
 #: The channels Smart Dispatch knows how to plan for. The set is open in the API (channels are
 #: strings) but a rule file or request naming a channel outside this set is rejected.
@@ -150,3 +153,5 @@ class Decision:
     escalate_after_s: float | None = None
     #: the delivery lane a dispatch of it is queued in (`LANES`)
     lane: str = "normal"
+    #: set when a rule collects the message into a digest (Dispatch only; Decide just says so)
+    digest: Digest | None = None

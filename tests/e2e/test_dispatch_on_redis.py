@@ -1,4 +1,5 @@
-"""The Dispatch end-to-end suite of test_dispatch.py again, with every store on a real Redis.
+"""The Dispatch end-to-end suites of test_dispatch.py and test_digest.py again, with every store
+on a real Redis.
 
 Same sidecar, same providers and faults; only the stores differ: claims come off the Redis
 stream with their records, retries and deferrals are promoted from the schedule by the store's
@@ -17,6 +18,8 @@ from smart_dispatch.app import App
 from smart_dispatch.config import Settings
 
 # The same tests, collected here once more: they get this module's `make_app` (Redis stores).
+from test_digest import *  # noqa: F403
+from test_digest import stub  # noqa: F401 - the fixture, built with this module's make_app
 from test_dispatch import *  # noqa: F403
 from test_dispatch import world  # noqa: F401 - the fixture, built with this module's make_app
 

@@ -608,3 +608,20 @@ def test_segment_by_names_the_attribute_the_prior_is_split_by(tmp_path):
 def test_a_lane_must_be_one_of_the_four():
     text = "rules:\n  - name: a\n    when: {category: otp}\n    then:\n      lane: urgent\n"
     _assert_error_at(text, "lane:", "lane must be one of critical, high, normal, bulk")
+
+
+@pytest.mark.parametrize(
+    ("digest", "fragment"),
+    [
+        ("{window: 0s}", "duration must be positive"),
+        ("{window: 8d}", "digest: window is from 1s to 7d"),
+        ("{key: a, window: 1h, keep: middle}", "digest: keep must be one of first, last, all"),
+        ("{key: 'a b', window: 1h}", "digest: key is a name"),
+        ("{key: a, window: 1h, max_items: 0}", "digest: max_items is a whole number from 1 to 1000"),
+        ("{key: a}", "window"),
+    ],
+)
+def test_invalid_digests_are_rejected_at_their_line(digest, fragment):
+    text = f"rules:\n  - name: a\n    when: {{category: otp}}\n    then:\n      digest: {digest}\n"
+    error = _error({"f.yaml": text})
+    assert error.line == 5 and fragment in error.problem, error

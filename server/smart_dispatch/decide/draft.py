@@ -14,7 +14,7 @@ from typing import Any
 
 from smart_dispatch.domain import AppliedEffect
 from smart_dispatch.rules.effects import EFFECTS
-from smart_dispatch.rules.model import Choose, OnCap, QuietHours, Rule, SendTime
+from smart_dispatch.rules.model import Choose, Digest, OnCap, QuietHours, Rule, SendTime
 
 
 @dataclass(slots=True)
@@ -34,6 +34,7 @@ class PlanDraft:
     send_time: SendTime | None = None
     min_expected_engagement: float | None = None
     lane: str | None = None
+    digest: Digest | None = None
     #: effect name -> the rule that set it (for reasons)
     source: dict[str, str] = field(default_factory=dict)
     #: every effect that changed the draft, in the order applied

@@ -393,6 +393,7 @@ def _decision(
         explanation=explanation,
         escalate_after_s=outcome.draft.escalate_after if len(outcome.steps) > 1 else None,
         lane=outcome.draft.lane or default_lane(request.message.category, request.bulk),
+        digest=outcome.draft.digest if outcome.verdict is not Verdict.SUPPRESS else None,
     )
 
 

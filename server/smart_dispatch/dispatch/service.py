@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 from smart_dispatch.decide.pipeline import Decider
 from smart_dispatch.dispatch.model import DispatchRecord, DispatchState
 from smart_dispatch.dispatch.store import DispatchStore
-from smart_dispatch.domain import DecideRequest, Decision, Verdict
+from smart_dispatch.domain import DecideRequest, Decision, Message, Reason, Verdict
 from smart_dispatch.errors import ConflictError, InvalidRequestError, NotFoundError
 from smart_dispatch.events import EventRecorder, ReportedEvent
+from smart_dispatch.rules.model import Digest
 
 _CANCELLABLE = frozenset({DispatchState.QUEUED, DispatchState.SCHEDULED, DispatchState.WAITING_ENGAGEMENT})
 _UPDATE_TRIES = 5
+_DIGEST_TRIES = 20  # digests of one window (each full one opens the next), conflicts included
 
 
 class Dispatcher:
@@ -39,6 +42,8 @@ class Dispatcher:
         decision = await self._decider.decide(
             DecideRequest(request.message, request.recipient, bulk=request.bulk)
         )
+        if decision.digest is not None:
+            return await self._into_digest(request, decision, decision.digest)
         now = self._clock()
         state = {
             Verdict.SEND: DispatchState.QUEUED,
@@ -56,6 +61,65 @@ class Dispatcher:
         ).moved(state, now, f"accepted: {decision.verdict.value} ({detail})")
         stored, created = await self._store.create(record)
         return stored, (decision if created else None), not created
+
+    async def _into_digest(
+        self, request: DecideRequest, decision: Decision, digest: Digest
+    ) -> tuple[DispatchRecord, Decision | None, bool]:
+        """Fold the message into its person's open digest for `digest.key`: ONE dispatch per
+        fixed window (message id `digest:<user>:<key>:<window>:<n>`), sent when the window ends,
+        or at once when it holds `max_items` (keep all), the next message then opening digest
+        n + 1. The digest is decided again when it goes (deny list, quiet hours, its caps: it
+        counts once), so the message's own cap reservation is given back here. Returns the
+        digest's record; a message already in the digest is a duplicate."""
+        message, user = request.message, request.recipient.user_id
+        now = self._clock()
+        window = int(now.timestamp() // digest.window_s)
+        ends = datetime.fromtimestamp((window + 1) * digest.window_s, UTC)
+        item = {**dict(message.data), "message_id": message.id, "at": now.isoformat()}
+        key = digest.key or message.category
+        note = Reason("digested", "", f"into the {key} digest going at {ends.isoformat()}")
+        decided = replace(decision, reasons=(*decision.reasons, note))
+        await self._events.refund(user, message.id)
+        for n in range(_DIGEST_TRIES):
+            digest_id = f"digest:{user}:{key}:{window}:{n}"
+            current = await self._store.get_by_message(digest_id)
+            if current is None:
+                stored, created = await self._store.create(
+                    self._new_digest(request, decision, digest_id, item, ends)
+                )
+                if not created:
+                    continue  # opened meanwhile: read it again
+                if digest.max_items == 1 and digest.keep == "all":
+                    queued = stored.moved(DispatchState.QUEUED, now, "digest full")
+                    stored = await self._store.update(queued, stored.version, run_at=now) or stored
+                return stored, decided, False
+            if any(i.get("message_id") == message.id for i in current.message.data.get("items", ())):
+                return current, None, True
+            if current.state is not DispatchState.SCHEDULED:
+                continue  # sent, cancelled or full: the next digest of this window
+            folded = _folded(current, item, digest)
+            full = folded.message.data["count"] >= digest.max_items and digest.keep == "all"
+            changed = folded.moved(DispatchState.QUEUED, now, "digest full") if full else folded
+            stored_or_none = await self._store.update(changed, current.version, run_at=now if full else ends)
+            if stored_or_none is not None:
+                return stored_or_none, decided, False
+        raise ConflictError(f"the {key} digest of {user} kept changing; try again")
+
+    def _new_digest(
+        self, request: DecideRequest, decision: Decision, digest_id: str, item: dict[str, Any], ends: datetime
+    ) -> DispatchRecord:
+        message = request.message
+        data = {"items": [item], "count": 1, "text": f"1 new {message.category} message"}
+        now = self._clock()
+        record = DispatchRecord(
+            dispatch_id=uuid.uuid4().hex,
+            message=Message(digest_id, message.category, dict(message.labels), message.template, data),
+            recipient=request.recipient,
+            state=DispatchState.SCHEDULED,
+            created_at=now,
+            **(_plan_of(decision) | {"send_at": ends, "redecide": True}),
+        )
+        return record.moved(DispatchState.SCHEDULED, now, f"digest opened; goes at {ends.isoformat()}")
 
     async def get(self, dispatch_id: str = "", message_id: str = "") -> DispatchRecord:
         if dispatch_id:
@@ -142,6 +206,18 @@ class Dispatcher:
             )
             if await self._store.update(done, record.version, unschedule=True) is not None:
                 return
+
+
+def _folded(record: DispatchRecord, item: dict[str, Any], digest: Digest) -> DispatchRecord:
+    """The digest with `item` added: every item counted; carried as `keep` says, at most
+    `max_items` of them."""
+    data = dict(record.message.data)
+    items = [*data.get("items", ()), item]
+    if len(items) > digest.max_items:
+        items = items[-digest.max_items :] if digest.keep == "last" else items[: digest.max_items]
+    count = int(data.get("count", 0)) + 1
+    data.update(items=items, count=count, text=f"{count} new {record.message.category} messages")
+    return replace(record, message=replace(record.message, data=data))
 
 
 def _plan_of(decision: Decision) -> dict[str, Any]:

@@ -23,7 +23,17 @@ from datetime import time
 from typing import Any, Literal, Protocol, get_args
 
 from smart_dispatch.domain import KNOWN_CHANNELS, LANES
-from smart_dispatch.rules.model import Choose, Explore, Objective, OnCap, QuietHours, QuietPolicy, SendTime
+from smart_dispatch.rules.model import (
+    Choose,
+    Digest,
+    Explore,
+    Keep,
+    Objective,
+    OnCap,
+    QuietHours,
+    QuietPolicy,
+    SendTime,
+)
 from smart_dispatch.rules.yaml_lines import LineDict
 
 Merge = Literal["concat", "union", "intersect", "first"]
@@ -165,6 +175,25 @@ def _lane(value: Any, line: int, context: EffectContext) -> str:
     return value  # type: ignore[no-any-return]
 
 
+def _digest(value: Any, line: int, context: EffectContext) -> Digest:
+    fail = context.fail
+    spec = mapping(value, line, "digest", fail)
+    no_unknown_keys(spec, frozenset({"key", "window", "max_items", "keep"}), "digest", fail)
+    key = spec.get("key", "")
+    if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{0,64}", key):
+        raise fail(spec.line_of("key"), "digest: key is a name (letters, digits, _ . -; at most 64)")
+    window = parse_duration(required(spec, "window", fail), spec.line_of("window"), fail)
+    if not 1 <= window <= 7 * 86400:
+        raise fail(spec.line_of("window"), "digest: window is from 1s to 7d")
+    max_items = spec.get("max_items", 10)
+    if isinstance(max_items, bool) or not isinstance(max_items, int) or not 1 <= max_items <= 1000:
+        raise fail(spec.line_of("max_items"), "digest: max_items is a whole number from 1 to 1000")
+    keep = spec.get("keep", "all")
+    if keep not in get_args(Keep):
+        raise fail(spec.line_of("keep"), f"digest: keep must be one of {', '.join(get_args(Keep))}")
+    return Digest(key, window, max_items, keep)
+
+
 def _suppress(value: Any, line: int, context: EffectContext) -> str:
     if not isinstance(value, str) or not value:
         raise context.fail(line, "suppress takes a reason string")
@@ -243,6 +272,7 @@ EFFECTS: tuple[EffectKind, ...] = (
     EffectKind("fallback", _channels, "first"),
     EffectKind("escalate_after", _duration, "first"),
     EffectKind("lane", _lane, "first"),
+    EffectKind("digest", _digest, "first"),
     EffectKind("choose", _choose, "first", learned=True),
     EffectKind("send_time", _send_time, "first", learned=True),
     EffectKind("min_expected_engagement", _probability("min_expected_engagement"), "first", learned=True),

@@ -13,6 +13,7 @@ OnCap = Literal["defer", "next_channel", "drop"]
 QuietPolicy = Literal["defer", "drop"]
 Objective = Literal["value", "cheapest_within"]
 Explore = Literal["thompson", "none"]
+Keep = Literal["first", "last", "all"]
 #: Relative cost per message of a channel the rule files give no cost: free in-app and push,
 #: cheap e-mail, WeChat and webhooks, SMS costs money.
 DEFAULT_CHANNEL_COSTS: Mapping[str, float] = {
@@ -65,6 +66,19 @@ class Learning:
 
 
 @dataclass(frozen=True, slots=True)
+class Digest:
+    """The `digest` effect: messages for one person and `key` within a window of `window_s`
+    (fixed windows, aligned to the epoch) go out as ONE message when the window ends, or at once
+    when `max_items` were collected. `keep`: which items the message carries when more came
+    (first, last; all: the digest goes as soon as it holds `max_items`)."""
+
+    key: str
+    window_s: float
+    max_items: int = 10
+    keep: Keep = "all"
+
+
+@dataclass(frozen=True, slots=True)
 class Choose:
     """The `choose` effect: pick the channel by learned engagement within what rules allow.
     `objective` value: maximise P(engage) x value(category) - cost(channel); cheapest_within: the
@@ -108,6 +122,7 @@ class Effects:
     min_expected_engagement: float | None = None
     #: the delivery lane (domain.LANES); unset: by category (domain.default_lane)
     lane: str | None = None
+    digest: Digest | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,95 @@
+"""Digests over gRPC: messages for one person and key within a window go out as ONE message
+with every item (template data `items`, `count`), at the window's end or at once when full; the
+same message twice is folded once."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from decide_builders import decide_request
+from google.protobuf import json_format
+from smart_dispatch._proto.smartdispatch.v1 import smart_dispatch_pb2 as pb
+from smart_dispatch._proto.smartdispatch.v1 import smart_dispatch_pb2_grpc as pb_grpc
+
+from tests.support.waiting import eventually
+
+WINDOW_S = 4
+RULES = f"""
+categories: [comment]
+rules:
+  - name: comments_digest
+    when: {{category: comment}}
+    then: {{prefer: [in_app], digest: {{key: comments, window: {WINDOW_S}s, max_items: 3}}}}
+"""
+
+
+@pytest.fixture
+async def stub(make_app, tmp_path: Path) -> AsyncIterator[pb_grpc.SmartDispatchServiceStub]:
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "rules.yaml").write_text(RULES)
+    providers = tmp_path / "providers.yaml"
+    providers.write_text("in_app: {type: inbox}\n")
+    app = make_app(rules_dir=tmp_path / "rules", providers_file=providers, senders=2)
+    async with app, grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        yield pb_grpc.SmartDispatchServiceStub(channel)
+
+
+async def start_of_a_window() -> None:
+    """Windows are fixed (aligned to the epoch): begin where a whole one is ahead."""
+    into = time.time() % WINDOW_S
+    if into > 0.5:
+        await asyncio.sleep(WINDOW_S - into + 0.01)
+
+
+async def comment(stub, user: str, message_id: str, text: str) -> pb.DispatchResponse:
+    decide = decide_request(
+        "comment", user=user, message_id=message_id, addresses={"in_app": f"inbox-{user}"}
+    )
+    decide.message.data.update({"text": text})
+    return await stub.Dispatch(pb.DispatchRequest(message=decide.message, recipient=decide.recipient))
+
+
+async def inbox(stub, user: str) -> list[pb.InboxItem]:
+    return list((await stub.ListInbox(pb.ListInboxRequest(inbox_id=f"inbox-{user}"))).items)
+
+
+async def test_comments_in_one_window_arrive_as_one_message_when_it_ends(stub):
+    await start_of_a_window()
+    first = await comment(stub, "ada", "c1", "Nice photo")
+    second = await comment(stub, "ada", "c2", "Where was this?")
+    again = await comment(stub, "ada", "c2", "Where was this?")
+
+    # One digest holds both (the repeat of c2 is a duplicate), and nothing goes before the end
+    assert first.dispatch_id == second.dispatch_id == again.dispatch_id and again.duplicate
+    assert second.status.state == pb.DISPATCH_STATE_SCHEDULED
+    assert "digested" in [r.code for r in second.decision.reasons]
+    assert await inbox(stub, "ada") == []
+
+    async def delivered() -> list[pb.InboxItem]:
+        return await inbox(stub, "ada")
+
+    [item] = await eventually(delivered, WINDOW_S + 5, "the digest")
+    data = json_format.MessageToDict(item.data)
+    assert (data["count"], [i["message_id"] for i in data["items"]]) == (2, ["c1", "c2"])
+    assert [i["text"] for i in data["items"]] == ["Nice photo", "Where was this?"]
+    assert item.text == "2 new comment messages"
+
+
+async def test_a_full_digest_goes_at_once_and_the_next_message_opens_another(stub):
+    await start_of_a_window()
+    sent = [await comment(stub, "bob", f"b{i}", f"comment {i}") for i in range(4)]
+
+    assert len({s.dispatch_id for s in sent[:3]}) == 1 and sent[3].dispatch_id != sent[0].dispatch_id
+
+    async def full_one_delivered() -> list[pb.InboxItem]:
+        return await inbox(stub, "bob")
+
+    items = await eventually(full_one_delivered, 2, "the full digest, before the window ends")
+    assert json_format.MessageToDict(items[0].data)["count"] == 3
+    status = (await stub.GetDispatch(pb.GetDispatchRequest(dispatch_id=sent[3].dispatch_id))).status
+    assert status.state == pb.DISPATCH_STATE_SCHEDULED  # the fourth waits for the window's end
