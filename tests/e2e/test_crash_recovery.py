@@ -12,6 +12,7 @@ import grpc
 import pytest
 from aiohttp import web
 from decide_builders import decide_request
+from google.protobuf import json_format
 from smart_dispatch._proto.smartdispatch.v1 import smart_dispatch_pb2 as pb
 from smart_dispatch._proto.smartdispatch.v1 import smart_dispatch_pb2_grpc as pb_grpc
 
@@ -136,3 +137,57 @@ async def test_kill_9_during_a_rate_limited_backlog_loses_nothing_and_keeps_the_
     arrivals = sorted(receiver.arrivals)
     for i in range(len(arrivals) - 110):  # any 110 consecutive sends span at least a second
         assert arrivals[i + 109] - arrivals[i] >= 0.95
+
+
+async def test_kill_9_during_a_digest_window_then_restart_sends_the_digest_once(
+    require_redis_binary, tmp_path: Path
+):
+    # Given comments collected into a 3 s digest on Redis, and the sidecar killed before it goes
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "comments.yaml").write_text(
+        "categories: [comment]\nrules:\n  - name: digest\n    when: {category: comment}\n"
+        "    then: {prefer: [in_app], digest: {key: comments, window: 3s, max_items: 50}}\n"
+    )
+    (tmp_path / "providers.yaml").write_text("in_app: {type: inbox}\n")
+    with RedisServer.start_new() as redis_server:
+        args = ("--rules", str(tmp_path / "rules"), "--store", redis_server.url,
+                "--providers", str(tmp_path / "providers.yaml"))  # fmt: skip
+        first = spawn(*args)
+        second = None
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{address_of(first)}") as channel:
+                stub = pb_grpc.SmartDispatchServiceStub(channel)
+                accepted = []
+                for i in range(3):
+                    decide = decide_request(
+                        "comment", user="ada", message_id=f"c{i}", addresses={"in_app": "inbox-ada"}
+                    )
+                    accepted.append(
+                        await stub.Dispatch(
+                            pb.DispatchRequest(message=decide.message, recipient=decide.recipient)
+                        )
+                    )
+            first.send_signal(signal.SIGKILL)
+            first.wait(timeout=10)
+            digests = {a.dispatch_id for a in accepted}
+
+            # When a new sidecar starts on the same Redis
+            second = spawn(*args)
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{address_of(second)}") as channel:
+                stub = pb_grpc.SmartDispatchServiceStub(channel)
+
+                async def delivered() -> list[pb.InboxItem]:
+                    return list((await stub.ListInbox(pb.ListInboxRequest(inbox_id="inbox-ada"))).items)
+
+                items = await eventually(delivered, 20, "the digest after the restart")
+                await asyncio.sleep(1.0)
+                items = await delivered()
+        finally:
+            for process in (first, second):
+                if process is not None:
+                    stop(process)
+
+    # Then the three comments (possibly across two windows) arrive, each exactly once
+    carried = [i["message_id"] for item in items for i in json_format.MessageToDict(item.data)["items"]]
+    assert sorted(carried) == ["c0", "c1", "c2"]
+    assert len(items) == len(digests)
