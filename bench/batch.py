@@ -25,7 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
-from benchlib import MALLOC_ENV, forget_keys  # noqa: E402
+from benchlib import MALLOC_ENV, batch_body, forget_keys  # noqa: E402
 
 DECIDE = "/smartdispatch.v1.SmartDispatchService/Decide"
 DECIDE_BATCH = "/smartdispatch.v1.SmartDispatchService/DecideBatch"
@@ -79,22 +79,11 @@ async def batched(channel, payloads: list[bytes], size: int, seconds: float) -> 
         for chunk in chunks:
             if time.monotonic() > deadline:
                 return
-            # DecideBatchRequest: field 1, repeated DecideRequest (length-delimited)
-            body = b"".join(b"\x0a" + _varint(len(p)) + p for p in chunk)
-            await call(body, timeout=60)
+            await call(batch_body(chunk), timeout=60)
             done += len(chunk)
 
     await asyncio.gather(*(loop() for _ in range(2)))
     return done
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
 async def run(args: argparse.Namespace) -> int:

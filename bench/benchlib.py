@@ -17,6 +17,24 @@ ROOT = Path(__file__).resolve().parent.parent
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "1048576", "MALLOC_TRIM_THRESHOLD_": "268435456"}
 
 
+def batch_body(payloads: list[bytes]) -> bytes:
+    """A DecideBatchRequest / DispatchBatchRequest of pre-serialized requests: each one is the
+    repeated field 1, length-delimited, so the batch is their framed concatenation."""
+    out = bytearray()
+    for payload in payloads:
+        out += b"\x0a" + _varint(len(payload)) + payload
+    return bytes(out)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
 def machine_busy_s() -> float:
     """CPU seconds since boot spent in user processes, or stolen by the hypervisor, on the whole
     machine (Linux /proc). Left out: interrupts and kernel threads (kworkers, ksoftirqd), whose

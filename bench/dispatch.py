@@ -69,10 +69,11 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from benchlib import MALLOC_ENV, forget_keys, launch, machine_busy_s
+from benchlib import MALLOC_ENV, batch_body, forget_keys, launch, machine_busy_s
 
 ROOT = Path(__file__).resolve().parent.parent
 DISPATCH_METHOD = "/smartdispatch.v1.SmartDispatchService/Dispatch"
+DISPATCH_BATCH_METHOD = "/smartdispatch.v1.SmartDispatchService/DispatchBatch"
 # Same values as the Makefile: durable-rules' throughput is bimodal without them.
 TARGET_PER_S = 2000.0
 RULES = "categories: [event]\nrules:\n  - {name: hook, when: {category: event}, then: {prefer: [webhook]}}\n"
@@ -484,6 +485,36 @@ async def dispatch_all(call: Any, payloads: list[bytes], concurrency: int) -> Ac
     return done
 
 
+async def dispatch_batches(call: Any, payloads: list[bytes], size: int, in_flight: int = 2) -> Accepted:
+    """Every payload through DispatchBatch, `size` a call, `in_flight` calls at once; each
+    message's accept latency is its batch's."""
+    import grpc
+
+    n = len(payloads)
+    done = Accepted([float("nan")] * n, [float("nan")] * n, [""] * n, Counter())
+    chunks = iter(range(0, n, size))
+
+    async def caller() -> None:
+        for first in chunks:
+            start = time.monotonic()
+            try:
+                reply = await call(batch_body(payloads[first : first + size]), timeout=120)
+            except grpc.aio.AioRpcError as exc:
+                done.errors[f"{exc.code().name}: {exc.details()}"[:160]] += min(size, n - first)
+                continue
+            end = time.monotonic()
+            for offset, result in enumerate(reply.results):
+                i = first + offset
+                done.starts[i], done.ends[i] = start, end
+                if result.WhichOneof("result") == "error":
+                    done.errors[f"{result.error.code}: {result.error.message}"[:160]] += 1
+                else:
+                    done.dispatch_ids[i] = result.dispatch.dispatch_id
+
+    await asyncio.gather(*(caller() for _ in range(in_flight)))
+    return done
+
+
 # ----------------------------------------------------------------------------- measurement
 
 
@@ -542,7 +573,10 @@ async def run_pipeline(
     cpu0 = {name: cpu_s(pid) for name, pid in pids.items() if pid}
     loop0, bench0, machine0 = cpu_s(sidecar.pid, sidecar.pid), time.process_time(), machine_busy_s()
     t0 = time.monotonic()
-    accepted = await dispatch_all(setup.call, payloads, args.concurrency)
+    if args.batch:
+        accepted = await dispatch_batches(setup.call, payloads, args.batch)
+    else:
+        accepted = await dispatch_all(setup.call, payloads, args.concurrency)
     expected = sum(1 for dispatch_id in accepted.dispatch_ids if dispatch_id)
     await wait_for_deliveries(sink, expected, timeout_s=30 + count / 100)
     wall = time.monotonic() - t0
@@ -794,6 +828,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=Path,
         help="after the rounds, one more round with py-spy on the sidecar; output here",
     )
+    add(
+        "--batch",
+        type=int,
+        default=0,
+        help="dispatch through DispatchBatch calls of this many (default: single calls)",
+    )
     add("--backlog", type=int, default=0, help="lanes mode: marketing messages queued ahead (e.g. 50000)")
     add("--otps", type=int, default=200, help="lanes mode: login codes timed, idle and behind the backlog")
     add("--sink-delay-ms", type=float, default=20.0, help="lanes mode: the sink's answer delay (default 20)")
@@ -1009,8 +1049,14 @@ async def run_setting(
     sidecar, address = start_sidecar(senders, store_url, workdir, env, cpus)
     try:
         async with grpc.aio.insecure_channel(address, options=[("grpc.enable_http_proxy", 0)]) as channel:
-            setup.call = channel.unary_unary(
-                DISPATCH_METHOD, response_deserializer=pb.DispatchResponse.FromString
+            setup.call = (
+                channel.unary_unary(
+                    DISPATCH_BATCH_METHOD, response_deserializer=pb.DispatchBatchResponse.FromString
+                )
+                if args.batch
+                else channel.unary_unary(
+                    DISPATCH_METHOD, response_deserializer=pb.DispatchResponse.FromString
+                )
             )
             print(f"\n--senders {senders}: sidecar pid {sidecar.pid} at {address}")
             accepted, ids, arrivals, busy = await run_pipeline(
