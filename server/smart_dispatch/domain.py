@@ -155,3 +155,5 @@ class Decision:
     lane: str = "normal"
     #: set when a rule collects the message into a digest (Dispatch only; Decide just says so)
     digest: Digest | None = None
+    #: over a cap with `on_cap: digest`: folded with the others into one message at this instant
+    digest_until: datetime | None = None

@@ -93,3 +93,47 @@ async def test_a_full_digest_goes_at_once_and_the_next_message_opens_another(stu
     assert json_format.MessageToDict(items[0].data)["count"] == 3
     status = (await stub.GetDispatch(pb.GetDispatchRequest(dispatch_id=sent[3].dispatch_id))).status
     assert status.state == pb.DISPATCH_STATE_SCHEDULED  # the fourth waits for the window's end
+
+
+CAPPED = """
+categories: [promo]
+caps:
+  - {name: promo_burst, limit: 1, window: 3s}
+rules:
+  - name: promo_capped
+    when: {category: promo}
+    then: {prefer: [in_app], caps: [promo_burst], on_cap: digest}
+"""
+
+
+async def test_messages_over_a_cap_go_together_when_it_has_room_again(make_app, tmp_path: Path):
+    # Given a cap of one promo in 3 s, whose overflow is folded into one message
+    (tmp_path / "capped").mkdir()
+    (tmp_path / "capped" / "rules.yaml").write_text(CAPPED)
+    providers = tmp_path / "providers.yaml"
+    providers.write_text("in_app: {type: inbox}\n")
+    app = make_app(rules_dir=tmp_path / "capped", providers_file=providers, senders=2)
+    async with app, grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        stub = pb_grpc.SmartDispatchServiceStub(channel)
+
+        async def promo(message_id: str) -> pb.DispatchResponse:
+            decide = decide_request(
+                "promo", user="cy", message_id=message_id, addresses={"in_app": "inbox-cy"}
+            )
+            decide.message.data.update({"text": message_id})
+            return await stub.Dispatch(pb.DispatchRequest(message=decide.message, recipient=decide.recipient))
+
+        first, second, third = await promo("p1"), await promo("p2"), await promo("p3")
+
+        # Then the first goes now; the others wait together for the cap, as one dispatch
+        assert first.status.state != pb.DISPATCH_STATE_SCHEDULED
+        assert second.dispatch_id == third.dispatch_id != first.dispatch_id
+        assert "digest_by_cap" in [r.code for r in second.decision.reasons]
+
+        async def two_arrived() -> list[pb.InboxItem]:
+            items = list((await stub.ListInbox(pb.ListInboxRequest(inbox_id="inbox-cy"))).items)
+            return items if len(items) == 2 else []
+
+        items = await eventually(two_arrived, 10, "the promo and then the folded two")
+    counts = sorted(json_format.MessageToDict(i.data).get("count", 1) for i in items)
+    assert counts == [1, 2]

@@ -35,11 +35,13 @@ class FailurePolicy:
 
 @dataclass(frozen=True, slots=True)
 class Placement:
-    """The chosen channel and instant; `channel is None` means suppress."""
+    """The chosen channel and instant; `channel is None` means suppress; `digest`: over a cap,
+    to be folded with the others into one message at `send_at` (`on_cap: digest`)."""
 
     channel: str | None
     send_at: datetime | None
     deferred: bool
+    digest: bool = False
 
 
 class CapStep:
@@ -95,9 +97,27 @@ class CapStep:
             return await self._next_free(
                 request, draft, candidates, options, outcome, send_at, deferred, zone, trace
             )
+        if draft.on_cap == "digest":
+            return self._digest(draft, candidates[0], outcome, zone, trace)
         if draft.on_cap != "defer":
             return Placement(None, None, False)
         return await self._deferred(request, draft, candidates[0], options[0], outcome, zone, trace)
+
+    def _digest(
+        self, draft: PlanDraft, channel: str, outcome: ReserveOutcome, zone: ZoneInfo, trace: Trace
+    ) -> Placement:
+        """`on_cap: digest`: nothing is reserved; the message waits, with every other one over
+        the cap, for the instant the cap has room again (moved past quiet hours), to go as ONE
+        message then (the dispatcher folds them: `Decision.digest_until`)."""
+        retry_s = outcome.options[0].retry_at_s
+        assert retry_s is not None, "a refused option always has a retry instant"
+        when = after_quiet_hours(datetime.fromtimestamp(retry_s, UTC), zone, draft, trace)
+        if when is None:
+            return Placement(None, None, False)
+        trace.add(
+            R.DIGEST_BY_CAP, draft.source.get("on_cap", ""), f"with the others until {when.isoformat()}"
+        )
+        return Placement(channel, when, True, digest=True)
 
     async def _next_free(
         self,

@@ -89,6 +89,7 @@ class _Outcome:
     ranked: list[str] = field(default_factory=list)
     learned: tuple[str, ...] = ()
     send_times: tuple[str, ...] = ()
+    digest_until: datetime | None = None  # on_cap: digest
 
 
 class Decider:
@@ -271,7 +272,8 @@ class Decider:
         channels = [chosen, *fallback_channels(chosen, ranked, draft)]
         steps = [PlanStep(c, recipient.addresses[c], placed.send_at) for c in channels]
         verdict = Verdict.DEFER if placed.deferred else Verdict.SEND
-        return _Outcome(verdict, steps, placed.send_at, trace, draft, ranked, learned, send_times)
+        until = placed.send_at if placed.digest else None
+        return _Outcome(verdict, steps, placed.send_at, trace, draft, ranked, learned, send_times, until)
 
     def _send_times(self, case: _Case, draft: PlanDraft, earliest: datetime) -> list[SlotScore]:
         """The `send_time` effect's candidate hours, best first (outside quiet hours only)."""
@@ -394,6 +396,7 @@ def _decision(
         escalate_after_s=outcome.draft.escalate_after if len(outcome.steps) > 1 else None,
         lane=outcome.draft.lane or default_lane(request.message.category, request.bulk),
         digest=outcome.draft.digest if outcome.verdict is not Verdict.SUPPRESS else None,
+        digest_until=outcome.digest_until,
     )
 
 

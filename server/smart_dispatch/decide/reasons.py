@@ -4,6 +4,7 @@ CHANNEL_SELECTED = "channel_selected"  # rule/ranking chose the first step's cha
 QUIET_HOURS = "quiet_hours"  # deferred (or dropped) because of the recipient's quiet hours
 CAP_EXCEEDED = "cap_exceeded"  # a frequency cap was full for a channel
 DEFERRED_BY_CAP = "deferred_by_cap"  # deferred until every cap has room again
+DIGEST_BY_CAP = "digest_by_cap"  # over a cap: folded into one message when the cap has room again
 EXPIRED = "expired"  # could not go out before message.not_after
 DENY_LISTED = "deny_listed"  # recipient is on the deny list
 ALLOW_LISTED = "allow_listed"  # recipient is on the allow list: caps bypassed

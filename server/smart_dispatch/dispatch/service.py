@@ -43,7 +43,17 @@ class Dispatcher:
             DecideRequest(request.message, request.recipient, bulk=request.bulk)
         )
         if decision.digest is not None:
-            return await self._into_digest(request, decision, decision.digest)
+            digest = decision.digest
+            window = int(self._clock().timestamp() // digest.window_s)
+            ends = datetime.fromtimestamp((window + 1) * digest.window_s, UTC)
+            key = digest.key or request.message.category
+            return await self._into_digest(request, decision, f"{key}:{window}", ends, digest)
+        if decision.digest_until is not None:  # over a cap: one message when it has room again
+            until = decision.digest_until
+            over_cap = Digest(f"cap-{request.message.category}", 1.0, 1000, "all")
+            return await self._into_digest(
+                request, decision, f"{over_cap.key}:{int(until.timestamp())}", until, over_cap
+            )
         now = self._clock()
         state = {
             Verdict.SEND: DispatchState.QUEUED,
@@ -63,25 +73,23 @@ class Dispatcher:
         return stored, (decision if created else None), not created
 
     async def _into_digest(
-        self, request: DecideRequest, decision: Decision, digest: Digest
+        self, request: DecideRequest, decision: Decision, name: str, ends: datetime, digest: Digest
     ) -> tuple[DispatchRecord, Decision | None, bool]:
-        """Fold the message into its person's open digest for `digest.key`: ONE dispatch per
-        fixed window (message id `digest:<user>:<key>:<window>:<n>`), sent when the window ends,
-        or at once when it holds `max_items` (keep all), the next message then opening digest
-        n + 1. The digest is decided again when it goes (deny list, quiet hours, its caps: it
-        counts once), so the message's own cap reservation is given back here. Returns the
+        """Fold the message into its person's open digest `name` (`<key>:<window>`; over a cap
+        `cap-<category>:<instant>`): ONE dispatch (message id `digest:<user>:<name>:<n>`) sent at
+        `ends`, or at once when it holds `max_items` (keep all), the next message then opening
+        digest n + 1. The digest is decided again when it goes (deny list, quiet hours, its caps:
+        it counts once), so the message's own cap reservation is given back here. Returns the
         digest's record; a message already in the digest is a duplicate."""
         message, user = request.message, request.recipient.user_id
         now = self._clock()
-        window = int(now.timestamp() // digest.window_s)
-        ends = datetime.fromtimestamp((window + 1) * digest.window_s, UTC)
         item = {**dict(message.data), "message_id": message.id, "at": now.isoformat()}
-        key = digest.key or message.category
+        key = name.split(":", 1)[0]
         note = Reason("digested", "", f"into the {key} digest going at {ends.isoformat()}")
         decided = replace(decision, reasons=(*decision.reasons, note))
         await self._events.refund(user, message.id)
         for n in range(_DIGEST_TRIES):
-            digest_id = f"digest:{user}:{key}:{window}:{n}"
+            digest_id = f"digest:{user}:{name}:{n}"
             current = await self._store.get_by_message(digest_id)
             if current is None:
                 stored, created = await self._store.create(

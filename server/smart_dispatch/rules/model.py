@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from smart_dispatch.counters.base import CapSpec
 
-OnCap = Literal["defer", "next_channel", "drop"]
+OnCap = Literal["defer", "next_channel", "drop", "digest"]
 QuietPolicy = Literal["defer", "drop"]
 Objective = Literal["value", "cheapest_within"]
 Explore = Literal["thompson", "none"]
