@@ -5,6 +5,7 @@ same message twice is folded once."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -28,15 +29,23 @@ rules:
 """
 
 
-@pytest.fixture
-async def stub(make_app, tmp_path: Path) -> AsyncIterator[pb_grpc.SmartDispatchServiceStub]:
-    (tmp_path / "rules").mkdir()
-    (tmp_path / "rules" / "rules.yaml").write_text(RULES)
+@contextlib.asynccontextmanager
+async def serving(make_app, tmp_path: Path, rules: str) -> AsyncIterator[pb_grpc.SmartDispatchServiceStub]:
+    """A sidecar with these rules and the in-app inbox as its only provider."""
+    directory = tmp_path / "rules"
+    directory.mkdir()
+    (directory / "rules.yaml").write_text(rules)
     providers = tmp_path / "providers.yaml"
     providers.write_text("in_app: {type: inbox}\n")
-    app = make_app(rules_dir=tmp_path / "rules", providers_file=providers, senders=2)
+    app = make_app(rules_dir=directory, providers_file=providers, senders=2)
     async with app, grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
         yield pb_grpc.SmartDispatchServiceStub(channel)
+
+
+@pytest.fixture
+async def stub(make_app, tmp_path: Path) -> AsyncIterator[pb_grpc.SmartDispatchServiceStub]:
+    async with serving(make_app, tmp_path, RULES) as running:
+        yield running
 
 
 async def start_of_a_window() -> None:
@@ -108,13 +117,7 @@ rules:
 
 async def test_messages_over_a_cap_go_together_when_it_has_room_again(make_app, tmp_path: Path):
     # Given a cap of one promo in 3 s, whose overflow is folded into one message
-    (tmp_path / "capped").mkdir()
-    (tmp_path / "capped" / "rules.yaml").write_text(CAPPED)
-    providers = tmp_path / "providers.yaml"
-    providers.write_text("in_app: {type: inbox}\n")
-    app = make_app(rules_dir=tmp_path / "capped", providers_file=providers, senders=2)
-    async with app, grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
-        stub = pb_grpc.SmartDispatchServiceStub(channel)
+    async with serving(make_app, tmp_path, CAPPED) as stub:
 
         async def promo(message_id: str) -> pb.DispatchResponse:
             decide = decide_request(
