@@ -9,7 +9,9 @@ when there are two or more; this process, the client, to the others). Interleave
 The request mix is the transactional / marketing mix of bench/decide.py's templates, a new
 message id and user each. Reported: decisions per second of each (medians), the sidecar's CPU
 per decision, and the ratio batch / single (goal >= 4 per core: the limit is the decision's own
-CPU cost, which a batch does not share). Not a test: it prints numbers.
+CPU cost, which a batch does not share). On Redis also the round trips per decision, as the
+server counts them (`INFO stats` total_reads_processed, which includes the bench's own few INFO
+calls). Not a test: it prints numbers.
 """
 
 from __future__ import annotations
@@ -29,6 +31,16 @@ from benchlib import MALLOC_ENV, batch_body, forget_keys  # noqa: E402
 
 DECIDE = "/smartdispatch.v1.SmartDispatchService/Decide"
 DECIDE_BATCH = "/smartdispatch.v1.SmartDispatchService/DecideBatch"
+
+
+def redis_reads(store: str) -> int | None:
+    """The Redis server's socket reads so far (one per round trip it serves); None off Redis."""
+    if not store.startswith("redis://"):
+        return None
+    import redis
+
+    with redis.Redis.from_url(store) as client:
+        return int(client.info("stats")["total_reads_processed"])
 
 
 def cpu_s(pid: int) -> float:
@@ -102,18 +114,22 @@ async def run(args: argparse.Namespace) -> int:
         address = server.stdout.readline().strip().rsplit(" ", 1)[-1]
         per_round = 40_000
         results: dict[str, list[tuple[float, float]]] = {"single": [], "batch": []}
+        trips: dict[str, list[float]] = {"single": [], "batch": []}
         async with grpc.aio.insecure_channel(address, options=[("grpc.enable_http_proxy", 0)]) as channel:
             await single(channel, requests(500, "warm-s"), 1.0)
             await batched(channel, requests(2000, "warm-b"), args.batch, 1.0)
             for round_ in range(args.rounds):
                 for kind in ("single", "batch"):
                     payloads = requests(per_round, f"{kind}-{round_}")
-                    cpu0, t0 = cpu_s(server.pid), time.monotonic()
+                    reads0, cpu0, t0 = redis_reads(args.store), cpu_s(server.pid), time.monotonic()
                     if kind == "single":
                         done = await single(channel, payloads, args.seconds)
                     else:
                         done = await batched(channel, payloads, args.batch, args.seconds)
                     wall, cpu = time.monotonic() - t0, cpu_s(server.pid) - cpu0
+                    reads1 = redis_reads(args.store)
+                    if reads0 is not None and reads1 is not None:
+                        trips[kind].append((reads1 - reads0) / max(1, done))
                     results[kind].append((done / wall, cpu / max(1, done) * 1e6))
                     each_us = cpu / max(1, done) * 1e6
                     print(f"  {kind:<6} round {round_ + 1}: {done / wall:7.0f}/s, {each_us:5.0f} µs each")
@@ -123,7 +139,10 @@ async def run(args: argparse.Namespace) -> int:
             f"\nmedians of {args.rounds} x {args.seconds:g} s | store {args.store} | batches of {args.batch}"
         )
         for kind in ("single", "batch"):
-            print(f"{kind:<6} {rate[kind]:8.0f} decisions/s  {cost[kind]:5.0f} µs sidecar CPU per decision")
+            line = f"{kind:<6} {rate[kind]:8.0f} decisions/s  {cost[kind]:5.0f} µs sidecar CPU per decision"
+            if trips[kind]:
+                line += f"  {statistics.median(trips[kind]):5.2f} Redis round trips per decision"
+            print(line)
         ratio = rate["batch"] / rate["single"]
         verdict = "MET" if ratio >= 4 else "NOT MET"
         print(f"DecideBatch / Decide: {ratio:.2f}x decisions/s (goal >= 4x per core: {verdict})")

@@ -19,8 +19,6 @@ one server (package data next to this module), a pipeline on a Cluster: `RedisUs
 from __future__ import annotations
 
 import asyncio
-import hashlib
-from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -30,7 +28,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.maint_notifications import MaintNotificationsConfig
 
-from smart_dispatch._redis_guard import TRANSLATED, DirectSender, guarded, translated
+from smart_dispatch._redis_guard import TRANSLATED, LuaRunner, LuaScript, guarded, translated
 from smart_dispatch.behaviour.redis import RedisBehaviourStore, decode_behaviour, decode_behaviour_flat
 from smart_dispatch.counters.redis import RedisCounterStore
 from smart_dispatch.dispatch.redis_store import RedisDispatchStore
@@ -44,8 +42,8 @@ from smart_dispatch.user_state import UserState, UserStateReader
 
 CLUSTER_SCHEME = "redis+cluster"
 
-USER_STATE_LUA = resources.files("smart_dispatch").joinpath("user_state.lua").read_text("utf-8")
-USER_STATE_SHA = hashlib.sha1(USER_STATE_LUA.encode()).hexdigest()
+USER_STATE = LuaScript.load("smart_dispatch", "user_state.lua")
+USER_STATE_SHA = USER_STATE.sha
 
 
 def redis_client(url: str, timeout_s: float) -> Redis | RedisCluster:
@@ -107,8 +105,9 @@ class RedisUserStateReader(UserStateReader):
     change applies to the next decision of every sidecar).
 
     On one server: one EVALSHA of user_state.lua (key schema and reply in its header), packed here
-    and sent through `_redis_guard.DirectSender`, as `RedisCounterStore` sends its cap script;
-    plus a SCRIPT LOAD and a resend when the server lost its script cache. On a Cluster the list
+    and run by the client's `_redis_guard.LuaRunner`, as `RedisCounterStore` runs its cap script
+    (pipelined with concurrent calls; a SCRIPT LOAD and a resend when the server lost its script
+    cache). On a Cluster the list
     sets and the user's hash live in different slots: a non-transactional pipeline, one round trip
     per node (also where `DirectSender.for_client` declines the client).
 
@@ -121,7 +120,8 @@ class RedisUserStateReader(UserStateReader):
         self._redis_lists = lists
         self._redis_behaviour = behaviour
         self._timeout_s = timeout_s
-        self._direct = DirectSender.for_client(lists.client, "EVALSHA")
+        self._lua = LuaRunner.of(lists.client, timeout_s)
+        self._direct = self._lua.direct
         # EVALSHA <sha> <numkeys> <list keys...> <behaviour key> <user id>: all but the last two
         # arguments are the same for every call, so they are packed once.
         list_keys = [lists.key(name) for name in LIST_NAMES]  # type: ignore[arg-type]
@@ -140,7 +140,7 @@ class RedisUserStateReader(UserStateReader):
         # `guarded(self._timeout_s)` inlined: the same bound and translation, less per-call work
         try:
             async with asyncio.timeout(self._timeout_s):
-                raw = await direct.send_script(command, USER_STATE_LUA)
+                raw = await self._lua.run_packed(command, USER_STATE)
         except TRANSLATED as exc:
             raise translated(exc) from exc
         memberships = frozenset(name for name, member in zip(LIST_NAMES, raw, strict=False) if member)

@@ -299,7 +299,7 @@ async def test_general_path_matches_the_reference(
 )
 def test_direct_sender_packs_commands_as_redis_py_does(args: tuple[str | bytes, ...]):
     client = redis_client("redis://127.0.0.1:1/0", 1.0)
-    sender = DirectSender.for_client(client, "EVALSHA")
+    sender = DirectSender.for_client(client, "EVALSHA", 1.0)
     assert sender is not None
     connection = client.connection_pool.make_connection()
     assert sender.pack(*args) == b"".join(connection.pack_command(*args))
@@ -311,12 +311,12 @@ async def test_direct_sender_only_where_execute_command_adds_nothing():
     single = Redis(port=1, single_connection_client=True)
     cluster = redis_client("redis+cluster://127.0.0.1:1", 1.0)
     try:
-        assert DirectSender.for_client(plain, "EVALSHA") is not None
-        assert DirectSender.for_client(retrying, "EVALSHA") is None
-        assert DirectSender.for_client(single, "EVALSHA") is None
-        assert DirectSender.for_client(cluster, "EVALSHA") is None
+        assert DirectSender.for_client(plain, "EVALSHA", 1.0) is not None
+        assert DirectSender.for_client(retrying, "EVALSHA", 1.0) is None
+        assert DirectSender.for_client(single, "EVALSHA", 1.0) is None
+        assert DirectSender.for_client(cluster, "EVALSHA", 1.0) is None
         plain.set_response_callback("EVALSHA", bool)
-        assert DirectSender.for_client(plain, "EVALSHA") is None
+        assert DirectSender.for_client(plain, "EVALSHA", 1.0) is None
     finally:
         for client in (plain, retrying, single, cluster):
             await client.aclose()

@@ -283,7 +283,7 @@ async def test_a_command_packed_in_two_parts_is_packed_as_redis_py_does(
 ):
     client = redis_client("redis://127.0.0.1:1/0", 1.0)
     try:
-        sender = DirectSender.for_client(client, "EVALSHA")
+        sender = DirectSender.for_client(client, "EVALSHA", 1.0)
         assert sender is not None
         connection = client.connection_pool.make_connection()
         packed = sender.pack_head(argc, *head) + sender.pack_tail(*tail)

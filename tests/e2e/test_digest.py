@@ -104,6 +104,24 @@ async def test_a_full_digest_goes_at_once_and_the_next_message_opens_another(stu
     assert status.state == pb.DISPATCH_STATE_SCHEDULED  # the fourth waits for the window's end
 
 
+async def test_a_cancelled_digest_never_goes_and_the_next_message_opens_a_new_one(stub):
+    await start_of_a_window()
+    first = await comment(stub, "dee", "d1", "first")
+    cancelled = await stub.CancelDispatch(pb.CancelDispatchRequest(dispatch_id=first.dispatch_id))
+    later = await comment(stub, "dee", "d2", "second")
+
+    assert cancelled.status.state == pb.DISPATCH_STATE_CANCELLED
+    assert later.dispatch_id != first.dispatch_id and later.status.state == pb.DISPATCH_STATE_SCHEDULED
+
+    async def delivered() -> list[pb.InboxItem]:
+        return await inbox(stub, "dee")
+
+    [item] = await eventually(delivered, WINDOW_S + 5, "the new digest")
+    assert [i["message_id"] for i in json_format.MessageToDict(item.data)["items"]] == ["d2"]
+    status = (await stub.GetDispatch(pb.GetDispatchRequest(dispatch_id=first.dispatch_id))).status
+    assert status.state == pb.DISPATCH_STATE_CANCELLED
+
+
 CAPPED = """
 categories: [promo]
 caps:

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from importlib import resources
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
-from smart_dispatch._redis_guard import checked_prefix, guarded
+from smart_dispatch._redis_guard import LuaRunner, LuaScript, checked_prefix, guarded
 from smart_dispatch.behaviour.base import (
     CHANNEL_EVENTS,
     ENGAGEMENTS,
@@ -36,7 +35,7 @@ from smart_dispatch.behaviour.base import (
     prior_keys,
 )
 
-ENGAGEMENT_LUA = resources.files("smart_dispatch.behaviour").joinpath("engagement.lua").read_text("utf-8")
+ENGAGEMENT = LuaScript.load("smart_dispatch.behaviour", "engagement.lua")
 
 
 class RedisBehaviourStore(BehaviourStore):
@@ -52,7 +51,7 @@ class RedisBehaviourStore(BehaviourStore):
         self._prefix = checked_prefix(prefix)
         self._timeout_s = timeout_s
         self._ttl_s = ttl_s
-        self._script = client.register_script(ENGAGEMENT_LUA)  # EVALSHA, loading on NOSCRIPT
+        self._lua = LuaRunner.of(client, timeout_s)
 
     def key(self, user_id: str) -> str:
         return f"{self._prefix}:{{u:{user_id}}}:behaviour"
@@ -68,7 +67,7 @@ class RedisBehaviourStore(BehaviourStore):
         keys = [self.key(sent.user_id), self.message_key(sent.user_id, sent.message_id)]
         args = ["D", repr(sent.at_s), repr(half_life_s), sent.channel, sent.slot, sent.category]
         async with guarded(self._timeout_s):
-            first = await self._script(keys, [*args, MESSAGE_TTL_S, self._ttl_s])
+            first = await self._lua.run(ENGAGEMENT, keys, [*args, MESSAGE_TTL_S, self._ttl_s])
             if not first:
                 return False
             population = [(f"{key}:{sent.channel}:sent", 1.0) for key in prior_keys(sent.category)]
@@ -92,7 +91,7 @@ class RedisBehaviourStore(BehaviourStore):
             self._ttl_s,
         ]
         async with guarded(self._timeout_s):
-            counted, channel, slot, category, sent_too = await self._script(keys, args)
+            counted, channel, slot, category, sent_too = await self._lua.run(ENGAGEMENT, keys, args)
             recorded = Recorded(bool(counted), _text(channel), _text(slot), _text(category), bool(sent_too))
             updates = population_updates(recorded, event.kind, event.value)
             if updates:
@@ -105,7 +104,7 @@ class RedisBehaviourStore(BehaviourStore):
         args: list[Any] = ["P", repr(at_s), repr(half_life_s)]
         for name, amount in updates:
             args += [name, repr(amount)]
-        await self._script([self.population_key], args)
+        await self._lua.run(ENGAGEMENT, [self.population_key], args)
 
     async def get(self, user_id: str) -> Behaviour:
         async with guarded(self._timeout_s):

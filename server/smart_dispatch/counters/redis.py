@@ -36,19 +36,16 @@ the same message id is a safe repeat. `StoreError` for other Redis errors.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import math
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any, Literal
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import NoScriptError
 
-from smart_dispatch._redis_guard import TRANSLATED, DirectSender, checked_prefix, guarded, translated
+from smart_dispatch._redis_guard import TRANSLATED, LuaRunner, LuaScript, checked_prefix, guarded, translated
 from smart_dispatch.counters.base import (
     CapSpec,
     CapUsage,
@@ -71,22 +68,8 @@ Options = tuple[Caps, ...]
 _PLAN_CACHE_SIZE = 4096
 
 
-@dataclass(frozen=True, slots=True)
-class LuaScript:
-    """A script shipped as package data, run with EVALSHA."""
-
-    name: str
-    source: str
-    sha: str
-
-    @classmethod
-    def load(cls, name: str) -> LuaScript:
-        source = resources.files("smart_dispatch.counters").joinpath(name).read_text("utf-8")
-        return cls(name, source, hashlib.sha1(source.encode()).hexdigest())
-
-
-RESERVE = LuaScript.load("reserve.lua")
-REFUND = LuaScript.load("refund.lua")
+RESERVE = LuaScript.load("smart_dispatch.counters", "reserve.lua")
+REFUND = LuaScript.load("smart_dispatch.counters", "refund.lua")
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,11 +131,14 @@ class RedisCounterStore(CounterStore):
         self._sliding_min = sliding_counter_min_limit
         self._close_client = close_client
         self.is_cluster = isinstance(client, RedisCluster)
-        self._direct = DirectSender.for_client(client, "EVALSHA")
-        self.round_trips = 0
-        self._load_lock = asyncio.Lock()
-        self._loads: dict[str, int] = {}  # script name -> SCRIPT LOADs done
+        self._lua = LuaRunner.of(client, timeout_s)
         self._plans: dict[Options, Plan] = {}
+
+    @property
+    def round_trips(self) -> int:
+        """EVALSHA and SCRIPT LOAD commands sent by this client's scripts (pipelined ones count
+        one each)."""
+        return self._lua.round_trips
 
     # -- key schema (documented in reserve.lua) ------------------------------------------------
 
@@ -276,36 +262,7 @@ class RedisCounterStore(CounterStore):
         return int(await self._evalsha(REFUND, zsets + pairs, [member, str(len(zsets))]))
 
     async def _evalsha(self, script: LuaScript, keys: list[str], args: Sequence[str | bytes]) -> Any:
-        if self._direct is not None:  # one server: see DirectSender
-            command = self._direct.pack("EVALSHA", script.sha, str(len(keys)), *keys, *args)
-            self.round_trips += 1
-            try:
-                return await self._direct.send(command)
-            except NoScriptError:  # first use, or the server restarted / flushed its script cache
-                await self._load(script)
-                self.round_trips += 1
-                return await self._direct.send(command)
-        if self.is_cluster:
-            # Topology discovery racing with the first concurrent commands (and their SCRIPT LOADs)
-            # makes redis-py drop connections: discover once, under redis-py's own lock. A no-op
-            # once initialized.
-            await self._client.initialize()
-        self.round_trips += 1
-        try:
-            return await self._client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            await self._load(script)
-            self.round_trips += 1
-            return await self._client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-
-    async def _load(self, script: LuaScript) -> None:
-        """SCRIPT LOAD `script`, once for a burst of concurrent misses."""
-        missed = self._loads.get(script.name, 0)
-        async with self._load_lock:
-            if self._loads.get(script.name, 0) == missed:
-                self.round_trips += 1
-                await self._client.script_load(script.source)
-                self._loads[script.name] = missed + 1
+        return await self._lua.run(script, keys, args)
 
 
 def spans_slot_groups(options: Options) -> bool:

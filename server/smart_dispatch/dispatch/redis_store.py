@@ -27,14 +27,13 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import datetime
-from importlib import resources
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
-from smart_dispatch._redis_guard import guarded
+from smart_dispatch._redis_guard import LuaRunner, LuaScript, guarded
 from smart_dispatch.dispatch.lanes import LaneOrder
 from smart_dispatch.dispatch.model import DispatchRecord, from_json, to_json
 from smart_dispatch.dispatch.store import Claim, DispatchStore, Watch
@@ -48,9 +47,9 @@ _WATCH_MARKER_S = 60  # a watch marker's lifetime; watchers renew it every third
 _WATCH_BATCH = 100
 
 
-def _script(client: Redis | RedisCluster, name: str) -> Any:
-    source = resources.files("smart_dispatch.dispatch").joinpath(name).read_text("utf-8")
-    return client.register_script(source)  # EVALSHA, loading the script on NOSCRIPT
+CREATE, UPDATE, CLAIM = (
+    LuaScript.load("smart_dispatch.dispatch", f"{n}.lua") for n in ("create", "update", "claim")
+)
 
 
 class RedisDispatchStore(DispatchStore):
@@ -78,9 +77,7 @@ class RedisDispatchStore(DispatchStore):
         self._dead = f"{base}:dead"
         self._base = base
         self._rec_prefix = f"{base}:rec:"
-        self._create = _script(client, "create.lua")
-        self._update = _script(client, "update.lua")
-        self._claim = _script(client, "claim.lua")
+        self._lua = LuaRunner.of(client, timeout_s)
         self._reclaim_cursors = dict.fromkeys(LANES, "0-0")
         self._upkeep_at = 0.0  # event-loop time of the next upkeep (claim.lua): at once
         self._group_ready = False
@@ -101,7 +98,8 @@ class RedisDispatchStore(DispatchStore):
         record = replace(record, version=1)
         due = "" if record.send_at is None else str(int(record.send_at.timestamp() * 1000))
         async with guarded(self._timeout_s):
-            created, dispatch_id = await self._create(
+            created, dispatch_id = await self._lua.run(
+                CREATE,
                 keys=[
                     self._msg(record.message.id),
                     self._rec(record.dispatch_id),
@@ -142,7 +140,8 @@ class RedisDispatchStore(DispatchStore):
         retention = str(self._retention_s) if stored.state.terminal else ""
         receipt = "" if ack is None else ack.receipt
         async with guarded(self._timeout_s):
-            ok = await self._update(
+            ok = await self._lua.run(
+                UPDATE,
                 keys=[
                     self._rec(record.dispatch_id),
                     self._streams[record.lane],
@@ -222,7 +221,8 @@ class RedisDispatchStore(DispatchStore):
         lanes = self._order.next()
         cursors = [value for lane in lanes for value in (lane, self._reclaim_cursors[lane])]
         async with guarded(self._timeout_s):
-            reply: Any = await self._claim(
+            reply: Any = await self._lua.run(
+                CLAIM,
                 keys=[self._sched, *(self._streams[lane] for lane in lanes)],
                 args=[
                     GROUP,

@@ -28,20 +28,17 @@ applied; repeating it with the same idempotency key is safe.
 from __future__ import annotations
 
 import builtins
-import hashlib
 import json
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
-from importlib import resources
 from typing import Any
 
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import NoScriptError
 from redis.utils import str_if_bytes
 
-from smart_dispatch._redis_guard import checked_prefix, guarded
+from smart_dispatch._redis_guard import LuaRunner, LuaScript, checked_prefix, guarded
 from smart_dispatch.errors import StoreUnavailableError
 from smart_dispatch.inbox.base import (
     MAX_ITEMS,
@@ -53,8 +50,7 @@ from smart_dispatch.inbox.base import (
 )
 
 # Append an item unless its idempotency key was seen (contract in the file's header).
-APPEND_ONCE_LUA = resources.files("smart_dispatch.inbox").joinpath("append_once.lua").read_text("utf-8")
-APPEND_ONCE_SHA = hashlib.sha1(APPEND_ONCE_LUA.encode()).hexdigest()
+APPEND_ONCE = LuaScript.load("smart_dispatch.inbox", "append_once.lua")
 WATCH_BATCH = 100
 WATCH_READ_MISSES = 3
 REDIS_TICK_MARGIN_S = 0.15  # how much later than asked Redis may end a BLOCK (server tick)
@@ -87,7 +83,7 @@ class RedisInboxStore(InboxStore):
             else max(0.01, min(timeout_s / 2, timeout_s - REDIS_TICK_MARGIN_S))
         )
         self._close_client = close_client
-        self._script_sha: str | None = None
+        self._lua = LuaRunner.of(client, timeout_s)
 
     def items_key(self, inbox_id: str) -> str:
         return f"{self._prefix}:{{inbox:{inbox_id}}}:items"
@@ -111,20 +107,7 @@ class RedisInboxStore(InboxStore):
             args: list[str | int] = [self._max_items, self._idempotency_ttl_ms]
             for name, value in fields.items():
                 args += [name, value]
-            return str(str_if_bytes(await self._append_once(keys, args)))
-
-    async def _append_once(self, keys: list[str], args: list[str | int]) -> Any:
-        if isinstance(self._client, RedisCluster):
-            await self._client.initialize()  # discover the topology once before scripting
-        if self._script_sha is not None:
-            try:
-                return await self._client.evalsha(self._script_sha, len(keys), *keys, *args)
-            except NoScriptError:  # the server restarted or flushed its script cache
-                pass
-        # EVAL caches the script on the node that runs it; later calls use EVALSHA.
-        result = await self._client.eval(APPEND_ONCE_LUA, len(keys), *keys, *args)
-        self._script_sha = APPEND_ONCE_SHA
-        return result
+            return str(str_if_bytes(await self._lua.run(APPEND_ONCE, keys, args)))
 
     async def list(
         self, inbox_id: str, limit: int = 50, before_id: str | None = None
