@@ -20,6 +20,7 @@ from smart_dispatch._proto.smartdispatch.v1 import smart_dispatch_pb2 as pb
 from smart_dispatch.api.admin import RulesAdminServicer
 from smart_dispatch.api.auth import BearerAuthInterceptor
 from smart_dispatch.api.decoding import add_service
+from smart_dispatch.api.operations import Operations
 from smart_dispatch.api.servicer import SmartDispatchServicer
 from smart_dispatch.config import Settings
 from smart_dispatch.errors import ConfigurationError
@@ -64,14 +65,8 @@ class App:
             interceptors.append(BearerAuthInterceptor(load_tokens(s.auth_tokens_file, os.environ)))
         options = [("grpc.max_receive_message_length", s.max_request_bytes)]
         server = grpc.aio.server(interceptors=interceptors, options=options)
-        servicer = SmartDispatchServicer(
-            runtime.decider,
-            runtime.stores.lists,
-            runtime.events,
-            runtime.dispatcher,
-            runtime.stores.inbox,
-            runtime.telemetry,
-        )
+        self.operations = Operations(runtime)
+        servicer = SmartDispatchServicer(self.operations)
         add_service(server, servicer, SERVICE)
         add_service(server, RulesAdminServicer(self.rules), ADMIN_SERVICE)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)

@@ -16,41 +16,29 @@ from smart_dispatch.api.convert import (
     LIST_KINDS,
     decide_request,
     decide_response,
-    decision_lookup,
     reported_event,
 )
 from smart_dispatch.api.dispatch_convert import dispatch_status, inbox_item
+from smart_dispatch.api.operations import Operations
 from smart_dispatch.api.status import grpc_errors, status_for, stream_errors
-from smart_dispatch.decide.pipeline import Decider
 from smart_dispatch.decide.validate import check_id
-from smart_dispatch.dispatch.service import Dispatcher
-from smart_dispatch.errors import InvalidRequestError, NotFoundError, SmartDispatchError
-from smart_dispatch.events import EventRecorder
-from smart_dispatch.inbox.base import InboxStore
-from smart_dispatch.lists.base import ListName, ListStore
-from smart_dispatch.telemetry import Telemetry
+from smart_dispatch.errors import InvalidRequestError, SmartDispatchError
+from smart_dispatch.lists.base import ListName
 
 Context = grpc.aio.ServicerContext[Any, Any]
 T = TypeVar("T")
-_MAX_REDRIVE_IDS = 1000
 
 
 class SmartDispatchServicer(pb_grpc.SmartDispatchServiceServicer):
-    def __init__(
-        self,
-        decider: Decider,
-        lists: ListStore,
-        events: EventRecorder,
-        dispatcher: Dispatcher,
-        inbox: InboxStore,
-        telemetry: Telemetry | None = None,
-    ) -> None:
-        self._decider = decider
-        self._lists = lists
-        self._events = events
-        self._dispatcher = dispatcher
-        self._inbox = inbox
-        self._telemetry = telemetry or Telemetry.noop()
+    def __init__(self, operations: Operations) -> None:
+        runtime = operations.runtime
+        self._operations = operations
+        self._decider = runtime.decider
+        self._lists = runtime.stores.lists
+        self._events = runtime.events
+        self._dispatcher = runtime.dispatcher
+        self._inbox = runtime.stores.inbox
+        self._telemetry = runtime.telemetry
 
     @grpc_errors
     async def Decide(self, request: pb.DecideRequest, context: Context) -> pb.DecideResponse:
@@ -134,13 +122,8 @@ class SmartDispatchServicer(pb_grpc.SmartDispatchServiceServicer):
     async def RedriveDeadLetters(
         self, request: pb.RedriveDeadLettersRequest, context: Context
     ) -> pb.RedriveDeadLettersResponse:
-        if request.limit < 0:
-            raise InvalidRequestError("limit", "must not be negative")
-        if len(request.dispatch_ids) > _MAX_REDRIVE_IDS:
-            raise InvalidRequestError("dispatch_ids", f"more than {_MAX_REDRIVE_IDS} entries")
-        ids = tuple(check_id(i, f"dispatch_ids[{n}]") for n, i in enumerate(request.dispatch_ids))
-        redriven = await self._dispatcher.redrive(request.limit or 100, ids)
-        return pb.RedriveDeadLettersResponse(redriven=[dispatch_status(r) for r in redriven])
+        redriven = await self._operations.redrive(request.limit, tuple(request.dispatch_ids))
+        return pb.RedriveDeadLettersResponse(redriven=redriven)
 
     @grpc_errors
     async def ListInbox(self, request: pb.ListInboxRequest, context: Context) -> pb.ListInboxResponse:
@@ -184,11 +167,23 @@ class SmartDispatchServicer(pb_grpc.SmartDispatchServiceServicer):
 
     @grpc_errors
     async def GetDecision(self, request: pb.GetDecisionRequest, context: Context) -> pb.GetDecisionResponse:
-        message_id = _required(request.message_id, "message_id")
-        entry = self._telemetry.audit.lookup(message_id)
-        if entry is None:
-            raise NotFoundError(f"no decision for message {message_id!r} is known to this sidecar")
-        return decision_lookup(entry)
+        return await self._operations.decision(_required(request.message_id, "message_id"))
+
+    @grpc_errors
+    async def GetStats(self, request: pb.GetStatsRequest, context: Context) -> pb.GetStatsResponse:
+        raise NotImplementedError("GetStats")
+
+    @grpc_errors
+    async def GetPreferences(
+        self, request: pb.GetPreferencesRequest, context: Context
+    ) -> pb.GetPreferencesResponse:
+        raise NotImplementedError("GetPreferences")
+
+    @grpc_errors
+    async def UpdatePreferences(
+        self, request: pb.UpdatePreferencesRequest, context: Context
+    ) -> pb.UpdatePreferencesResponse:
+        raise NotImplementedError("UpdatePreferences")
 
 
 MAX_BATCH = 1000

@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
@@ -1713,18 +1714,28 @@ class GetDecisionResponse(_message.Message):
     DECIDED_AT_FIELD_NUMBER: _builtins.int
     DRY_RUN_FIELD_NUMBER: _builtins.int
     TRACE_ID_FIELD_NUMBER: _builtins.int
+    DISPATCH_ID_FIELD_NUMBER: _builtins.int
+    HISTORY_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     category: _builtins.str
     dry_run: _builtins.bool
     """True when the decision was a preview (DecideRequest.dry_run)."""
     trace_id: _builtins.str
     """W3C trace id (32 hex digits) of the decision's span; empty when it was not traced."""
+    dispatch_id: _builtins.str
+    """The dispatch carrying the decision out; empty for Decide."""
     @_builtins.property
     def decision(self) -> Global___DecideResponse:
         """The decision as it was returned, with addresses masked and no explanation."""
 
     @_builtins.property
     def decided_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def history(self) -> _containers.RepeatedCompositeFieldContainer[Global___DecisionEvent]:
+        """What happened to the message after the decision, oldest first: send attempts and their
+        outcome, delivery receipts and engagement events.
+        """
+
     def __init__(
         self,
         *,
@@ -1734,11 +1745,455 @@ class GetDecisionResponse(_message.Message):
         decided_at: _timestamp_pb2.Timestamp | None = ...,
         dry_run: _builtins.bool = ...,
         trace_id: _builtins.str = ...,
+        dispatch_id: _builtins.str = ...,
+        history: _abc.Iterable[Global___DecisionEvent] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["decided_at", b"decided_at", "decision", b"decision"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "decided_at", b"decided_at", "decision", b"decision", "dry_run", b"dry_run", "message_id", b"message_id", "trace_id", b"trace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "decided_at", b"decided_at", "decision", b"decision", "dispatch_id", b"dispatch_id", "dry_run", b"dry_run", "history", b"history", "message_id", b"message_id", "trace_id", b"trace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetDecisionResponse: _TypeAlias = GetDecisionResponse  # noqa: Y015
+
+@_typing.final
+class DecisionEvent(_message.Message):
+    """DecisionEvent is one thing that happened to a decided message."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AT_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """"attempt", "delivered", "failed", "dead_lettered", or an event kind reported later:
+    "opened", "clicked", "converted", "bounced", "unsubscribed".
+    """
+    channel: _builtins.str
+    provider: _builtins.str
+    """The provider used by an attempt."""
+    detail: _builtins.str
+    """An attempt's error, or other detail."""
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        at: _timestamp_pb2.Timestamp | None = ...,
+        kind: _builtins.str = ...,
+        channel: _builtins.str = ...,
+        provider: _builtins.str = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "channel", b"channel", "detail", b"detail", "kind", b"kind", "provider", b"provider"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DecisionEvent: _TypeAlias = DecisionEvent  # noqa: Y015
+
+@_typing.final
+class GetStatsRequest(_message.Message):
+    """GetStatsRequest selects a time range and, optionally, one value per dimension."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    RULE_FIELD_NUMBER: _builtins.int
+    TEMPLATE_FIELD_NUMBER: _builtins.int
+    GROUP_BY_FIELD_NUMBER: _builtins.int
+    category: _builtins.str
+    """Filters; empty matches every value."""
+    channel: _builtins.str
+    rule: _builtins.str
+    template: _builtins.str
+    @_builtins.property
+    def start(self) -> _timestamp_pb2.Timestamp:
+        """From the UTC day of `start` (inclusive); unset: 7 days before `end`."""
+
+    @_builtins.property
+    def end(self) -> _timestamp_pb2.Timestamp:
+        """To the UTC day of `end` (inclusive); unset: now."""
+
+    @_builtins.property
+    def group_by(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Dimensions kept in the rows, of "day", "category", "channel", "rule", "template"; the others
+        are summed over. Empty: all five.
+        """
+
+    def __init__(
+        self,
+        *,
+        start: _timestamp_pb2.Timestamp | None = ...,
+        end: _timestamp_pb2.Timestamp | None = ...,
+        category: _builtins.str = ...,
+        channel: _builtins.str = ...,
+        rule: _builtins.str = ...,
+        template: _builtins.str = ...,
+        group_by: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "start", b"start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "channel", b"channel", "end", b"end", "group_by", b"group_by", "rule", b"rule", "start", b"start", "template", b"template"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetStatsRequest: _TypeAlias = GetStatsRequest  # noqa: Y015
+
+@_typing.final
+class StatsRow(_message.Message):
+    """StatsRow counts one combination of the grouped dimensions (empty when not grouped)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class SuppressedEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class DeferredEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    DAY_FIELD_NUMBER: _builtins.int
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    RULE_FIELD_NUMBER: _builtins.int
+    TEMPLATE_FIELD_NUMBER: _builtins.int
+    DECIDED_FIELD_NUMBER: _builtins.int
+    SENT_FIELD_NUMBER: _builtins.int
+    DELIVERED_FIELD_NUMBER: _builtins.int
+    OPENED_FIELD_NUMBER: _builtins.int
+    CLICKED_FIELD_NUMBER: _builtins.int
+    CONVERTED_FIELD_NUMBER: _builtins.int
+    CONVERSION_VALUE_FIELD_NUMBER: _builtins.int
+    BOUNCED_FIELD_NUMBER: _builtins.int
+    UNSUBSCRIBED_FIELD_NUMBER: _builtins.int
+    FAILED_FIELD_NUMBER: _builtins.int
+    SUPPRESSED_FIELD_NUMBER: _builtins.int
+    DEFERRED_FIELD_NUMBER: _builtins.int
+    COST_FIELD_NUMBER: _builtins.int
+    day: _builtins.str
+    """UTC day, "YYYY-MM-DD"."""
+    category: _builtins.str
+    channel: _builtins.str
+    rule: _builtins.str
+    """The rule that chose the channel (the first rule that fired when none did)."""
+    template: _builtins.str
+    decided: _builtins.int
+    sent: _builtins.int
+    delivered: _builtins.int
+    opened: _builtins.int
+    clicked: _builtins.int
+    converted: _builtins.int
+    conversion_value: _builtins.float
+    """The sum of CONVERTED events' values."""
+    bounced: _builtins.int
+    unsubscribed: _builtins.int
+    failed: _builtins.int
+    cost: _builtins.float
+    """What the sends cost, in the rules' channel cost unit."""
+    @_builtins.property
+    def suppressed(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Suppressed decisions by reason code."""
+
+    @_builtins.property
+    def deferred(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Deferred decisions by reason code."""
+
+    def __init__(
+        self,
+        *,
+        day: _builtins.str = ...,
+        category: _builtins.str = ...,
+        channel: _builtins.str = ...,
+        rule: _builtins.str = ...,
+        template: _builtins.str = ...,
+        decided: _builtins.int = ...,
+        sent: _builtins.int = ...,
+        delivered: _builtins.int = ...,
+        opened: _builtins.int = ...,
+        clicked: _builtins.int = ...,
+        converted: _builtins.int = ...,
+        conversion_value: _builtins.float = ...,
+        bounced: _builtins.int = ...,
+        unsubscribed: _builtins.int = ...,
+        failed: _builtins.int = ...,
+        suppressed: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        deferred: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        cost: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bounced", b"bounced", "category", b"category", "channel", b"channel", "clicked", b"clicked", "conversion_value", b"conversion_value", "converted", b"converted", "cost", b"cost", "day", b"day", "decided", b"decided", "deferred", b"deferred", "delivered", b"delivered", "failed", b"failed", "opened", b"opened", "rule", b"rule", "sent", b"sent", "suppressed", b"suppressed", "template", b"template", "unsubscribed", b"unsubscribed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StatsRow: _TypeAlias = StatsRow  # noqa: Y015
+
+@_typing.final
+class GetStatsResponse(_message.Message):
+    """GetStatsResponse carries a row per combination, sorted by its dimensions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROWS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___StatsRow]: ...
+    def __init__(
+        self,
+        *,
+        rows: _abc.Iterable[Global___StatsRow] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rows", b"rows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetStatsResponse: _TypeAlias = GetStatsResponse  # noqa: Y015
+
+@_typing.final
+class ChannelConsent(_message.Message):
+    """ChannelConsent opts a person in or out of a category on a channel."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    ALLOWED_FIELD_NUMBER: _builtins.int
+    category: _builtins.str
+    """A category, or "*" for every category."""
+    channel: _builtins.str
+    """A channel, or "*" for every channel."""
+    allowed: _builtins.bool
+    """False: opted out. True: opted in (overrides a broader opt-out)."""
+    def __init__(
+        self,
+        *,
+        category: _builtins.str = ...,
+        channel: _builtins.str = ...,
+        allowed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "category", b"category", "channel", b"channel"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChannelConsent: _TypeAlias = ChannelConsent  # noqa: Y015
+
+@_typing.final
+class LocalWindow(_message.Message):
+    """LocalWindow is a daily window in the person's local time, "HH:MM" to "HH:MM" (may wrap
+    midnight).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    start: _builtins.str
+    end: _builtins.str
+    def __init__(
+        self,
+        *,
+        start: _builtins.str = ...,
+        end: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LocalWindow: _TypeAlias = LocalWindow  # noqa: Y015
+
+@_typing.final
+class Preferences(_message.Message):
+    """Preferences are what a person chose about their messages."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONSENTS_FIELD_NUMBER: _builtins.int
+    MUTE_UNTIL_FIELD_NUMBER: _builtins.int
+    QUIET_HOURS_FIELD_NUMBER: _builtins.int
+    CHANNEL_ORDER_FIELD_NUMBER: _builtins.int
+    LOCALE_FIELD_NUMBER: _builtins.int
+    locale: _builtins.str
+    """A BCP 47 language tag, e.g. "zh-CN"."""
+    @_builtins.property
+    def consents(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChannelConsent]: ...
+    @_builtins.property
+    def mute_until(self) -> _timestamp_pb2.Timestamp:
+        """Nothing but required categories (e.g. otp, alerts) goes before this instant."""
+
+    @_builtins.property
+    def quiet_hours(self) -> Global___LocalWindow:
+        """A personal quiet-hours window: non-urgent messages wait until it ends."""
+
+    @_builtins.property
+    def channel_order(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Channels in the order the person prefers them."""
+
+    def __init__(
+        self,
+        *,
+        consents: _abc.Iterable[Global___ChannelConsent] | None = ...,
+        mute_until: _timestamp_pb2.Timestamp | None = ...,
+        quiet_hours: Global___LocalWindow | None = ...,
+        channel_order: _abc.Iterable[_builtins.str] | None = ...,
+        locale: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["mute_until", b"mute_until", "quiet_hours", b"quiet_hours"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_order", b"channel_order", "consents", b"consents", "locale", b"locale", "mute_until", b"mute_until", "quiet_hours", b"quiet_hours"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Preferences: _TypeAlias = Preferences  # noqa: Y015
+
+@_typing.final
+class GetPreferencesRequest(_message.Message):
+    """GetPreferencesRequest names the person."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPreferencesRequest: _TypeAlias = GetPreferencesRequest  # noqa: Y015
+
+@_typing.final
+class GetPreferencesResponse(_message.Message):
+    """GetPreferencesResponse carries the stored preferences."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PREFERENCES_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def preferences(self) -> Global___Preferences: ...
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp:
+        """When they last changed; unset when none are stored."""
+
+    def __init__(
+        self,
+        *,
+        preferences: Global___Preferences | None = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["preferences", b"preferences", "updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["preferences", b"preferences", "updated_at", b"updated_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPreferencesResponse: _TypeAlias = GetPreferencesResponse  # noqa: Y015
+
+@_typing.final
+class UpdatePreferencesRequest(_message.Message):
+    """UpdatePreferencesRequest changes a person's preferences."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    PREFERENCES_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    @_builtins.property
+    def preferences(self) -> Global___Preferences: ...
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """Paths of Preferences to replace ("consents", "mute_until", "quiet_hours",
+        "channel_order", "locale"); empty replaces all.
+        """
+
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        preferences: Global___Preferences | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["preferences", b"preferences", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["preferences", b"preferences", "update_mask", b"update_mask", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdatePreferencesRequest: _TypeAlias = UpdatePreferencesRequest  # noqa: Y015
+
+@_typing.final
+class UpdatePreferencesResponse(_message.Message):
+    """UpdatePreferencesResponse carries the preferences as stored."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PREFERENCES_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def preferences(self) -> Global___Preferences: ...
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        preferences: Global___Preferences | None = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["preferences", b"preferences", "updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["preferences", b"preferences", "updated_at", b"updated_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdatePreferencesResponse: _TypeAlias = UpdatePreferencesResponse  # noqa: Y015

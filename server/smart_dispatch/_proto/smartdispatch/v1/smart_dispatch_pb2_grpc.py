@@ -111,6 +111,21 @@ class SmartDispatchServiceStub:
                 request_serializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.GetDecisionRequest.SerializeToString,
                 response_deserializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.GetDecisionResponse.FromString,
                 _registered_method=True)
+        self.GetStats = channel.unary_unary(
+                '/smartdispatch.v1.SmartDispatchService/GetStats',
+                request_serializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.GetStatsRequest.SerializeToString,
+                response_deserializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.GetStatsResponse.FromString,
+                _registered_method=True)
+        self.GetPreferences = channel.unary_unary(
+                '/smartdispatch.v1.SmartDispatchService/GetPreferences',
+                request_serializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.GetPreferencesRequest.SerializeToString,
+                response_deserializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.GetPreferencesResponse.FromString,
+                _registered_method=True)
+        self.UpdatePreferences = channel.unary_unary(
+                '/smartdispatch.v1.SmartDispatchService/UpdatePreferences',
+                request_serializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.UpdatePreferencesRequest.SerializeToString,
+                response_deserializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.UpdatePreferencesResponse.FromString,
+                _registered_method=True)
 
 
 class SmartDispatchServiceServicer:
@@ -225,9 +240,34 @@ class SmartDispatchServiceServicer:
 
     def GetDecision(self, request, context):
         """GetDecision answers "why did this message go (or not go) this way": the latest decision
-        this sidecar took for a message id (Decide, Dispatch or a re-decision), from a bounded
-        in-memory index, with contact addresses masked. NOT_FOUND when it is not (or no longer)
-        known; the decision log file (`smart-dispatch why`) reaches further back.
+        taken for a message id (Decide, Dispatch or a re-decision) by any sidecar sharing the
+        store, from the decision log kept in the store (bounded by retention time and size), with
+        contact addresses masked, and what happened to it later (attempts, engagement). NOT_FOUND
+        when it is not (or no longer) known.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetStats(self, request, context):
+        """GetStats counts decisions, sends, delivery and engagement, suppressions and deferrals by
+        reason, and cost, per day x category x channel x rule x template, over a time range.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPreferences(self, request, context):
+        """GetPreferences returns a person's stored preferences (empty ones when none are stored).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdatePreferences(self, request, context):
+        """UpdatePreferences changes a person's preferences: the fields named in update_mask, or all
+        of them when it is empty. Opting out of a category the rules mark `required` (e.g. otp) is
+        FAILED_PRECONDITION naming the category.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -310,6 +350,21 @@ def add_SmartDispatchServiceServicer_to_server(servicer, server):
                     servicer.GetDecision,
                     request_deserializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.GetDecisionRequest.FromString,
                     response_serializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.GetDecisionResponse.SerializeToString,
+            ),
+            'GetStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStats,
+                    request_deserializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.GetStatsRequest.FromString,
+                    response_serializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.GetStatsResponse.SerializeToString,
+            ),
+            'GetPreferences': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPreferences,
+                    request_deserializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.GetPreferencesRequest.FromString,
+                    response_serializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.GetPreferencesResponse.SerializeToString,
+            ),
+            'UpdatePreferences': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdatePreferences,
+                    request_deserializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.UpdatePreferencesRequest.FromString,
+                    response_serializer=smartdispatch_dot_v1_dot_smart__dispatch__pb2.UpdatePreferencesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -719,6 +774,87 @@ class SmartDispatchService:
             '/smartdispatch.v1.SmartDispatchService/GetDecision',
             smartdispatch_dot_v1_dot_smart__dispatch__pb2.GetDecisionRequest.SerializeToString,
             smartdispatch_dot_v1_dot_smart__dispatch__pb2.GetDecisionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/smartdispatch.v1.SmartDispatchService/GetStats',
+            smartdispatch_dot_v1_dot_smart__dispatch__pb2.GetStatsRequest.SerializeToString,
+            smartdispatch_dot_v1_dot_smart__dispatch__pb2.GetStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPreferences(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/smartdispatch.v1.SmartDispatchService/GetPreferences',
+            smartdispatch_dot_v1_dot_smart__dispatch__pb2.GetPreferencesRequest.SerializeToString,
+            smartdispatch_dot_v1_dot_smart__dispatch__pb2.GetPreferencesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdatePreferences(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/smartdispatch.v1.SmartDispatchService/UpdatePreferences',
+            smartdispatch_dot_v1_dot_smart__dispatch__pb2.UpdatePreferencesRequest.SerializeToString,
+            smartdispatch_dot_v1_dot_smart__dispatch__pb2.UpdatePreferencesResponse.FromString,
             options,
             channel_credentials,
             insecure,

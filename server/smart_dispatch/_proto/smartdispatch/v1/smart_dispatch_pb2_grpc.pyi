@@ -77,9 +77,21 @@ class SmartDispatchServiceStub:
     """CheckListMember tells which lists a user is on."""
     GetDecision: _grpc.UnaryUnaryMultiCallable[_smart_dispatch_pb2.GetDecisionRequest, _smart_dispatch_pb2.GetDecisionResponse]
     """GetDecision answers "why did this message go (or not go) this way": the latest decision
-    this sidecar took for a message id (Decide, Dispatch or a re-decision), from a bounded
-    in-memory index, with contact addresses masked. NOT_FOUND when it is not (or no longer)
-    known; the decision log file (`smart-dispatch why`) reaches further back.
+    taken for a message id (Decide, Dispatch or a re-decision) by any sidecar sharing the
+    store, from the decision log kept in the store (bounded by retention time and size), with
+    contact addresses masked, and what happened to it later (attempts, engagement). NOT_FOUND
+    when it is not (or no longer) known.
+    """
+    GetStats: _grpc.UnaryUnaryMultiCallable[_smart_dispatch_pb2.GetStatsRequest, _smart_dispatch_pb2.GetStatsResponse]
+    """GetStats counts decisions, sends, delivery and engagement, suppressions and deferrals by
+    reason, and cost, per day x category x channel x rule x template, over a time range.
+    """
+    GetPreferences: _grpc.UnaryUnaryMultiCallable[_smart_dispatch_pb2.GetPreferencesRequest, _smart_dispatch_pb2.GetPreferencesResponse]
+    """GetPreferences returns a person's stored preferences (empty ones when none are stored)."""
+    UpdatePreferences: _grpc.UnaryUnaryMultiCallable[_smart_dispatch_pb2.UpdatePreferencesRequest, _smart_dispatch_pb2.UpdatePreferencesResponse]
+    """UpdatePreferences changes a person's preferences: the fields named in update_mask, or all
+    of them when it is empty. Opting out of a category the rules mark `required` (e.g. otp) is
+    FAILED_PRECONDITION naming the category.
     """
 
 @_typing.type_check_only
@@ -131,9 +143,21 @@ class SmartDispatchServiceAsyncStub(SmartDispatchServiceStub):
     """CheckListMember tells which lists a user is on."""
     GetDecision: _aio.UnaryUnaryMultiCallable[_smart_dispatch_pb2.GetDecisionRequest, _smart_dispatch_pb2.GetDecisionResponse]  # type: ignore[assignment]
     """GetDecision answers "why did this message go (or not go) this way": the latest decision
-    this sidecar took for a message id (Decide, Dispatch or a re-decision), from a bounded
-    in-memory index, with contact addresses masked. NOT_FOUND when it is not (or no longer)
-    known; the decision log file (`smart-dispatch why`) reaches further back.
+    taken for a message id (Decide, Dispatch or a re-decision) by any sidecar sharing the
+    store, from the decision log kept in the store (bounded by retention time and size), with
+    contact addresses masked, and what happened to it later (attempts, engagement). NOT_FOUND
+    when it is not (or no longer) known.
+    """
+    GetStats: _aio.UnaryUnaryMultiCallable[_smart_dispatch_pb2.GetStatsRequest, _smart_dispatch_pb2.GetStatsResponse]  # type: ignore[assignment]
+    """GetStats counts decisions, sends, delivery and engagement, suppressions and deferrals by
+    reason, and cost, per day x category x channel x rule x template, over a time range.
+    """
+    GetPreferences: _aio.UnaryUnaryMultiCallable[_smart_dispatch_pb2.GetPreferencesRequest, _smart_dispatch_pb2.GetPreferencesResponse]  # type: ignore[assignment]
+    """GetPreferences returns a person's stored preferences (empty ones when none are stored)."""
+    UpdatePreferences: _aio.UnaryUnaryMultiCallable[_smart_dispatch_pb2.UpdatePreferencesRequest, _smart_dispatch_pb2.UpdatePreferencesResponse]  # type: ignore[assignment]
+    """UpdatePreferences changes a person's preferences: the fields named in update_mask, or all
+    of them when it is empty. Opting out of a category the rules mark `required` (e.g. otp) is
+    FAILED_PRECONDITION naming the category.
     """
 
 class SmartDispatchServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -272,9 +296,39 @@ class SmartDispatchServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_smart_dispatch_pb2.GetDecisionResponse, _abc.Awaitable[_smart_dispatch_pb2.GetDecisionResponse]]:
         """GetDecision answers "why did this message go (or not go) this way": the latest decision
-        this sidecar took for a message id (Decide, Dispatch or a re-decision), from a bounded
-        in-memory index, with contact addresses masked. NOT_FOUND when it is not (or no longer)
-        known; the decision log file (`smart-dispatch why`) reaches further back.
+        taken for a message id (Decide, Dispatch or a re-decision) by any sidecar sharing the
+        store, from the decision log kept in the store (bounded by retention time and size), with
+        contact addresses masked, and what happened to it later (attempts, engagement). NOT_FOUND
+        when it is not (or no longer) known.
+        """
+
+    @_abc_1.abstractmethod
+    def GetStats(
+        self,
+        request: _smart_dispatch_pb2.GetStatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_smart_dispatch_pb2.GetStatsResponse, _abc.Awaitable[_smart_dispatch_pb2.GetStatsResponse]]:
+        """GetStats counts decisions, sends, delivery and engagement, suppressions and deferrals by
+        reason, and cost, per day x category x channel x rule x template, over a time range.
+        """
+
+    @_abc_1.abstractmethod
+    def GetPreferences(
+        self,
+        request: _smart_dispatch_pb2.GetPreferencesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_smart_dispatch_pb2.GetPreferencesResponse, _abc.Awaitable[_smart_dispatch_pb2.GetPreferencesResponse]]:
+        """GetPreferences returns a person's stored preferences (empty ones when none are stored)."""
+
+    @_abc_1.abstractmethod
+    def UpdatePreferences(
+        self,
+        request: _smart_dispatch_pb2.UpdatePreferencesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_smart_dispatch_pb2.UpdatePreferencesResponse, _abc.Awaitable[_smart_dispatch_pb2.UpdatePreferencesResponse]]:
+        """UpdatePreferences changes a person's preferences: the fields named in update_mask, or all
+        of them when it is empty. Opting out of a category the rules mark `required` (e.g. otp) is
+        FAILED_PRECONDITION naming the category.
         """
 
 def add_SmartDispatchServiceServicer_to_server(servicer: SmartDispatchServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,63 @@
+"""What operators and people ask of a running sidecar, in one place: the gRPC servicers and the
+web console on the admin port both call these, so an answer never differs between the two.
+
+Each method takes and returns protobuf messages (the API's types), raises `SmartDispatchError`
+subclasses for bad input or missing things (`InvalidRequestError` naming the field,
+`NotFoundError`), and touches the store only through the runtime's components.
+"""
+
+from __future__ import annotations
+
+from smart_dispatch._proto.smartdispatch.v1 import smart_dispatch_pb2 as pb
+from smart_dispatch.api.convert import decision_lookup, rules_status
+from smart_dispatch.api.dispatch_convert import dispatch_status
+from smart_dispatch.decide.validate import check_id
+from smart_dispatch.errors import InvalidRequestError, NotFoundError
+from smart_dispatch.runtime import Runtime
+
+MAX_REDRIVE_IDS = 1000
+
+
+class Operations:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    # -- messages ---------------------------------------------------------------------------
+
+    async def decision(self, message_id: str) -> pb.GetDecisionResponse:
+        """The latest decision for a message id, masked, with what happened to it later."""
+        message_id = check_id(message_id, "message_id")
+        entry = self.runtime.telemetry.audit.lookup(message_id)
+        if entry is None:
+            raise NotFoundError(f"no decision for message {message_id!r} is known to this sidecar")
+        return decision_lookup(entry)
+
+    async def dispatch(self, dispatch_id: str = "", message_id: str = "") -> pb.DispatchStatus:
+        for field, value in (("dispatch_id", dispatch_id), ("message_id", message_id)):
+            if value:
+                check_id(value, field)
+        return dispatch_status(await self.runtime.dispatcher.get(dispatch_id, message_id))
+
+    async def dead_letters(self, limit: int = 100) -> list[pb.DispatchStatus]:
+        """Dead letters, oldest first (at most `limit`)."""
+        ids = await self.runtime.stores.dispatches.dead_letters(limit)
+        out = []
+        for dispatch_id in ids:
+            record = await self.runtime.stores.dispatches.get(dispatch_id)
+            if record is not None:
+                out.append(dispatch_status(record))
+        return out
+
+    async def redrive(self, limit: int, dispatch_ids: tuple[str, ...] = ()) -> list[pb.DispatchStatus]:
+        if limit < 0:
+            raise InvalidRequestError("limit", "must not be negative")
+        if len(dispatch_ids) > MAX_REDRIVE_IDS:
+            raise InvalidRequestError("dispatch_ids", f"more than {MAX_REDRIVE_IDS} entries")
+        ids = tuple(check_id(i, f"dispatch_ids[{n}]") for n, i in enumerate(dispatch_ids))
+        redriven = await self.runtime.dispatcher.redrive(limit or 100, ids)
+        return [dispatch_status(r) for r in redriven]
+
+    # -- rules ------------------------------------------------------------------------------
+
+    def rules_status(self) -> pb.RulesStatus:
+        return rules_status(self.runtime.rules.status())
