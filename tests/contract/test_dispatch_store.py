@@ -409,6 +409,27 @@ async def test_dead_letters_come_oldest_first_and_keep_their_place(store: Dispat
     assert await store.dead_letters(1) == ["d1"]
 
 
+async def test_depth_counts_ready_work_per_lane_scheduled_work_and_dead_letters(store: DispatchStore):
+    # Given an empty store
+    empty = {"critical": 0, "high": 0, "normal": 0, "bulk": 0, "scheduled": 0, "dead_letters": 0}
+    assert await store.depth() == empty
+
+    # When work is queued in two lanes, one item is scheduled for later and one dead-lettered
+    await store.create(record(1, lane="critical"))
+    for n in (2, 3, 4):
+        await store.create(record(n, lane="bulk"))
+    await store.create(record(5, send_at=later(60)))
+    stored, _ = await store.create(record(6, lane="high"))
+    claim = await claim_one(store)  # the critical item goes to a worker first
+    assert claim.dispatch_id == "d1"
+
+    # Then a claimed item is no longer waiting; everything else is where it waits
+    assert await store.depth() == {**empty, "bulk": 3, "high": 1, "scheduled": 1}
+    assert await store.update(dead(stored), 1) is not None
+    depth = await store.depth()
+    assert depth["dead_letters"] == 1 and depth["critical"] == 0
+
+
 # --- Redis only: the layout of the keys of one server ---------------------------------------------
 
 

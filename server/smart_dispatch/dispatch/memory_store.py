@@ -185,6 +185,13 @@ class MemoryDispatchStore(DispatchStore):
     async def dead_letters(self, limit: int) -> list[str]:
         return [i for i, _ in sorted(self._dead.items(), key=lambda item: item[1])][:limit]
 
+    async def depth(self) -> dict[str, int]:
+        return {
+            **{lane: len(queue) for lane, queue in self._ready.items()},
+            "scheduled": len(self._scheduled),
+            "dead_letters": len(self._dead),
+        }
+
 
 class _MemoryWatch(Watch):
     def __init__(self, watchers: dict[str, list[asyncio.Queue[DispatchRecord]]], dispatch_id: str) -> None:

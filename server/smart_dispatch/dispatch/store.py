@@ -113,5 +113,14 @@ class DispatchStore(abc.ABC):
     async def dead_letters(self, limit: int) -> list[str]:
         """Dispatch ids of dead letters, oldest first (maintained by `update`)."""
 
+    @abc.abstractmethod
+    async def depth(self) -> dict[str, int]:
+        """What is waiting, for operators (a read, no side effects): per lane of `domain.LANES`
+        the items ready to be claimed and not handed to a worker yet, `scheduled` the items
+        waiting for their time (also those due but not yet moved to their lane), and
+        `dead_letters` the size of the dead-letter index. An item queued for a version of its
+        record that a later update replaced still counts until a worker skips it, so the
+        numbers may run a little above the dispatches actually waiting."""
+
     async def close(self) -> None:
         return None
