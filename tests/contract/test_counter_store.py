@@ -152,6 +152,33 @@ async def test_global_caps_are_shared_across_users(counter_store: CounterStore, 
     assert await used(counter_store, [per_user], user="carol", at_s=t0) == [0]
 
 
+async def test_usage_reads_what_each_cap_counts_now_and_records_nothing(counter_store: CounterStore, t0: float):
+    # Given alice's sends: one now, one planned in an hour (a user cap, a global cap, and a
+    # high-volume global cap counted by the sliding-window counter on Redis)
+    sms_day = cap("sms_day", 2, DAY)
+    promo = cap("promo_day", 3, DAY, scope="global")
+    bulk = cap("bulk_day", 5000, DAY, scope="global")
+    for member, at_s in (("m1", t0), ("m2", t0 + HOUR)):
+        assert (await reserve(counter_store, member, [sms_day, promo, bulk], at_s=at_s)).chosen == 0
+
+    # When an operator reads the caps in use, for alice and for bob
+    alice = await counter_store.usage("alice", [sms_day, promo, bulk])
+    bob = await counter_store.usage("bob", [sms_day, promo])
+
+    # Then the user cap is alice's own (the planned send included), the global ones are shared
+    assert [(u.cap.name, u.used, u.remaining) for u in alice] == [
+        ("sms_day", 2, 0),
+        ("promo_day", 2, 1),
+        ("bulk_day", 2, 4998),
+    ]
+    assert alice[0].reset_at_s == t0 + DAY
+    assert [(u.used, u.reset_at_s) for u in bob] == [(0, None), (2, t0 + DAY)]
+    assert await counter_store.usage("alice", []) == ()
+    # and reading recorded nothing: alice's third send is refused, bob's first is not
+    assert (await reserve(counter_store, "m3", [sms_day, promo], at_s=t0 + 2)).chosen is None
+    assert (await reserve(counter_store, "m4", [sms_day, promo], user="bob", at_s=t0 + 2)).chosen == 0
+
+
 async def test_user_caps_are_isolated_between_users(counter_store: CounterStore, t0: float):
     single = cap("one", 1, HOUR)
     assert (await reserve(counter_store, "m1", [single], user="alice", at_s=t0)).chosen == 0

@@ -110,9 +110,27 @@ class CounterStore(abc.ABC):
     async def refund(self, user_id: str, member: str, caps: Sequence[CapSpec]) -> None:
         """Remove `member` from every cap in `caps` (a send that never happened)."""
 
+    async def usage(self, user_id: str, caps: Sequence[CapSpec]) -> tuple[CapUsage, ...]:
+        """How much of each cap `user_id` uses now (the user's own count for a user cap, the
+        shared one for a global cap), for operators: a read that records nothing. Counts
+        include sends planned for later, as `reserve` does.
+
+        Every store answers it with a dry-run `reserve` of one option holding every cap, for a
+        member no message can have (a blank id), so the numbers come from the same arithmetic
+        (and, on Redis, the same script) as the decisions; one round trip."""
+        if not caps:
+            return ()
+        options = (tuple(caps),)
+        outcome = await self.reserve(ReserveRequest(user_id, _NO_MESSAGE, options, dry_run=True))
+        return outcome.options[0].usages
+
     async def close(self) -> None:
         """Release connections. Default: nothing to release."""
         return None
+
+
+#: The member of `usage`'s dry run: blank, which no message id is (decide/validate.py).
+_NO_MESSAGE = " "
 
 
 def to_ms(seconds: float) -> int:
