@@ -1,9 +1,10 @@
 """The sidecar: the runtime (runtime.py) behind a gRPC server.
 
-Lifecycle: `start()` loads the rules (failing fast on invalid files), connects the stores, binds
-the port and only then reports SERVING on `grpc.health.v1`, then starts the sender pool and the
-rules watcher. `stop()` reports NOT_SERVING, lets in-flight calls finish within the grace
-period, lets in-flight sends finish, then closes providers and stores.
+Lifecycle: `start()` loads the rules (failing fast on invalid files), connects the stores, serves
+the admin HTTP port (`/metrics`, when SD_METRICS_PORT is set), binds the gRPC port and only then
+reports SERVING on `grpc.health.v1`, then starts the sender pool and the rules watcher. `stop()`
+reports NOT_SERVING, lets in-flight calls finish within the grace period, closes the admin
+port, lets in-flight sends finish, then closes providers and stores.
 """
 
 from __future__ import annotations
@@ -66,6 +67,11 @@ class App:
         options = [("grpc.max_receive_message_length", s.max_request_bytes)]
         server = grpc.aio.server(interceptors=interceptors, options=options)
         self.operations = Operations(runtime)
+        try:
+            await runtime.telemetry.start()
+        except BaseException:
+            await self.stop(grace_s=0)
+            raise
         servicer = SmartDispatchServicer(self.operations)
         add_service(server, servicer, SERVICE)
         add_service(server, RulesAdminServicer(self.rules), ADMIN_SERVICE)
@@ -89,6 +95,11 @@ class App:
         log.info("serving on %s:%d", s.host, self.port)
         return self.port
 
+    @property
+    def admin_port(self) -> int | None:
+        """The admin HTTP port (`/metrics`) while serving; None when not configured."""
+        return None if self.runtime is None else self.runtime.telemetry.metrics_port
+
     async def _serve_plain_health(self, host: str, port: int) -> None:
         """grpc.health.v1 alone, in plaintext: for probes that cannot speak TLS (Kubernetes gRPC
         probes, the image's HEALTHCHECK). It tells SERVING or not and nothing else."""
@@ -105,6 +116,8 @@ class App:
             await self._health.enter_graceful_shutdown()
             await self._server.stop(self.settings.shutdown_grace_s if grace_s is None else grace_s)
             self._server = None
+        if self.runtime is not None and self.runtime.telemetry.admin is not None:
+            await self.runtime.telemetry.admin.close()  # also when the telemetry outlives this App
         if self._health_server is not None:
             await self._health_server.stop(0)
             self._health_server = None

@@ -78,7 +78,8 @@ class Runtime:
     ) -> Runtime:
         """Load rules (failing fast on invalid files) and connect everything; the sender pool
         is created (not started) when `settings.senders > 0`. Without `telemetry`, one is built
-        from the settings and closed with the runtime."""
+        from the settings and closed with the runtime. The admin HTTP port is not served yet:
+        the process calls `telemetry.start()` once it added its routes."""
         owned = telemetry is None
         telemetry = Telemetry.from_settings(settings) if telemetry is None else telemetry
         try:
@@ -94,7 +95,6 @@ class Runtime:
     async def _build(cls, settings: Settings, rules: ActiveRules, telemetry: Telemetry) -> Runtime:
         rules.on_load(telemetry.rules_loaded)
         await rules.load_async()
-        await telemetry.start()
         s = settings
         options = StoreOptions(s.store_timeout_s, s.key_prefix, s.claim_timeout_s, s.allow_list, s.deny_list)
         stores = stores_from_url(s.store_url, options)

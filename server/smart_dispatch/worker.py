@@ -31,6 +31,7 @@ async def run_worker(settings: Settings) -> None:
         await runtime.close()
         raise ConfigurationError("a separate worker needs a shared store: use --store redis://…")
     assert runtime.pool is not None
+    await runtime.telemetry.start()  # /metrics on the admin HTTP port, when configured
     runtime.pool.start()
     if settings.watch_rules:
         watcher.start()

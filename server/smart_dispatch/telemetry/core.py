@@ -1,4 +1,4 @@
-"""`Telemetry`: the tracer, the hooks (metrics, decision log, extras) and the metrics endpoint
+"""`Telemetry`: the tracer, the hooks (metrics, decision log, extras) and the admin HTTP port
 of one sidecar, built once by the composition root and passed down.
 
 `Telemetry.noop()` (the default everywhere) records nothing and costs next to nothing, so unit
@@ -23,6 +23,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
+from smart_dispatch.admin_http import AdminServer
 from smart_dispatch.domain import DecideRequest, Decision
 from smart_dispatch.telemetry.audit import AuditLog
 from smart_dispatch.telemetry.base import (
@@ -36,7 +37,7 @@ from smart_dispatch.telemetry.base import (
     TelemetryHooks,
     call_hook,
 )
-from smart_dispatch.telemetry.metrics import Metrics, MetricsEndpoint, noop_meter, prometheus_meter_provider
+from smart_dispatch.telemetry.metrics import Metrics, metrics_routes, noop_meter, prometheus_meter_provider
 from smart_dispatch.telemetry.tracing import (
     TRACER_NAME,
     TelemetryInterceptor,
@@ -62,7 +63,7 @@ class Telemetry:
         hooks: Sequence[TelemetryHooks] = (),
         tracer_provider: TracerProvider | None = None,
         meter_provider: MeterProvider | None = None,
-        endpoint: MetricsEndpoint | None = None,
+        admin: AdminServer | None = None,
     ) -> None:
         self.tracer = tracer or trace.NoOpTracer()
         self.metrics = metrics or Metrics(noop_meter())
@@ -78,7 +79,8 @@ class Telemetry:
         self._records_rpcs = self._tracing or bool(self._subscribers["on_rpc"])
         self._tracer_provider = tracer_provider
         self._meter_provider = meter_provider
-        self._endpoint = endpoint
+        #: the admin HTTP port serving `/metrics` (None: not configured); see `start()`
+        self.admin = admin
 
     @classmethod
     def noop(cls) -> Telemetry:
@@ -95,7 +97,7 @@ class Telemetry:
     ) -> Telemetry:
         """Exporter, sampler, metrics port and decision log from `settings`. `span_exporter`
         replaces the configured exporter (tests); `metrics_port` replaces `settings.metrics_port`
-        and then 0 means any free port (settings: 0 means no metrics endpoint).
+        and then 0 means any free port (settings: 0 means no admin port).
         Raises ConfigurationError for bad exporter names or ratios."""
         s = settings
         resource = Resource.create({"service.name": "smart-dispatch"})
@@ -108,12 +110,13 @@ class Telemetry:
         )
         tracer = tracer_provider.get_tracer(TRACER_NAME) if tracer_provider is not None else None
         port = (s.metrics_port or None) if metrics_port is None else metrics_port
-        meter_provider = endpoint = None
+        meter_provider = admin = None
         metrics = None
         if port is not None:
             meter_provider, registry = prometheus_meter_provider(resource)
             metrics = Metrics(meter_provider.get_meter(TRACER_NAME))
-            endpoint = MetricsEndpoint(registry, s.host, port)
+            admin = AdminServer(s.host, port)
+            admin.add_routes(metrics_routes(registry))
         return cls(
             tracer,
             metrics=metrics,
@@ -121,22 +124,24 @@ class Telemetry:
             hooks=hooks,
             tracer_provider=tracer_provider,
             meter_provider=meter_provider,
-            endpoint=endpoint,
+            admin=admin,
         )
 
     async def start(self) -> None:
-        """Serve `/metrics` (if configured). Idempotent."""
-        if self._endpoint is not None:
-            await self._endpoint.start()
+        """Serve the admin HTTP port (if configured). Idempotent. The process that runs the
+        telemetry calls it once its routes are complete (`serve` adds the console first)."""
+        if self.admin is not None:
+            await self.admin.start()
 
     @property
     def metrics_port(self) -> int | None:
-        return None if self._endpoint is None else self._endpoint.port
+        """The admin HTTP port once it serves (it serves `/metrics`)."""
+        return None if self.admin is None else self.admin.port
 
     async def close(self) -> None:
-        """Stop the metrics endpoint, close hooks, flush and stop exporters."""
-        if self._endpoint is not None:
-            await self._endpoint.close()
+        """Stop the admin HTTP port, close hooks, flush and stop exporters."""
+        if self.admin is not None:
+            await self.admin.close()
         for hook in self.hooks:
             call_hook(lambda h: h.close(), hook)
         if self._tracer_provider is not None:

@@ -1,4 +1,5 @@
-"""Metrics: OpenTelemetry instruments, exported for Prometheus on an HTTP `/metrics` endpoint.
+"""Metrics: OpenTelemetry instruments, exported for Prometheus as `/metrics` on the admin HTTP
+port (admin_http.py).
 
 Instruments (Prometheus names after translation):
 
@@ -10,6 +11,8 @@ Instruments (Prometheus names after translation):
     smartdispatch_rules_reloads_total{result}                  loaded | unchanged | failed
     smartdispatch_rpc_server_duration_seconds{rpc_service, rpc_method, grpc_code}
     smartdispatch_store_duration_seconds{operation, ok}
+    smartdispatch_events_total{kind, channel}                  reported delivery and engagement
+    smartdispatch_cost_total{channel}                          what sends cost (the rules' costs)
 
 Label values come from bounded sets only (verdicts, categories and reason codes the rules know,
 channel and cap names, status codes): never user ids, message ids or addresses. The meter
@@ -19,10 +22,7 @@ private to one sidecar, so several sidecars (tests) in one process do not collid
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-
+from aiohttp import web
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import Meter, NoOpMeterProvider
 from opentelemetry.sdk.metrics import MeterProvider
@@ -32,6 +32,7 @@ from prometheus_client.exposition import choose_encoder
 
 from smart_dispatch.telemetry.base import (
     CapsRefused,
+    Counted,
     DeadLettered,
     DecisionMade,
     RpcFinished,
@@ -41,11 +42,9 @@ from smart_dispatch.telemetry.base import (
     TelemetryHooks,
 )
 
-log = logging.getLogger(__name__)
 METER_NAME = "smart_dispatch"
 #: Latency bucket bounds (s): sub-millisecond store calls up to multi-second provider calls.
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-_READ_TIMEOUT_S = 5.0
 
 
 class Metrics(TelemetryHooks):
@@ -75,6 +74,12 @@ class Metrics(TelemetryHooks):
             unit="s",
             description="Duration of served RPCs",
             explicit_bucket_boundaries_advisory=LATENCY_BUCKETS_S,
+        )
+        self._events = meter.create_counter(
+            "smartdispatch.events", description="Reported delivery and engagement events, by kind and channel"
+        )
+        self._cost = meter.create_counter(
+            "smartdispatch.cost", description="What sends cost, by channel (the rules' channel costs)"
         )
         self._store = meter.create_histogram(
             "smartdispatch.store.duration",
@@ -111,6 +116,12 @@ class Metrics(TelemetryHooks):
     def on_store_call(self, event: StoreCallFinished) -> None:
         self._store.record(event.duration_s, {"operation": event.operation, "ok": str(event.ok).lower()})
 
+    def on_counted(self, event: Counted) -> None:
+        if event.metric == "cost":
+            self._cost.add(event.amount, {"channel": event.channel})
+        else:
+            self._events.add(event.amount, {"kind": event.metric, "channel": event.channel})
+
 
 def noop_meter() -> Meter:
     return NoOpMeterProvider().get_meter(METER_NAME)
@@ -128,69 +139,13 @@ def prometheus_meter_provider(resource: Resource | None = None) -> tuple[MeterPr
     return provider, registry
 
 
-class MetricsEndpoint:
-    """A minimal HTTP/1.1 server on the event loop answering `GET /metrics` with the registry
-    in the Prometheus text (or OpenMetrics, by Accept header) format. One request per
-    connection; anything else is 404 / 405."""
+def metrics_routes(registry: CollectorRegistry) -> list[web.RouteDef]:
+    """`GET /metrics` (and HEAD) for the admin HTTP port (admin_http.py): the registry in the
+    Prometheus text format, or OpenMetrics when the Accept header asks for it. Other methods
+    are answered 405 by the router."""
 
-    def __init__(self, registry: CollectorRegistry, host: str, port: int) -> None:
-        self._registry = registry
-        self._host = host
-        self._port = port
-        self._server: asyncio.Server | None = None
+    async def metrics(request: web.Request) -> web.Response:
+        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        return web.Response(body=encoder(registry), headers={"Content-Type": content_type})
 
-    @property
-    def port(self) -> int | None:
-        """The bound port once started (useful with port 0)."""
-        if self._server is None or not self._server.sockets:
-            return None
-        return int(self._server.sockets[0].getsockname()[1])
-
-    async def start(self) -> int:
-        if self._server is None:
-            self._server = await asyncio.start_server(self._serve, self._host, self._port)
-            log.info("metrics on http://%s:%d/metrics", self._host, self.port)
-        port = self.port
-        assert port is not None
-        return port
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            status, content_type, body = await asyncio.wait_for(self._answer(reader), _READ_TIMEOUT_S)
-            head = (
-                f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-            )
-            writer.write(head.encode("latin-1") + body)
-            await writer.drain()
-        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
-            pass
-        except Exception:
-            log.exception("metrics endpoint failed")
-        finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
-
-    async def _answer(self, reader: asyncio.StreamReader) -> tuple[str, str, bytes]:
-        request_line = (await reader.readline()).decode("latin-1").split()
-        headers: dict[str, str] = {}
-        while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
-            name, _, value = line.decode("latin-1").partition(":")
-            headers[name.strip().lower()] = value.strip()
-        if len(request_line) < 2:
-            return "400 Bad Request", "text/plain", b"bad request\n"
-        method, target = request_line[0], request_line[1]
-        if target.split("?", 1)[0] != "/metrics":
-            return "404 Not Found", "text/plain", b"try /metrics\n"
-        if method not in ("GET", "HEAD"):
-            return "405 Method Not Allowed", "text/plain", b"GET only\n"
-        encoder, content_type = choose_encoder(headers.get("accept", ""))
-        body = encoder(self._registry)
-        return "200 OK", content_type, b"" if method == "HEAD" else body
+    return [web.get("/metrics", metrics)]
