@@ -12,8 +12,9 @@ of `timeout_s`), which also covers reads - a per-socket read timeout would only 
 command. A failed call fails fast as `StoreUnavailableError`, and the decision pipeline applies
 its fail-open / fail-closed policy instead of waiting. Building the client does not connect.
 
-A decision's user-state read (list memberships + behaviour) is one EVALSHA of user_state.lua on
-one server (package data next to this module), a pipeline on a Cluster: `RedisUserStateReader`.
+A decision's user-state read (list memberships + behaviour + preferences) is one EVALSHA of
+user_state.lua on one server (package data next to this module), a pipeline on a Cluster:
+`RedisUserStateReader`.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from smart_dispatch.errors import ConfigurationError
 from smart_dispatch.inbox.redis import RedisInboxStore
 from smart_dispatch.lists.base import LIST_NAMES
 from smart_dispatch.lists.redis import RedisListStore
+from smart_dispatch.preferences.redis import RedisPreferenceStore, decode_preferences, decode_preferences_flat
 from smart_dispatch.ratelimit.redis import RedisRateLimiter
 from smart_dispatch.stores import StoreOptions, Stores
 from smart_dispatch.user_state import UserState, UserStateReader
@@ -95,56 +97,77 @@ def redis_stores(url: str, options: StoreOptions) -> Stores:
         client, prefix=options.prefix, timeout_s=options.timeout_s, claim_timeout_s=options.claim_timeout_s
     )
     inbox = RedisInboxStore(client, prefix=options.prefix, timeout_s=options.timeout_s, close_client=False)
-    user_state = RedisUserStateReader(lists, behaviour, options.timeout_s)
+    preferences = RedisPreferenceStore(client, prefix=options.prefix, timeout_s=options.timeout_s)
+    user_state = RedisUserStateReader(lists, behaviour, preferences, options.timeout_s)
     rate_limits = RedisRateLimiter(client, prefix=options.prefix, timeout_s=options.timeout_s)
-    return Stores(counters, lists, behaviour, dispatches, inbox, user_state, url, rate_limits)
+    return Stores(
+        counters,
+        lists,
+        behaviour,
+        dispatches,
+        inbox,
+        user_state,
+        url,
+        rate_limits,
+        preferences=preferences,
+    )
 
 
 class RedisUserStateReader(UserStateReader):
-    """Memberships and behaviour in ONE round trip, read afresh for every call (no cache: a list
-    change applies to the next decision of every sidecar).
+    """Memberships, behaviour and preferences in ONE round trip, read afresh for every call (no
+    cache: a list or preference change applies to the next decision of every sidecar).
 
     On one server: one EVALSHA of user_state.lua (key schema and reply in its header), packed here
     and run by the client's `_redis_guard.LuaRunner`, as `RedisCounterStore` runs its cap script
     (pipelined with concurrent calls; a SCRIPT LOAD and a resend when the server lost its script
     cache). On a Cluster the list
-    sets and the user's hash live in different slots: a non-transactional pipeline, one round trip
-    per node (also where `DirectSender.for_client` declines the client).
+    sets and the user's hashes live in different slots: a non-transactional pipeline, one round
+    trip per node (also where `DirectSender.for_client` declines the client).
 
     Raises `StoreUnavailableError` when Redis cannot answer within `timeout_s` (the whole call, all
     its round trips), `StoreError` on other Redis errors.
     """
 
-    def __init__(self, lists: RedisListStore, behaviour: RedisBehaviourStore, timeout_s: float) -> None:
-        super().__init__(lists, behaviour)
+    def __init__(
+        self,
+        lists: RedisListStore,
+        behaviour: RedisBehaviourStore,
+        preferences: RedisPreferenceStore,
+        timeout_s: float,
+    ) -> None:
+        super().__init__(lists, behaviour, preferences)
         self._redis_lists = lists
         self._redis_behaviour = behaviour
+        self._redis_preferences = preferences
         self._timeout_s = timeout_s
         self._lua = LuaRunner.of(lists.client, timeout_s)
         self._direct = self._lua.direct
-        # EVALSHA <sha> <numkeys> <list keys...> <behaviour key> <user id>: all but the last two
-        # arguments are the same for every call, so they are packed once.
+        # EVALSHA <sha> <numkeys> <list keys...> <behaviour key> <preferences key> <user id>: all
+        # but the last three arguments are the same for every call, so they are packed once.
         list_keys = [lists.key(name) for name in LIST_NAMES]  # type: ignore[arg-type]
         self._head = b""
         if self._direct is not None:
-            argc = 3 + len(list_keys) + 2
+            argc = 3 + len(list_keys) + 3
             self._head = self._direct.pack_head(
-                argc, "EVALSHA", USER_STATE_SHA, str(len(list_keys) + 1), *list_keys
+                argc, "EVALSHA", USER_STATE_SHA, str(len(list_keys) + 2), *list_keys
             )
 
     async def read(self, user_id: str) -> UserState:
         direct = self._direct
         if direct is None:
             return await self._read_pipelined(user_id)
-        command = self._head + direct.pack_tail(self._redis_behaviour.key(user_id), user_id)
+        command = self._head + direct.pack_tail(
+            self._redis_behaviour.key(user_id), self._redis_preferences.key(user_id), user_id
+        )
         # `guarded(self._timeout_s)` inlined: the same bound and translation, less per-call work
         try:
             async with asyncio.timeout(self._timeout_s):
                 raw = await self._lua.run_packed(command, USER_STATE)
         except TRANSLATED as exc:
             raise translated(exc) from exc
+        n = len(LIST_NAMES)
         memberships = frozenset(name for name, member in zip(LIST_NAMES, raw, strict=False) if member)
-        return UserState(memberships, decode_behaviour_flat(raw, len(LIST_NAMES)))
+        return UserState(memberships, decode_behaviour_flat(raw[n]), decode_preferences_flat(raw[n + 1]))
 
     async def _read_pipelined(self, user_id: str) -> UserState:
         async with guarded(self._timeout_s):
@@ -152,6 +175,7 @@ class RedisUserStateReader(UserStateReader):
             for name in LIST_NAMES:
                 pipe.sismember(self._redis_lists.key(name), user_id)  # type: ignore[arg-type]
             pipe.hgetall(self._redis_behaviour.key(user_id))
-            *found, raw = await pipe.execute()
+            pipe.hgetall(self._redis_preferences.key(user_id))
+            *found, behaviour, preferences = await pipe.execute()
         memberships = frozenset(name for name, member in zip(LIST_NAMES, found, strict=True) if member)
-        return UserState(memberships, decode_behaviour(raw))
+        return UserState(memberships, decode_behaviour(behaviour), decode_preferences(preferences.items()))

@@ -17,6 +17,8 @@ from smart_dispatch.dispatch.store import DispatchStore
 from smart_dispatch.errors import ConfigurationError
 from smart_dispatch.inbox.base import InboxStore
 from smart_dispatch.lists.base import ListStore
+from smart_dispatch.preferences.base import PreferenceStore
+from smart_dispatch.preferences.memory import MemoryPreferenceStore
 from smart_dispatch.ratelimit.base import MemoryRateLimiter, RateLimiter
 from smart_dispatch.user_state import UserStateReader
 
@@ -42,10 +44,12 @@ class Stores:
     user_state: UserStateReader
     url: str
     rate_limits: RateLimiter = field(default_factory=MemoryRateLimiter)
+    preferences: PreferenceStore = field(default_factory=MemoryPreferenceStore)
 
     async def close(self) -> None:
         for store in (self.counters, self.lists, self.behaviour, self.dispatches, self.inbox):
             await store.close()
+        await self.preferences.close()
 
 
 SCHEMES: tuple[str, ...] = ("memory", "redis", "rediss", "redis+cluster")
@@ -62,15 +66,16 @@ def stores_from_url(url: str, options: StoreOptions | None = None) -> Stores:
         from smart_dispatch.inbox.memory import MemoryInboxStore
         from smart_dispatch.lists.memory import MemoryListStore
 
-        lists, behaviour = MemoryListStore(), MemoryBehaviourStore()
+        lists, behaviour, preferences = MemoryListStore(), MemoryBehaviourStore(), MemoryPreferenceStore()
         return Stores(
             MemoryCounterStore(),
             lists,
             behaviour,
             MemoryDispatchStore(claim_timeout_s=options.claim_timeout_s),
             MemoryInboxStore(),
-            UserStateReader(lists, behaviour),
+            UserStateReader(lists, behaviour, preferences),
             url,
+            preferences=preferences,
         )
     if scheme in ("redis", "rediss", "redis+cluster"):
         from smart_dispatch.redis_stores import redis_stores

@@ -1,7 +1,8 @@
-"""The user-state read (user_state.py): what a decision reads about a person, on memory, one Redis
-and a Cluster. The reference is `UserStateReader` over the memory stores fed the same changes; the
-Redis reader must return exactly what it does, in one round trip on one server (user_state.lua),
-and recover from a lost script cache, an outage and a timed-out read."""
+"""The user-state read (user_state.py): what a decision reads about a person (list memberships,
+behaviour, preferences), on memory, one Redis and a Cluster. The reference is `UserStateReader`
+over the memory stores fed the same changes; the Redis reader must return exactly what it does,
+in one round trip on one server (user_state.lua), and recover from a lost script cache, an
+outage and a timed-out read."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from datetime import time as clock_time
 
 import pytest
 from smart_dispatch._redis_guard import DirectSender
@@ -18,6 +20,8 @@ from smart_dispatch.behaviour.memory import MemoryBehaviourStore
 from smart_dispatch.errors import StoreError, StoreUnavailableError
 from smart_dispatch.lists.base import LIST_NAMES, ListName
 from smart_dispatch.lists.memory import MemoryListStore
+from smart_dispatch.preferences.base import PATHS, Consent, LocalWindow, Preferences
+from smart_dispatch.preferences.memory import MemoryPreferenceStore
 from smart_dispatch.redis_stores import USER_STATE_SHA, redis_client
 from smart_dispatch.stores import StoreOptions, Stores, stores_from_url
 from smart_dispatch.user_state import UserState, UserStateReader
@@ -54,6 +58,20 @@ EVENTS: list[tuple[str, EventKind, str | None, int]] = [
     ("busy", "opened", "push", 6),  # older than the latest activity: not the last_active_at
     ("élève 7", "clicked", "in_app", 1),
 ]
+# (user, preferences) stored for the scenario
+PREFERENCES: list[tuple[str, Preferences]] = [
+    (
+        "busy",
+        Preferences(
+            consents=(Consent("marketing", "sms", False), Consent("*", "email", True)),
+            mute_until=T0 + timedelta(days=2, milliseconds=250),
+            quiet_hours=LocalWindow(clock_time(22), clock_time(7, 30)),
+            channel_order=("in_app", "email"),
+            locale="de-DE",
+        ),
+    ),
+    ("élève 7", Preferences(consents=(Consent("*", "*", False),), locale="fr-FR")),
+]
 USERS = ["vip", "blocked", "both", "busy", "counted", "active", "élève 7", "nobody"]
 
 
@@ -62,7 +80,7 @@ class Twins:
 
     def __init__(self, stores: Stores) -> None:
         self.stores = stores
-        self.reference = UserStateReader(MemoryListStore(), MemoryBehaviourStore())
+        self.reference = UserStateReader(MemoryListStore(), MemoryBehaviourStore(), MemoryPreferenceStore())
 
     async def add(self, list_name: ListName, user_id: str) -> None:
         for lists in (self.stores.lists, self.reference.lists):
@@ -79,6 +97,11 @@ class Twins:
         at_s = (T0 + timedelta(hours=hours)).timestamp()
         for behaviour in behaviours:
             await behaviour.record(EngagementEvent(user_id, event, channel, at_s, message_id), HALF_LIFE_S)
+
+    async def prefer(self, user_id: str, preferences: Preferences) -> None:
+        assert self.reference.preferences is not None
+        for store in (self.stores.preferences, self.reference.preferences):
+            await store.update(user_id, preferences, PATHS, T0)
 
     async def both(self, user_id: str) -> tuple[UserState, UserState]:
         return await self.stores.user_state.read(user_id), await self.reference.read(user_id)
@@ -102,6 +125,8 @@ async def fill(twins: Twins) -> None:
         await twins.add(list_name, user)
     for index, (user, event, channel, hours) in enumerate(EVENTS):
         await twins.record(user, event, channel, hours, f"m{index}")
+    for user, preferences in PREFERENCES:
+        await twins.prefer(user, preferences)
 
 
 def command_calls(backend: Backend) -> Counter[str]:
@@ -138,6 +163,9 @@ async def test_members_and_behaviour_read_as_the_reference(twins: Twins):
     email, push, sms = busy.stats("email"), busy.stats("push"), busy.stats("sms")
     assert (email.delivered, email.opened, push.failed, sms.unsubscribed) == (1, 1, 1, 1)
     assert (await twins.stores.user_state.read("both")).memberships == frozenset(LIST_NAMES)
+    preferences = (await twins.stores.user_state.read("busy")).preferences
+    assert preferences.opted_out("marketing") == ("sms",)
+    assert (preferences.locale, preferences.updated_at) == ("de-DE", T0)
 
 
 async def test_the_read_equals_the_two_stores_read_separately(twins: Twins):
@@ -146,7 +174,9 @@ async def test_the_read_equals_the_two_stores_read_separately(twins: Twins):
     for user in USERS:
         state = await twins.stores.user_state.read(user)
         assert state == UserState(
-            await twins.stores.lists.memberships(user), await twins.stores.behaviour.get(user)
+            await twins.stores.lists.memberships(user),
+            await twins.stores.behaviour.get(user),
+            await twins.stores.preferences.get(user),
         ), user
 
 
@@ -178,7 +208,8 @@ async def test_one_server_reads_in_one_evalsha(twins: Twins, backend: Backend):
         before = command_calls(backend)
         await twins.stores.user_state.read(user)
         # the EVALSHA and the calls user_state.lua makes itself: nothing else was sent
-        assert command_calls(backend) - before == Counter(evalsha=1, sismember=len(LIST_NAMES), hgetall=1)
+        # (two HGETALL: the behaviour hash and the preferences hash)
+        assert command_calls(backend) - before == Counter(evalsha=1, sismember=len(LIST_NAMES), hgetall=2)
 
 
 @pytest.mark.redis

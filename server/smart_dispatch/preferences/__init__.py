@@ -1,0 +1,2 @@
+"""The preference centre: what each person chose about their messages (base.py), kept on
+memory or Redis."""
