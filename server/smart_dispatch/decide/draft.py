@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from smart_dispatch.domain import AppliedEffect
@@ -35,6 +36,10 @@ class PlanDraft:
     min_expected_engagement: float | None = None
     lane: str | None = None
     digest: Digest | None = None
+    #: the person's preferences that time the message (set after folding, not by rules): a mute
+    #: that holds it until then, and their own quiet hours (policy defer)
+    mute_until: datetime | None = None
+    personal_quiet_hours: QuietHours | None = None
     #: effect name -> the rule that set it (for reasons)
     source: dict[str, str] = field(default_factory=dict)
     #: every effect that changed the draft, in the order applied

@@ -9,14 +9,21 @@ user.local_weekday   mon..sun                             user.is_weekend    boo
 user.days_since_active   days since attributes.last_active_at (absent when unknown)
 user.allow_listed / user.deny_listed   bool
 user.<attribute>     every scalar recipient attribute (derived names win on a clash)
-reachable.<channel>  bool for every known channel: address present, not opted out,
-                     allowed by message.channels
+reachable.<channel>  bool for every known channel: address present, not opted out (in the
+                     request or the person's preferences), allowed by message.channels
+preferences.locale   the person's stored locale ("" when none)
+preferences.muted    bool: the person's mute holds this message now
+preferences.opted_out            channels the person opted out of for this category (a list)
+preferences.opted_out_of.<channel>   the same as a bool per known channel
+preferences.in_quiet_hours       bool: now is inside the person's own quiet hours
+preferences.channel_order        the person's channel order (a list)
+                     For a required category (rules file) nothing is opted out nor muted.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -28,15 +35,37 @@ from smart_dispatch.errors import InvalidRequestError, quote
 _WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
-def reachable_channels(message: Message, recipient: Recipient) -> tuple[str, ...]:
-    """Channels with an address that the person did not opt out of and the message allows."""
+def reachable_channels(
+    message: Message, recipient: Recipient, opted_out: Collection[str] = ()
+) -> tuple[str, ...]:
+    """Channels with an address that the person did not opt out of (in the request, or
+    `opted_out`: their stored preferences for this message) and the message allows."""
     return tuple(
         channel
         for channel in KNOWN_CHANNELS
         if recipient.addresses.get(channel)
         and channel not in recipient.opted_out
+        and channel not in opted_out
         and (not message.channels or channel in message.channels)
     )
+
+
+def preference_facts(
+    opted_out: Collection[str],
+    muted: bool,
+    in_quiet_hours: bool,
+    channel_order: Sequence[str] = (),
+    locale: str = "",
+) -> dict[str, Any]:
+    """The `preferences.*` facts: what the person's stored preferences say about this message."""
+    return {
+        "locale": locale,
+        "muted": muted,
+        "opted_out": [channel for channel in KNOWN_CHANNELS if channel in opted_out],
+        "opted_out_of": {channel: channel in opted_out for channel in KNOWN_CHANNELS},
+        "in_quiet_hours": in_quiet_hours,
+        "channel_order": list(channel_order),
+    }
 
 
 def build_facts(
@@ -47,7 +76,9 @@ def build_facts(
     reachable: tuple[str, ...],
     behaviour: Behaviour | None = None,
     half_life_s: float = DEFAULT_HALF_LIFE_S,
+    preferences: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """`preferences`: the `preference_facts` of the message (none stored when None)."""
     behaviour = behaviour or Behaviour()
     message, recipient = request.message, request.recipient
     local = now.astimezone(zone)
@@ -88,6 +119,7 @@ def build_facts(
             channel: _behaviour_facts(behaviour.stats(channel, now.timestamp(), half_life_s))
             for channel in behaviour.channels
         },
+        "preferences": dict(preferences) if preferences is not None else preference_facts((), False, False),
     }
 
 

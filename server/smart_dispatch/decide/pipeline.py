@@ -1,10 +1,10 @@
 """The decision pipeline: validate -> facts -> rules -> rank -> timing -> caps -> plan.
 
-Pure except for two awaits: the list-membership read (facts) and the cap reservation (one store
-round trip; one more only when a cap defers the message). Shadow rules (or every rule, with the
-server's shadow mode) are evaluated and their would-be outcome is reported with `shadow:` reason
-codes and logged, but the plan returned is the one without them; their caps are counted under
-`shadow:<cap>` so they never consume real capacity.
+Pure except for two awaits: the user-state read (lists, behaviour and preferences: facts) and
+the cap reservation (one store round trip; one more only when a cap defers the message). Shadow
+rules (or every rule, with the server's shadow mode) are evaluated and their would-be outcome is
+reported with `shadow:` reason codes and logged, but the plan returned is the one without them;
+their caps are counted under `shadow:<cap>` so they never consume real capacity.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from smart_dispatch.decide.learned import (
     score_channels,
 )
 from smart_dispatch.decide.learned import explain as explain_score
+from smart_dispatch.decide.personal import NO_TERMS, PersonalTerms, personal_terms
 from smart_dispatch.decide.rank import fallback_channels, rank_channels
 from smart_dispatch.decide.schedule import after_quiet_hours, past_deadline
 from smart_dispatch.decide.send_time import SlotScore, best_send_time
@@ -52,6 +53,7 @@ from smart_dispatch.domain import (
     default_lane,
 )
 from smart_dispatch.errors import InvalidRequestError, StoreError, StoreUnavailableError, quote
+from smart_dispatch.preferences.base import NO_PREFERENCES, Preferences
 from smart_dispatch.rules.active import ActiveRules, RulesVersion
 from smart_dispatch.rules.model import Rule
 from smart_dispatch.telemetry import Telemetry
@@ -77,6 +79,10 @@ class _Case:
     reachable: tuple[str, ...]
     behaviour: Behaviour
     population: Population
+    #: what the person's stored preferences say about this message
+    terms: PersonalTerms = NO_TERMS
+    #: the person's channel order, then the request's (ranking)
+    preferred: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -176,19 +182,43 @@ class Decider:
             )
         now = request.at or self._clock()
         trace = Trace()
-        memberships, behaviour = await self._user_state(request, trace)
+        memberships, behaviour, preferences = await self._user_state(request, trace)
         if "deny" in memberships:
             trace.add(R.DENY_LISTED, detail="recipient is on the deny list")
             return _decision(version, request, _Outcome(Verdict.SUPPRESS, trace=trace), ())
 
-        reachable = reachable_channels(request.message, request.recipient)
+        category = request.message.category
+        required = category in version.ruleset.required_categories
+        terms = personal_terms(preferences, category, required, now)
+        reachable = reachable_channels(request.message, request.recipient, terms.opted_out)
         learning = version.ruleset.learning
-        facts = build_facts(request, now, zone, memberships, reachable, behaviour, learning.half_life_s)
+        facts = build_facts(
+            request,
+            now,
+            zone,
+            memberships,
+            reachable,
+            behaviour,
+            learning.half_life_s,
+            terms.facts(now, zone),
+        )
         evaluating = {"smartdispatch.ruleset_version": version.version}
         with self._telemetry.span("rules.evaluate", evaluating) as span:
             fired = version.compiled.matches(facts)
             span.set_attribute("smartdispatch.rules.matched", len(fired))
-        case = _Case(request, version, zone, now, memberships, reachable, behaviour, self._prior.current())
+        preferred = terms.preferred(request.recipient.preferred)
+        case = _Case(
+            request,
+            version,
+            zone,
+            now,
+            memberships,
+            reachable,
+            behaviour,
+            self._prior.current(),
+            terms,
+            preferred,
+        )
         rules = [version.by_name[name] for name in fired]
         enforced = [r for r in rules if not (r.shadow or self._shadow_all)]
 
@@ -204,11 +234,12 @@ class Decider:
     async def _outcome(self, case: _Case, rules: list[Rule], trace: Trace, *, shadow: bool) -> _Outcome:
         request, recipient = case.request, case.request.recipient
         draft = fold(rules, explain=request.explain)
+        draft.mute_until, draft.personal_quiet_hours = case.terms.mute_until, case.terms.quiet_hours
         learning = case.version.ruleset.learning
         ranked = rank_channels(
             case.reachable,
             draft,
-            recipient.preferred,
+            case.preferred,
             case.behaviour,
             case.now.timestamp(),
             learning.half_life_s,
@@ -229,7 +260,14 @@ class Decider:
             trace.add(R.SUPPRESSED_BY_RULE, draft.source["suppress"], draft.suppress)
             return suppressed
         if not ranked:
-            trace.add(R.NO_REACHABLE_CHANNEL, detail=_unreachable_detail(case.reachable))
+            opted_out = [
+                c for c in reachable_channels(request.message, recipient) if c in case.terms.opted_out
+            ]
+            if opted_out:
+                category = request.message.category
+                trace.add(R.OPTED_OUT, detail=f"the person opted out of {category} on {', '.join(opted_out)}")
+            else:
+                trace.add(R.NO_REACHABLE_CHANNEL, detail=_unreachable_detail(case.reachable))
             return suppressed
         if draft.min_expected_engagement is not None:
             expected = scores[0].mean if scores else self._expected(case, ranked[0])
@@ -279,10 +317,11 @@ class Decider:
         """The `send_time` effect's candidate hours, best first (outside quiet hours only)."""
         assert draft.send_time is not None
         learning = case.version.ruleset.learning
-        quiet = None if draft.bypass_quiet_hours else draft.quiet_hours
+        windows = () if draft.bypass_quiet_hours else (draft.quiet_hours, draft.personal_quiet_hours)
+        quiet = [w for w in windows if w is not None]
 
         def allowed(local: time) -> bool:
-            return quiet is None or not in_window(local, quiet.start, quiet.end)
+            return not any(in_window(local, w.start, w.end) for w in quiet)
 
         return best_send_time(
             earliest,
@@ -312,7 +351,7 @@ class Decider:
         if draft.choose is None or not ranked:
             return []
         candidates = [c for c in ranked if c in draft.prefer] or ranked
-        candidates = [c for c in candidates if c in case.request.recipient.preferred] or candidates
+        candidates = [c for c in candidates if c in case.preferred] or candidates
         category, now_s = case.request.message.category, case.now.timestamp()
         learning = case.version.ruleset.learning
         if not has_data(candidates, case.behaviour, case.population, category, learning, now_s):
@@ -346,17 +385,21 @@ class Decider:
             )
         return [channel for channel in ranked if self._templates.has(template, channel)]
 
-    async def _user_state(self, request: DecideRequest, trace: Trace) -> tuple[frozenset[str], Behaviour]:
-        """List memberships and behaviour (one store round trip)."""
+    async def _user_state(
+        self, request: DecideRequest, trace: Trace
+    ) -> tuple[frozenset[str], Behaviour, Preferences]:
+        """List memberships, behaviour and preferences (one store round trip)."""
         try:
             with self._telemetry.store_call("user_state.read"):
                 state = await self._user_state_reader.read(request.recipient.user_id)
         except StoreUnavailableError:
             if request.message.category not in self._failure.fail_open:
                 raise
-            trace.add(R.STORE_UNAVAILABLE, detail="lists and behaviour unknown; category fails open")
-            return frozenset(), Behaviour()
-        return state.memberships, state.behaviour
+            trace.add(
+                R.STORE_UNAVAILABLE, detail="lists, behaviour and preferences unknown; category fails open"
+            )
+            return frozenset(), Behaviour(), NO_PREFERENCES
+        return state.memberships, state.behaviour, state.preferences
 
 
 def _report_shadow(request: DecideRequest, outcome: _Outcome, would: _Outcome) -> None:

@@ -17,3 +17,6 @@ STORE_UNAVAILABLE = "store_unavailable"  # the store failed; category policy is 
 LEARNED_CHOICE = "learned_choice"  # the `choose` effect ranked the channels by learned engagement
 SEND_TIME = "send_time"  # the `send_time` effect picked the send instant (detail: the slot's numbers)
 LOW_EXPECTED_ENGAGEMENT = "low_expected_engagement"  # below the rule's min_expected_engagement
+OPTED_OUT = "opted_out"  # the person opted out of the category on every channel left (preferences)
+MUTED = "muted"  # the person muted all but required categories until an instant: deferred (preferences)
+PERSONAL_QUIET_HOURS = "personal_quiet_hours"  # deferred to the end of the person's own quiet hours

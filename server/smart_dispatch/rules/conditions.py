@@ -24,7 +24,9 @@ from typing import Any
 
 from smart_dispatch.rules.yaml_lines import LineDict
 
-FACT_ROOTS: frozenset[str] = frozenset({"category", "message", "labels", "user", "reachable", "behaviour"})
+FACT_ROOTS: frozenset[str] = frozenset(
+    {"category", "message", "labels", "user", "reachable", "behaviour", "preferences"}
+)
 _COMPARE = frozenset({"$lt", "$lte", "$gt", "$gte"})
 _EQUALITY = frozenset({"$eq", "$neq"})
 _PRESENCE = frozenset({"$ex", "$nex"})

@@ -2,7 +2,9 @@
 
 A file (all keys optional):
 
-    categories: [otp, marketing]          message categories these rules cover
+    categories:                           message categories these rules cover; a required
+      - {name: otp, required: true}       one cannot be opted out of nor muted (preferences)
+      - marketing
     caps:                                 frequency caps rules may apply
       - {name: marketing_hourly, limit: 1, window: 1h, scope: user, channel: sms}
     rules:
@@ -60,6 +62,7 @@ MAX_TOTAL_BYTES = 16 * 1024 * 1024
 MAX_PRIORITY = 65535
 _FILE_KEYS = frozenset({"categories", "caps", "rules", "channels", "learning"})
 _CAP_KEYS = frozenset({"name", "limit", "window", "scope", "channel", "description"})
+_CATEGORY_KEYS = frozenset({"name", "required", "description"})
 _RULE_KEYS = frozenset({"name", "priority", "when", "then", "shadow", "description"})
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
 _ATTRIBUTE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
@@ -135,6 +138,7 @@ class _Builder:
         self.rules: list[Rule] = []
         self.rule_lines: dict[str, str] = {}
         self.categories: set[str] = set()
+        self.required_categories: set[str] = set()
         self.paths: set[str] = set()
         self.costs: dict[str, float] = dict(DEFAULT_CHANNEL_COSTS)
         self.costs_set: dict[str, str] = {}  # channel -> file:line that set its cost
@@ -150,8 +154,8 @@ class _Builder:
         if not isinstance(doc, LineDict):
             raise fail(1, "a rule file must be a mapping with keys categories, caps, rules")
         no_unknown_keys(doc, _FILE_KEYS, "rule file", fail)
-        for name, line in _items(doc, "categories", fail):
-            self.categories.add(_name(name, line, "category", fail))
+        for entry, line in _items(doc, "categories", fail):
+            self._category(entry, line, fail)
         for spec, line in _items(doc, "caps", fail):
             cap = self._cap(spec, line, fail)
             if cap.name in self.caps:
@@ -168,6 +172,21 @@ class _Builder:
             self.learning = _learning(
                 mapping(doc["learning"], doc.line_of("learning"), "learning", fail), fail
             )
+
+    def _category(self, entry: Any, line: int, fail: _Fail) -> None:
+        """A category: its name, or `{name, required, description}` (required: nobody may opt
+        out of it nor mute it; declared required in any file, it is required)."""
+        if not isinstance(entry, LineDict):
+            self.categories.add(_name(entry, line, "category", fail))
+            return
+        no_unknown_keys(entry, _CATEGORY_KEYS, "category", fail)
+        name = _name(required(entry, "name", fail), entry.line_of("name"), "category", fail)
+        flag = entry.get("required", False)
+        if not isinstance(flag, bool):
+            raise fail(entry.line_of("required"), f"category {name!r}: required must be true or false")
+        self.categories.add(name)
+        if flag:
+            self.required_categories.add(name)
 
     def _channel_costs(self, spec: LineDict, fail: _Fail) -> None:
         for channel in spec:
@@ -250,6 +269,7 @@ class _Builder:
             rules=tuple(rule for _, rule in ordered),
             caps=dict(self.caps),
             categories=frozenset(self.categories),
+            required_categories=frozenset(self.required_categories),
             files=files,
             referenced_paths=frozenset(self.paths),
             learning=replace(learning, costs=dict(self.costs)),

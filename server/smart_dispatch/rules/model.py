@@ -145,7 +145,8 @@ class Rule:
 @dataclass(frozen=True, slots=True)
 class Ruleset:
     """Every rule of a directory in firing order (priority, then file and position), the caps
-    they may apply, the message categories they cover, and the content hash as version."""
+    they may apply, the message categories they cover (`required_categories`: those nobody may
+    opt out of nor mute), and the content hash as version."""
 
     version: str
     rules: tuple[Rule, ...]
@@ -154,3 +155,4 @@ class Ruleset:
     files: tuple[str, ...]
     referenced_paths: frozenset[str] = field(default_factory=frozenset)
     learning: Learning = field(default_factory=Learning)
+    required_categories: frozenset[str] = field(default_factory=frozenset)
