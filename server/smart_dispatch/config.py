@@ -29,6 +29,10 @@ Environment variables (all optional):
     SD_LEARNING_PRIOR_REFRESH_S: how often a sidecar re-reads the population prior (default 5).
     Health: SD_HEALTH_PORT (a plaintext grpc.health.v1-only port on SD_HEALTH_HOST, default
     SD_HOST; 0 for none), for probes that cannot speak TLS.
+    Unsubscribe links (preferences): SD_UNSUBSCRIBE_SECRET (the HMAC key of the tokens, at least
+    16 bytes; unset: e-mail carries no List-Unsubscribe), SD_PUBLIC_URL (the admin HTTP port as
+    recipients reach it, e.g. https://notify.example.com: links go to <it>/unsubscribe?token=…;
+    needed with a secret), SD_UNSUBSCRIBE_TTL_S (how long a link works, default 60 days).
 """
 
 from __future__ import annotations
@@ -87,6 +91,9 @@ class Settings:
     learning_seed: int = -1
     learning_prior_refresh_s: float = 5.0
     health_host: str = ""
+    unsubscribe_secret: str = field(default="", repr=False)
+    public_url: str = ""
+    unsubscribe_ttl_s: float = 60 * 86400.0
 
     def with_overrides(self, **overrides: Any) -> Settings:
         """A copy with every override that is not None applied."""
@@ -137,6 +144,9 @@ _ENV = {
     "learning_seed": "SD_LEARNING_SEED",
     "learning_prior_refresh_s": "SD_LEARNING_PRIOR_REFRESH_S",
     "health_host": "SD_HEALTH_HOST",
+    "unsubscribe_secret": "SD_UNSUBSCRIBE_SECRET",
+    "public_url": "SD_PUBLIC_URL",
+    "unsubscribe_ttl_s": "SD_UNSUBSCRIBE_TTL_S",
 }
 
 

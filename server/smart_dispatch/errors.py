@@ -3,10 +3,12 @@
     SmartDispatchError
     ├── ConfigurationError        bad settings or an unknown backend/provider name
     ├── InvalidRequestError       a request field is missing or wrong        (INVALID_ARGUMENT)
+    │   └── UnsubscribeTokenError an unsubscribe token is malformed, forged or expired
     ├── RuleFileError             a rule file is invalid; carries file and line
     ├── NotReadyError             no ruleset is loaded yet                     (UNAVAILABLE)
     ├── NotFoundError             no such dispatch                             (NOT_FOUND)
     ├── ConflictError             the operation does not fit the state        (FAILED_PRECONDITION)
+    │   └── RequiredCategoryError opting out of a category the rules mark required
     └── StoreError                the counter/list store failed
         └── StoreUnavailableError the store cannot be reached in time        (UNAVAILABLE)
 
@@ -70,8 +72,26 @@ class NotFoundError(SmartDispatchError):
     """The named object (e.g. a dispatch) does not exist."""
 
 
+class UnsubscribeTokenError(InvalidRequestError):
+    """An unsubscribe token that cannot be used: `reason` is malformed | bad_signature | expired."""
+
+    def __init__(self, reason: str, problem: str) -> None:
+        super().__init__("token", problem)
+        self.reason = reason
+
+
 class ConflictError(SmartDispatchError):
     """The object is in a state that does not allow the operation."""
+
+
+class RequiredCategoryError(ConflictError):
+    """Nobody may opt out of (or mute) `category`: the rules mark it required."""
+
+    def __init__(self, category: str, field: str = "") -> None:
+        where = f"{field}: " if field else ""
+        super().__init__(f"{where}category {category!r} is required by the rules: it cannot be opted out of")
+        self.category = category
+        self.field = field
 
 
 class StoreError(SmartDispatchError):

@@ -2,7 +2,9 @@
 
 - every event updates the person's behaviour (per-channel counts, last activity);
 - `bounced` / `failed` release the caps the message reserved, so a message that never reached
-  the person does not count against their frequency caps.
+  the person does not count against their frequency caps;
+- `unsubscribed` writes the person's opt-out of the message's category on the event's channel
+  (unless the rules mark the category required): `preferences/centre.py`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from smart_dispatch.counters.base import CounterStore
 from smart_dispatch.decide.validate import MAX_ID_LENGTH, check_id
 from smart_dispatch.domain import KNOWN_CHANNELS
 from smart_dispatch.errors import InvalidRequestError, quote
+from smart_dispatch.preferences.centre import PreferenceCentre
 from smart_dispatch.rules.active import ActiveRules
 
 REFUNDING: frozenset[str] = frozenset({"bounced", "failed"})
@@ -31,10 +34,17 @@ class ReportedEvent:
 
 
 class EventRecorder:
-    def __init__(self, rules: ActiveRules, counters: CounterStore, behaviour: BehaviourStore) -> None:
+    def __init__(
+        self,
+        rules: ActiveRules,
+        counters: CounterStore,
+        behaviour: BehaviourStore,
+        preferences: PreferenceCentre | None = None,
+    ) -> None:
         self._rules = rules
         self._counters = counters
         self._behaviour = behaviour
+        self._preferences = preferences
 
     async def report(self, event: ReportedEvent) -> bool:
         """Apply `event`; True when caps were refunded. Raises `InvalidRequestError`."""
@@ -47,7 +57,13 @@ class EventRecorder:
             event.message_id,
             event.value,
         )
-        await self._behaviour.record(engagement, self._rules.current().ruleset.learning.half_life_s)
+        recorded = await self._behaviour.record(
+            engagement, self._rules.current().ruleset.learning.half_life_s
+        )
+        if event.kind == "unsubscribed" and self._preferences is not None:
+            await self._preferences.unsubscribed(
+                event.user_id, event.message_id, event.channel, recorded.category
+            )
         if event.kind not in REFUNDING:
             return False
         await self.refund(event.user_id, event.message_id)

@@ -1,6 +1,7 @@
 """Everything a sidecar or a worker process runs on, built once from the settings.
 
-    rules -> stores -> providers, templates -> decider -> events, dispatcher -> sender pool
+    rules -> stores -> providers, templates -> decider -> preferences, events, dispatcher
+          -> sender pool
 
 `serve` (app.py) puts the gRPC server in front; `worker` (worker.py) runs only the sender pool.
 """
@@ -22,7 +23,10 @@ from smart_dispatch.decide.pipeline import Decider, FailurePolicy
 from smart_dispatch.dispatch.pool import SenderPool
 from smart_dispatch.dispatch.resilience import RetryBudget, RetryPolicy
 from smart_dispatch.dispatch.service import Dispatcher
+from smart_dispatch.errors import ConfigurationError
 from smart_dispatch.events import EventRecorder
+from smart_dispatch.preferences.centre import PreferenceCentre
+from smart_dispatch.preferences.unsubscribe_token import UnsubscribeLinks, UnsubscribeTokens
 from smart_dispatch.rules.active import ActiveRules
 from smart_dispatch.stores import StoreOptions, Stores, stores_from_url
 from smart_dispatch.telemetry import Telemetry
@@ -71,6 +75,8 @@ class Runtime:
     pool: SenderPool | None
     telemetry: Telemetry = field(default_factory=Telemetry.noop)
     owns_telemetry: bool = False
+    #: the preference centre (always built; None only for a runtime made by hand)
+    preferences: PreferenceCentre | None = None
 
     @classmethod
     async def build(
@@ -96,6 +102,7 @@ class Runtime:
         rules.on_load(telemetry.rules_loaded)
         await rules.load_async()
         s = settings
+        tokens, links = _unsubscribe_links(settings, rules)
         options = StoreOptions(s.store_timeout_s, s.key_prefix, s.claim_timeout_s, s.allow_list, s.deny_list)
         stores = stores_from_url(s.store_url, options)
         try:
@@ -125,7 +132,10 @@ class Runtime:
             templates=renderer,
             telemetry=telemetry,
         )
-        events = EventRecorder(rules, stores.counters, stores.behaviour)
+        preferences = PreferenceCentre(
+            stores.preferences, lambda: rules.current().ruleset, stores.dispatches, tokens
+        )
+        events = EventRecorder(rules, stores.counters, stores.behaviour, preferences)
         dispatcher = Dispatcher(stores.dispatches, decider, events)
         pool = None
         if s.senders > 0:
@@ -140,8 +150,20 @@ class Runtime:
                 retry_budget=RetryBudget(s.retry_budget_ratio, s.retry_budget_min_per_s),
                 concurrency=s.senders,
                 telemetry=telemetry,
+                unsubscribe=links,
             )
-        return cls(settings, rules, stores, providers, decider, events, dispatcher, pool, telemetry)
+        return cls(
+            settings,
+            rules,
+            stores,
+            providers,
+            decider,
+            events,
+            dispatcher,
+            pool,
+            telemetry,
+            preferences=preferences,
+        )
 
     async def close(self) -> None:
         if self.pool is not None:
@@ -152,6 +174,26 @@ class Runtime:
         await self.stores.close()
         if self.owns_telemetry:
             await self.telemetry.close()
+
+
+def _unsubscribe_links(
+    settings: Settings, rules: ActiveRules
+) -> tuple[UnsubscribeTokens | None, UnsubscribeLinks | None]:
+    """The token signer and e-mail's one-click links, both None without a secret. Raises
+    `ConfigurationError` for a short secret, or one without a public URL to link to."""
+    if not settings.unsubscribe_secret:
+        return None, None
+    if not settings.public_url:
+        raise ConfigurationError(
+            "SD_UNSUBSCRIBE_SECRET needs SD_PUBLIC_URL: the admin HTTP port as recipients reach it "
+            "(links go to <SD_PUBLIC_URL>/unsubscribe?token=…)"
+        )
+    tokens = UnsubscribeTokens(settings.unsubscribe_secret, settings.unsubscribe_ttl_s)
+
+    def required(category: str) -> bool:
+        return category in rules.current().ruleset.required_categories
+
+    return tokens, UnsubscribeLinks(tokens, settings.public_url, required)
 
 
 def _providers(

@@ -32,6 +32,7 @@ _READ_METHODS = frozenset(
         _SERVICE + "ListInbox",
         _SERVICE + "StreamInbox",
         _SERVICE + "CheckListMember",
+        _SERVICE + "GetPreferences",  # UpdatePreferences: decide, like events
     }
 )
 

@@ -11,8 +11,15 @@ from __future__ import annotations
 from smart_dispatch._proto.smartdispatch.v1 import smart_dispatch_pb2 as pb
 from smart_dispatch.api.convert import decision_lookup, rules_status
 from smart_dispatch.api.dispatch_convert import dispatch_status
+from smart_dispatch.api.preferences_convert import (
+    get_response,
+    preferences_from,
+    preferences_message,
+    update_response,
+)
 from smart_dispatch.decide.validate import check_id
-from smart_dispatch.errors import InvalidRequestError, NotFoundError
+from smart_dispatch.errors import ConflictError, InvalidRequestError, NotFoundError
+from smart_dispatch.preferences.centre import PreferenceCentre
 from smart_dispatch.runtime import Runtime
 
 MAX_REDRIVE_IDS = 1000
@@ -61,3 +68,32 @@ class Operations:
 
     def rules_status(self) -> pb.RulesStatus:
         return rules_status(self.runtime.rules.status())
+
+    # -- preferences ----------------------------------------------------------------------------
+
+    async def preferences(self, user_id: str) -> pb.GetPreferencesResponse:
+        """A person's stored preferences (empty ones, no `updated_at`, when none are stored)."""
+        return get_response(await self._centre().get(user_id))
+
+    async def update_preferences(self, request: pb.UpdatePreferencesRequest) -> pb.UpdatePreferencesResponse:
+        """Replace the parts of a person's preferences named in `update_mask` (all when empty).
+        Raises `InvalidRequestError` naming the field or the unknown mask path, and
+        `RequiredCategoryError` (FAILED_PRECONDITION) for an opt-out of a required category."""
+        user_id = check_id(request.user_id, "user_id")
+        given = preferences_from(request.preferences)
+        stored = await self._centre().update(user_id, given, list(request.update_mask.paths))
+        return update_response(stored)
+
+    async def unsubscribe(self, token: str) -> pb.Preferences:
+        """The one-click unsubscribe of an e-mail link (`POST /unsubscribe?token=…`, no login):
+        verify the token and store its opt-out; the person's preferences as stored. Raises
+        `UnsubscribeTokenError` (an `InvalidRequestError` of `token`: malformed, bad_signature,
+        expired), `RequiredCategoryError` (the rules made the category required since), and
+        `ConflictError` when this sidecar has no unsubscribe secret."""
+        return preferences_message(await self._centre().unsubscribe(token))
+
+    def _centre(self) -> PreferenceCentre:
+        centre = self.runtime.preferences
+        if centre is None:
+            raise ConflictError("this runtime has no preference centre")
+        return centre

@@ -177,13 +177,13 @@ class SmartDispatchServicer(pb_grpc.SmartDispatchServiceServicer):
     async def GetPreferences(
         self, request: pb.GetPreferencesRequest, context: Context
     ) -> pb.GetPreferencesResponse:
-        raise NotImplementedError("GetPreferences")
+        return await self._operations.preferences(_user_id(request.user_id))
 
     @grpc_errors
     async def UpdatePreferences(
         self, request: pb.UpdatePreferencesRequest, context: Context
     ) -> pb.UpdatePreferencesResponse:
-        raise NotImplementedError("UpdatePreferences")
+        return await self._operations.update_preferences(request)
 
 
 MAX_BATCH = 1000

@@ -35,7 +35,9 @@ class Content:
 @dataclass(frozen=True, slots=True)
 class Delivery:
     """One attempt. `idempotency_key` is the same for every attempt of one plan step, so a
-    provider that deduplicates never delivers a retried step twice."""
+    provider that deduplicates never delivers a retried step twice. `unsubscribe_url`: a link
+    that opts the person out of this message's category on this channel with one click (RFC
+    8058), for providers whose protocol carries one (e-mail: List-Unsubscribe); "" for none."""
 
     dispatch_id: str
     message_id: str
@@ -45,6 +47,7 @@ class Delivery:
     content: Content
     idempotency_key: str
     attempt: int = 1
+    unsubscribe_url: str = ""
 
 
 @dataclass(frozen=True, slots=True)

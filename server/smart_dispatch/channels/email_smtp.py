@@ -7,6 +7,12 @@ otherwise, with From, To, Subject, Date and these headers:
                                 carries the same id, so receiving systems can drop repeats
     X-Idempotency-Key           the delivery's idempotency key
     X-SmartDispatch-Message-Id  the caller's message id (to match bounces to `ReportEvent`)
+    List-Unsubscribe            <the delivery's one-click unsubscribe URL>, and
+    List-Unsubscribe-Post       List-Unsubscribe=One-Click (RFC 8058): only when the delivery
+                                has a URL (links configured, the category not required) that
+                                fits on one header line (998 characters). Mail clients POST to
+                                the URL; sign the two headers with DKIM at your MTA, as RFC
+                                8058 asks
 
 Transport security: `tls` is implicit TLS from the first byte (SMTPS, usually port 465);
 `starttls` upgrades a plain connection and fails when the server does not offer it; neither
@@ -30,6 +36,7 @@ import ssl
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
+from email.policy import Policy
 from email.utils import format_datetime, parseaddr
 
 import aiosmtplib
@@ -85,6 +92,10 @@ def build_message(sender: str, delivery: Delivery) -> EmailMessage:
     message["Message-ID"] = f"<{digest}@{domain}>"
     message["X-Idempotency-Key"] = delivery.idempotency_key
     message["X-SmartDispatch-Message-Id"] = delivery.message_id
+    link = f"<{delivery.unsubscribe_url}>"
+    if delivery.unsubscribe_url and len(_LIST_UNSUBSCRIBE) + 2 + len(link) <= _MAX_LINE and link.isascii():
+        message.set_raw(_LIST_UNSUBSCRIBE, _OneLineHeader(_LIST_UNSUBSCRIBE, link))
+        message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     if content.html and not content.text:
         message.set_content(content.html, subtype="html")
     else:
@@ -92,6 +103,26 @@ def build_message(sender: str, delivery: Delivery) -> EmailMessage:
         if content.html:
             message.add_alternative(content.html, subtype="html")
     return message
+
+
+_LIST_UNSUBSCRIBE = "List-Unsubscribe"
+_MAX_LINE = 998  # RFC 5322: characters of a line, at most
+
+
+class _OneLineHeader(str):
+    """A header value written on one line as given. The e-mail generator folds long values of
+    other headers at 78 characters, and a URL (which has no spaces to fold at) into RFC 2047
+    encoded words, which no mail client reads as a List-Unsubscribe link."""
+
+    name: str
+
+    def __new__(cls, name: str, value: str) -> _OneLineHeader:
+        header = super().__new__(cls, value)
+        header.name = name
+        return header
+
+    def fold(self, *, policy: Policy) -> str:
+        return f"{self.name}: {self}{policy.linesep}"
 
 
 def classify(exc: BaseException) -> tuple[bool, str]:

@@ -47,6 +47,7 @@ from smart_dispatch.dispatch.store import Claim, DispatchStore
 from smart_dispatch.domain import DecideRequest, Verdict
 from smart_dispatch.errors import SmartDispatchError, StoreUnavailableError
 from smart_dispatch.events import EventRecorder, ReportedEvent
+from smart_dispatch.preferences.unsubscribe_token import UnsubscribeLinks
 from smart_dispatch.ratelimit.provider import OverRate
 from smart_dispatch.telemetry import Telemetry
 from smart_dispatch.telemetry.base import DeadLettered, SendAttempted
@@ -78,6 +79,7 @@ class SenderPool:
         consumer: str | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         telemetry: Telemetry | None = None,
+        unsubscribe: UnsubscribeLinks | None = None,
     ) -> None:
         self._store = store
         self._providers = providers
@@ -92,6 +94,7 @@ class SenderPool:
         self._consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self._clock = clock
         self._telemetry = telemetry or Telemetry.noop()
+        self._unsubscribe = unsubscribe  # one-click unsubscribe links (e-mail's List-Unsubscribe)
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._claiming: set[asyncio.Task[None]] = set()  # workers waiting for work
@@ -319,6 +322,7 @@ class SenderPool:
                 self._content(record, step.channel),
                 key,
                 number,
+                self._unsubscribe_url(record, step.channel),
             )
             async with asyncio.timeout(policy.timeout_s):  # no extra task per send, unlike wait_for
                 result = await provider.send(delivery)
@@ -451,6 +455,13 @@ class SenderPool:
             await self._events.report(event)
         except SmartDispatchError as exc:  # behaviour/caps bookkeeping must never fail a send
             log.warning("could not record %s for dispatch %s: %s", kind, record.dispatch_id, exc)
+
+    def _unsubscribe_url(self, record: DispatchRecord, channel: str) -> str:
+        """The person's one-click link out of this message's category on `channel` ("" when
+        links are off or the category is required)."""
+        if self._unsubscribe is None:
+            return ""
+        return self._unsubscribe.url_for(record.recipient.user_id, record.message.category, channel)
 
     def _content(self, record: DispatchRecord, channel: str) -> Content:
         message = record.message
