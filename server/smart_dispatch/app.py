@@ -1,10 +1,10 @@
 """The sidecar: the runtime (runtime.py) behind a gRPC server.
 
 Lifecycle: `start()` loads the rules (failing fast on invalid files), connects the stores, serves
-the admin HTTP port (`/metrics`, when SD_METRICS_PORT is set), binds the gRPC port and only then
-reports SERVING on `grpc.health.v1`, then starts the sender pool and the rules watcher. `stop()`
-reports NOT_SERVING, lets in-flight calls finish within the grace period, closes the admin
-port, lets in-flight sends finish, then closes providers and stores.
+the admin HTTP port (`/metrics` and the web console, when SD_METRICS_PORT is set), binds the
+gRPC port and only then reports SERVING on `grpc.health.v1`, then starts the sender pool and the
+rules watcher. `stop()` reports NOT_SERVING, lets in-flight calls finish within the grace
+period, closes the admin port, lets in-flight sends finish, then closes providers and stores.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from smart_dispatch.api.decoding import add_service
 from smart_dispatch.api.operations import Operations
 from smart_dispatch.api.servicer import SmartDispatchServicer
 from smart_dispatch.config import Settings
+from smart_dispatch.console import mount_console
 from smart_dispatch.errors import ConfigurationError
 from smart_dispatch.rules.active import ActiveRules
 from smart_dispatch.rules.watch import RulesWatcher
@@ -62,16 +63,20 @@ class App:
         # Telemetry first, so refused calls are traced and counted too.
         telemetry_interceptor = runtime.telemetry.interceptor()
         interceptors: list[Any] = [] if telemetry_interceptor is None else [telemetry_interceptor]
-        if s.auth_tokens_file is not None:
-            interceptors.append(BearerAuthInterceptor(load_tokens(s.auth_tokens_file, os.environ)))
+        tokens = None if s.auth_tokens_file is None else load_tokens(s.auth_tokens_file, os.environ)
+        if tokens is not None:
+            interceptors.append(BearerAuthInterceptor(tokens))
         options = [("grpc.max_receive_message_length", s.max_request_bytes)]
         server = grpc.aio.server(interceptors=interceptors, options=options)
         self.operations = Operations(runtime)
-        try:
-            await runtime.telemetry.start()
-        except BaseException:
-            await self.stop(grace_s=0)
-            raise
+        if runtime.telemetry.admin is not None:
+            if not runtime.telemetry.admin.started:
+                mount_console(runtime.telemetry.admin, self.operations, tokens)
+            try:
+                await runtime.telemetry.start()
+            except BaseException:
+                await self.stop(grace_s=0)
+                raise
         servicer = SmartDispatchServicer(self.operations)
         add_service(server, servicer, SERVICE)
         add_service(server, RulesAdminServicer(self.rules), ADMIN_SERVICE)
@@ -97,7 +102,7 @@ class App:
 
     @property
     def admin_port(self) -> int | None:
-        """The admin HTTP port (`/metrics`) while serving; None when not configured."""
+        """The admin HTTP port (`/metrics`, `/console/`) while serving; None when not configured."""
         return None if self.runtime is None else self.runtime.telemetry.metrics_port
 
     async def _serve_plain_health(self, host: str, port: int) -> None:

@@ -115,7 +115,9 @@ def _telemetry_arguments(command: argparse.ArgumentParser) -> None:
         "--trace-sample-ratio", type=float, help="share of new traces sampled, 0..1 (default 1)"
     )
     command.add_argument(
-        "--metrics-port", type=int, help="serve Prometheus /metrics on this port (default 0: off)"
+        "--metrics-port",
+        type=int,
+        help="the admin HTTP port: Prometheus /metrics and the web console /console/ (default 0: off)",
     )
     command.add_argument("--audit-log", help="decision log file (JSON lines), - for stdout (default: none)")
 

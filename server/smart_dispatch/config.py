@@ -15,8 +15,9 @@ Environment variables (all optional):
     SD_WORKERS: sidecar processes sharing the port (needs a Redis store when above 1).
     Telemetry: SD_OTEL_EXPORTER (otlp-grpc | otlp-http | console | none), SD_OTEL_ENDPOINT (empty:
     the exporter's default or OTEL_EXPORTER_OTLP_* variables), SD_TRACE_SAMPLE_RATIO (0..1, for
-    traces the caller did not sample already), SD_METRICS_PORT (Prometheus `/metrics` on SD_HOST,
-    0 for none), SD_AUDIT_LOG (decision log file, `-` for stdout, empty for none),
+    traces the caller did not sample already), SD_METRICS_PORT (the admin HTTP port on
+    SD_HOST: Prometheus `/metrics`, the web console `/console/`, `/unsubscribe`; 0 for none),
+    SD_AUDIT_LOG (decision log file, `-` for stdout, empty for none),
     SD_AUDIT_INDEX_BYTES (memory the `GetDecision` index may use, masked entries).
     Rule loading: SD_RULES_COMPILE_TIMEOUT_S and SD_RULES_COMPILE_MEMORY_MB (the budget of the
     child process that tries every candidate ruleset first, see rules/guard.py).

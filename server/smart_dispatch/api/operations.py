@@ -1,15 +1,19 @@
 """What operators and people ask of a running sidecar, in one place: the gRPC servicers and the
 web console on the admin port both call these, so an answer never differs between the two.
 
-Each method takes and returns protobuf messages (the API's types), raises `SmartDispatchError`
+Each method takes and returns protobuf messages (the API's types; plain frozen values where the
+API carries no message for the answer yet: queue depth, engagement), raises `SmartDispatchError`
 subclasses for bad input or missing things (`InvalidRequestError` naming the field,
 `NotFoundError`), and touches the store only through the runtime's components.
 """
 
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime
+
 from smart_dispatch._proto.smartdispatch.v1 import smart_dispatch_pb2 as pb
-from smart_dispatch.api.convert import decision_lookup, rules_status
+from smart_dispatch.api.convert import LIST_KIND_OF, decision_lookup, rules_status, timestamp
 from smart_dispatch.api.dispatch_convert import dispatch_status
 from smart_dispatch.api.preferences_convert import (
     get_response,
@@ -17,6 +21,8 @@ from smart_dispatch.api.preferences_convert import (
     preferences_message,
     update_response,
 )
+from smart_dispatch.behaviour.summary import EngagementSummary, summarize
+from smart_dispatch.counters.base import CapUsage
 from smart_dispatch.decide.validate import check_id
 from smart_dispatch.errors import ConflictError, InvalidRequestError, NotFoundError
 from smart_dispatch.preferences.centre import PreferenceCentre
@@ -69,6 +75,34 @@ class Operations:
     def rules_status(self) -> pb.RulesStatus:
         return rules_status(self.runtime.rules.status())
 
+    # -- queues ---------------------------------------------------------------------------------
+
+    async def queue_depth(self) -> dict[str, int]:
+        """Work waiting: ready per lane, `scheduled` and `dead_letters` (`DispatchStore.depth`)."""
+        return await self.runtime.stores.dispatches.depth()
+
+    # -- one person -----------------------------------------------------------------------------
+
+    async def list_memberships(self, user_id: str) -> pb.CheckListMemberResponse:
+        """The allow and deny lists `user_id` is on."""
+        names = await self.runtime.stores.lists.memberships(check_id(user_id, "user_id"))
+        return pb.CheckListMemberResponse(lists=[LIST_KIND_OF[n] for n in sorted(names)])
+
+    async def caps_in_use(self, user_id: str) -> list[pb.CapState]:
+        """Every cap of the serving ruleset as it stands now for `user_id` (its own count for a
+        user cap, the shared one for a global cap), in the rules' order. Records nothing."""
+        user_id = check_id(user_id, "user_id")
+        caps = tuple(self.runtime.rules.current().ruleset.caps.values())
+        return [_cap_state(usage) for usage in await self.runtime.stores.counters.usage(user_id, caps)]
+
+    async def engagement(self, user_id: str) -> EngagementSummary:
+        """What the engagement model knows of `user_id`, decayed to now with the serving rules'
+        half-life: per channel, per local hour, activity per UTC hour."""
+        user_id = check_id(user_id, "user_id")
+        behaviour = await self.runtime.stores.behaviour.get(user_id)
+        half_life_s = self.runtime.rules.current().ruleset.learning.half_life_s
+        return summarize(behaviour, time.time(), half_life_s)
+
     # -- preferences ----------------------------------------------------------------------------
 
     async def preferences(self, user_id: str) -> pb.GetPreferencesResponse:
@@ -97,3 +131,13 @@ class Operations:
         if centre is None:
             raise ConflictError("this runtime has no preference centre")
         return centre
+
+
+def _cap_state(usage: CapUsage) -> pb.CapState:
+    state = pb.CapState(
+        name=usage.cap.name, limit=usage.cap.limit, used=usage.used, remaining=usage.remaining
+    )
+    state.window.FromMilliseconds(round(usage.cap.window_s * 1000))
+    if usage.reset_at_s is not None:
+        state.reset_at.CopyFrom(timestamp(datetime.fromtimestamp(usage.reset_at_s, UTC)))
+    return state

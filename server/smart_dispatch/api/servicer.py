@@ -12,7 +12,6 @@ import grpc
 from smart_dispatch._proto.smartdispatch.v1 import smart_dispatch_pb2 as pb
 from smart_dispatch._proto.smartdispatch.v1 import smart_dispatch_pb2_grpc as pb_grpc
 from smart_dispatch.api.convert import (
-    LIST_KIND_OF,
     LIST_KINDS,
     decide_request,
     decide_response,
@@ -162,8 +161,7 @@ class SmartDispatchServicer(pb_grpc.SmartDispatchServiceServicer):
     async def CheckListMember(
         self, request: pb.CheckListMemberRequest, context: Context
     ) -> pb.CheckListMemberResponse:
-        names = await self._lists.memberships(_user_id(request.user_id))
-        return pb.CheckListMemberResponse(lists=[LIST_KIND_OF[n] for n in sorted(names)])
+        return await self._operations.list_memberships(_user_id(request.user_id))
 
     @grpc_errors
     async def GetDecision(self, request: pb.GetDecisionRequest, context: Context) -> pb.GetDecisionResponse:

@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 
 from smart_dispatch.decide.facts import preference_facts
 from smart_dispatch.decide.timing import in_window
-from smart_dispatch.preferences.base import Preferences
+from smart_dispatch.preferences.base import NO_PREFERENCES, Preferences
 from smart_dispatch.rules.model import QuietHours
 
 
@@ -50,6 +50,8 @@ NO_TERMS = PersonalTerms()
 
 def personal_terms(preferences: Preferences, category: str, required: bool, now: datetime) -> PersonalTerms:
     """The terms `preferences` set for a message of `category` decided at `now`."""
+    if preferences is NO_PREFERENCES:  # most people: nothing to work out
+        return NO_TERMS
     window = preferences.quiet_hours
     quiet = None if window is None else QuietHours(window.start, window.end, "defer")
     if required:
