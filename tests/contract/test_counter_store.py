@@ -152,7 +152,9 @@ async def test_global_caps_are_shared_across_users(counter_store: CounterStore, 
     assert await used(counter_store, [per_user], user="carol", at_s=t0) == [0]
 
 
-async def test_usage_reads_what_each_cap_counts_now_and_records_nothing(counter_store: CounterStore, t0: float):
+async def test_usage_reads_what_each_cap_counts_now_and_records_nothing(
+    counter_store: CounterStore, t0: float
+):
     # Given alice's sends: one now, one planned in an hour (a user cap, a global cap, and a
     # high-volume global cap counted by the sliding-window counter on Redis)
     sms_day = cap("sms_day", 2, DAY)
