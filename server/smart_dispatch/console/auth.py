@@ -29,9 +29,12 @@ from smart_dispatch.security import GRANTED_BY, SCOPES, Caller, TokenTable
 COOKIE = "sd_console"
 #: A session ends this long after login (or, open, after the first visit).
 SESSION_TTL_S = 8 * 3600.0
-#: Sessions kept per process at most; the oldest go first (a login form opened in a loop must
-#: not fill the memory).
+#: Sessions kept per process at most; the oldest go first. Sessions of a login form not used
+#: yet are kept apart, fewer and shorter: a login page opened in a loop can neither fill the
+#: memory nor push out the sessions of people who logged in.
 MAX_SESSIONS = 5000
+MAX_LOGIN_FORMS = 1000
+LOGIN_FORM_TTL_S = 15 * 60.0
 OPEN_CALLER = Caller("anyone (no tokens file)", frozenset(SCOPES))
 
 
@@ -65,7 +68,8 @@ class Sessions:
         self._ttl_s = ttl_s
         self._max = max_sessions
         self._clock = clock
-        self._by_id: OrderedDict[str, Session] = OrderedDict()
+        self._signed_in: OrderedDict[str, Session] = OrderedDict()
+        self._login_forms: OrderedDict[str, Session] = OrderedDict()
 
     @property
     def open(self) -> bool:
@@ -78,13 +82,15 @@ class Sessions:
         session_id, _, mac = value.partition(".")
         if not session_id or not hmac.compare_digest(mac.encode(), self._mac(session_id).encode()):
             return None
-        session = self._by_id.get(session_id)
-        if session is None:
-            return None
-        if session.expires_at <= self._clock():
-            del self._by_id[session_id]
-            return None
-        return session
+        for table in (self._signed_in, self._login_forms):
+            session = table.get(session_id)
+            if session is None:
+                continue
+            if session.expires_at <= self._clock():
+                del table[session_id]
+                return None
+            return session
+        return None
 
     def cookie_value(self, session: Session) -> str:
         return f"{session.session_id}.{self._mac(session.session_id)}"
@@ -93,12 +99,12 @@ class Sessions:
         """A new session (open console: with every scope)."""
         if caller is None and self.open:
             caller = OPEN_CALLER
-        session = Session(
-            secrets.token_urlsafe(32), secrets.token_urlsafe(32), caller, self._clock() + self._ttl_s
-        )
-        self._by_id[session.session_id] = session
-        while len(self._by_id) > self._max:
-            self._by_id.popitem(last=False)
+        table, limit = (self._signed_in, self._max) if caller else (self._login_forms, MAX_LOGIN_FORMS)
+        ttl_s = self._ttl_s if caller else min(self._ttl_s, LOGIN_FORM_TTL_S)
+        session = Session(secrets.token_urlsafe(32), secrets.token_urlsafe(32), caller, self._clock() + ttl_s)
+        table[session.session_id] = session
+        while len(table) > limit:
+            table.popitem(last=False)
         return session
 
     def login(self, previous: Session | None, token: str) -> Session | None:
@@ -112,7 +118,8 @@ class Sessions:
 
     def end(self, session: Session | None) -> None:
         if session is not None:
-            self._by_id.pop(session.session_id, None)
+            self._signed_in.pop(session.session_id, None)
+            self._login_forms.pop(session.session_id, None)
 
     def _mac(self, session_id: str) -> str:
         return hmac.new(self._key, session_id.encode(), hashlib.sha256).hexdigest()
