@@ -7,6 +7,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import Sequence
+from datetime import date
 from pathlib import Path
 
 from smart_dispatch.config import settings_from_env
@@ -72,6 +73,35 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch", type=int, default=500, help="people per DispatchBatch call (1-1000, default 500)"
     )
     bulk.add_argument("--token-env", default="", help="environment variable holding a bearer token")
+
+    stats = sub.add_parser("stats", help="analytics of a running sidecar: the funnel per channel (GetStats)")
+    stats.add_argument("--target", default="127.0.0.1:50051", help="the sidecar, host:port")
+    stats.add_argument("--days", type=int, default=7, help="the last N UTC days (default 7)")
+    stats.add_argument("--since", type=date.fromisoformat, help="first UTC day, YYYY-MM-DD")
+    stats.add_argument("--until", type=date.fromisoformat, help="last UTC day, YYYY-MM-DD (default today)")
+    stats.add_argument(
+        "--by",
+        default="channel",
+        help="dimensions of the rows: day,category,channel,rule,template (default channel)",
+    )
+    for dimension in ("category", "channel", "rule", "template"):
+        stats.add_argument(f"--{dimension}", default="", help=f"only this {dimension}")
+    stats.add_argument("--out", type=Path, help="also write stats.csv and stats.png here")
+    stats.add_argument("--token-env", default="", help="environment variable holding a bearer token")
+
+    replay = sub.add_parser(
+        "replay", help="what-if: decide the recorded decisions again under candidate rules, and compare"
+    )
+    replay.add_argument("--rules", type=Path, required=True, help="the candidate rules directory")
+    replay.add_argument("--baseline", type=Path, help="compare with these rules replayed the same way")
+    source = replay.add_mutually_exclusive_group(required=True)
+    source.add_argument("--store", dest="replay_store", help="the decision log in this store (redis://…)")
+    source.add_argument("--log", dest="replay_log", type=Path, help="a decision log file (SD_AUDIT_LOG)")
+    replay.add_argument("--since", default="24h", help="24h, 7d, or an ISO date-time (default 24h)")
+    replay.add_argument("--until", help="as --since (default now)")
+    replay.add_argument("--prefix", default="", help="the store's key prefix (default SD_KEY_PREFIX or sd)")
+    replay.add_argument("--examples", type=int, default=3, help="example message ids per kind of change")
+    replay.add_argument("--out", type=Path, help="also write replay.csv, summary.csv and replay.png here")
 
     health = sub.add_parser(
         "health", help="exit 0 when the sidecar reports SERVING (grpc.health.v1 over plaintext)"
@@ -152,6 +182,39 @@ def main(argv: Sequence[str] | None = None) -> int:
                 target=args.target,
                 batch=args.batch,
                 token=token_from(args.token_env),
+            )
+        if args.command == "stats":
+            from smart_dispatch.bulk import token_from
+            from smart_dispatch.decisionlog.report import run_stats
+
+            return run_stats(
+                target=args.target,
+                days=args.days,
+                since=args.since,
+                until=args.until,
+                group_by=[d.strip() for d in args.by.split(",") if d.strip()],
+                filters={d: getattr(args, d) for d in ("category", "channel", "rule", "template")},
+                out=args.out,
+                token=token_from(args.token_env),
+            )
+        if args.command == "replay":
+            from datetime import UTC, datetime
+
+            from smart_dispatch.decisionlog.replay import parse_window, run_replay
+
+            since, until = parse_window(args.since, args.until, datetime.now(UTC))
+            return asyncio.run(
+                run_replay(
+                    candidate=args.rules,
+                    baseline=args.baseline,
+                    store_url=args.replay_store,
+                    log=args.replay_log,
+                    since=since,
+                    until=until,
+                    prefix=args.prefix or settings_from_env().key_prefix,
+                    out=args.out,
+                    examples=args.examples,
+                )
             )
         if args.command == "why":
             return _why(args.message_id, args.log, args.json)

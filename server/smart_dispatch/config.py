@@ -18,7 +18,12 @@ Environment variables (all optional):
     traces the caller did not sample already), SD_METRICS_PORT (the admin HTTP port on
     SD_HOST: Prometheus `/metrics`, the web console `/console/`, `/unsubscribe`; 0 for none),
     SD_AUDIT_LOG (decision log file, `-` for stdout, empty for none),
-    SD_AUDIT_INDEX_BYTES (memory the `GetDecision` index may use, masked entries).
+    SD_AUDIT_INDEX_BYTES (memory the in-process index of recent decisions may use, masked
+    entries; it links the senders' spans to the decision's trace).
+    Decision log (in the store; `GetDecision`, replay, analytics): SD_DECISION_LOG (true; false:
+    neither log nor analytics, e.g. in simulations), SD_LOG_KEY (the HMAC key of
+    the user-id pseudonyms; unset: random per process), SD_DECISION_LOG_RETENTION_S (default 7
+    days) and SD_DECISION_LOG_MAX_ENTRIES (default 1,000,000): whichever bound is hit first.
     Rule loading: SD_RULES_COMPILE_TIMEOUT_S and SD_RULES_COMPILE_MEMORY_MB (the budget of the
     child process that tries every candidate ruleset first, see rules/guard.py).
     SD_MAX_REQUEST_BYTES: the largest request accepted (default 1 MiB; larger ones are
@@ -84,6 +89,10 @@ class Settings:
     metrics_port: int = 0
     audit_log: str = ""
     audit_index_bytes: int = 16 * 1024 * 1024
+    log_key: str = ""
+    decision_log: bool = True
+    decision_log_retention_s: float = 7 * 86400.0
+    decision_log_max_entries: int = 1_000_000
     rules_compile_timeout_s: float = 30.0
     rules_compile_memory_mb: int = 1024
     health_port: int = 0
@@ -137,6 +146,10 @@ _ENV = {
     "metrics_port": "SD_METRICS_PORT",
     "audit_log": "SD_AUDIT_LOG",
     "audit_index_bytes": "SD_AUDIT_INDEX_BYTES",
+    "log_key": "SD_LOG_KEY",
+    "decision_log": "SD_DECISION_LOG",
+    "decision_log_retention_s": "SD_DECISION_LOG_RETENTION_S",
+    "decision_log_max_entries": "SD_DECISION_LOG_MAX_ENTRIES",
     "rules_compile_timeout_s": "SD_RULES_COMPILE_TIMEOUT_S",
     "rules_compile_memory_mb": "SD_RULES_COMPILE_MEMORY_MB",
     "health_port": "SD_HEALTH_PORT",

@@ -11,7 +11,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from smart_dispatch.behaviour.base import Behaviour
+
 if TYPE_CHECKING:
+    from smart_dispatch.preferences.base import Preferences
     from smart_dispatch.rules.model import Digest
 
 #: The channels Smart Dispatch knows how to plan for. The set is open in the API (channels are
@@ -124,6 +127,18 @@ class AppliedEffect:
 
 
 @dataclass(frozen=True, slots=True)
+class Seen:
+    """What a decision read about the person (list memberships, behaviour) and the facts the
+    rules saw: the decision log keeps them, masked, so a decision can be explained and replayed
+    on a copy of the state it saw."""
+
+    memberships: frozenset[str]
+    behaviour: Behaviour
+    facts: Mapping[str, Any]
+    preferences: Preferences | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Explanation:
     """How a decision was reached: the facts, every rule's outcome, the effects applied in
     order and the ranked channels."""
@@ -157,3 +172,5 @@ class Decision:
     digest: Digest | None = None
     #: over a cap with `on_cap: digest`: folded with the others into one message at this instant
     digest_until: datetime | None = None
+    #: what the decision read and the facts the rules saw (for the decision log; never returned)
+    seen: Seen | None = None

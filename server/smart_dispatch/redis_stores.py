@@ -32,6 +32,7 @@ from redis.maint_notifications import MaintNotificationsConfig
 from smart_dispatch._redis_guard import TRANSLATED, LuaRunner, LuaScript, guarded, translated
 from smart_dispatch.behaviour.redis import RedisBehaviourStore, decode_behaviour, decode_behaviour_flat
 from smart_dispatch.counters.redis import RedisCounterStore
+from smart_dispatch.decisionlog.redis import RedisDecisionLog
 from smart_dispatch.dispatch.redis_store import RedisDispatchStore
 from smart_dispatch.errors import ConfigurationError
 from smart_dispatch.inbox.redis import RedisInboxStore
@@ -100,6 +101,13 @@ def redis_stores(url: str, options: StoreOptions) -> Stores:
     preferences = RedisPreferenceStore(client, prefix=options.prefix, timeout_s=options.timeout_s)
     user_state = RedisUserStateReader(lists, behaviour, preferences, options.timeout_s)
     rate_limits = RedisRateLimiter(client, prefix=options.prefix, timeout_s=options.timeout_s)
+    decisions = RedisDecisionLog(
+        client,
+        prefix=options.prefix,
+        timeout_s=options.timeout_s,
+        retention_s=options.decision_log_retention_s,
+        max_entries=options.decision_log_max_entries,
+    )
     return Stores(
         counters,
         lists,
@@ -109,6 +117,7 @@ def redis_stores(url: str, options: StoreOptions) -> Stores:
         user_state,
         url,
         rate_limits,
+        decisions=decisions,
         preferences=preferences,
     )
 

@@ -20,6 +20,7 @@ from typing import TypeVar
 from smart_dispatch.channels.base import Provider
 from smart_dispatch.config import Settings
 from smart_dispatch.decide.pipeline import Decider, FailurePolicy
+from smart_dispatch.decisionlog.writer import DecisionRecorder
 from smart_dispatch.dispatch.pool import SenderPool
 from smart_dispatch.dispatch.resilience import RetryBudget, RetryPolicy
 from smart_dispatch.dispatch.service import Dispatcher
@@ -75,6 +76,8 @@ class Runtime:
     pool: SenderPool | None
     telemetry: Telemetry = field(default_factory=Telemetry.noop)
     owns_telemetry: bool = False
+    #: fills the decision log and the analytics counts (None with SD_DECISION_LOG=false)
+    recorder: DecisionRecorder | None = None
     #: the preference centre (always built; None only for a runtime made by hand)
     preferences: PreferenceCentre | None = None
 
@@ -103,7 +106,15 @@ class Runtime:
         await rules.load_async()
         s = settings
         tokens, links = _unsubscribe_links(settings, rules)
-        options = StoreOptions(s.store_timeout_s, s.key_prefix, s.claim_timeout_s, s.allow_list, s.deny_list)
+        options = StoreOptions(
+            s.store_timeout_s,
+            s.key_prefix,
+            s.claim_timeout_s,
+            s.allow_list,
+            s.deny_list,
+            s.decision_log_retention_s,
+            s.decision_log_max_entries,
+        )
         stores = stores_from_url(s.store_url, options)
         try:
             for user in options.allow:
@@ -152,6 +163,13 @@ class Runtime:
                 telemetry=telemetry,
                 unsubscribe=links,
             )
+        recorder = None
+        if s.decision_log:
+            recorder = DecisionRecorder(
+                stores.decisions, rules, telemetry.audit.key, on_counted=telemetry.counted
+            )
+            telemetry.add_hook(recorder)
+            recorder.start()
         return cls(
             settings,
             rules,
@@ -162,6 +180,7 @@ class Runtime:
             dispatcher,
             pool,
             telemetry,
+            recorder=recorder,
             preferences=preferences,
         )
 
@@ -171,6 +190,9 @@ class Runtime:
         await self.decider.close()
         for provider in self.providers.values():
             await provider.close()
+        if self.recorder is not None:
+            self.telemetry.remove_hook(self.recorder)
+            await self.recorder.stop()
         await self.stores.close()
         if self.owns_telemetry:
             await self.telemetry.close()

@@ -13,6 +13,8 @@ from urllib.parse import urlsplit
 
 from smart_dispatch.behaviour.base import BehaviourStore
 from smart_dispatch.counters.base import CounterStore
+from smart_dispatch.decisionlog.base import DecisionLogStore
+from smart_dispatch.decisionlog.memory import MemoryDecisionLog
 from smart_dispatch.dispatch.store import DispatchStore
 from smart_dispatch.errors import ConfigurationError
 from smart_dispatch.inbox.base import InboxStore
@@ -32,6 +34,8 @@ class StoreOptions:
     claim_timeout_s: float = 30.0
     allow: tuple[str, ...] = ()
     deny: tuple[str, ...] = ()
+    decision_log_retention_s: float = 7 * 86400.0
+    decision_log_max_entries: int = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,10 +48,11 @@ class Stores:
     user_state: UserStateReader
     url: str
     rate_limits: RateLimiter = field(default_factory=MemoryRateLimiter)
+    decisions: DecisionLogStore = field(default_factory=MemoryDecisionLog)
     preferences: PreferenceStore = field(default_factory=MemoryPreferenceStore)
 
     async def close(self) -> None:
-        for store in (self.counters, self.lists, self.behaviour, self.dispatches, self.inbox):
+        for store in (self.counters, self.lists, self.behaviour, self.dispatches, self.inbox, self.decisions):
             await store.close()
         await self.preferences.close()
 
@@ -75,6 +80,7 @@ def stores_from_url(url: str, options: StoreOptions | None = None) -> Stores:
             MemoryInboxStore(),
             UserStateReader(lists, behaviour, preferences),
             url,
+            decisions=MemoryDecisionLog(options.decision_log_retention_s, options.decision_log_max_entries),
             preferences=preferences,
         )
     if scheme in ("redis", "rediss", "redis+cluster"):

@@ -37,6 +37,8 @@ INBOX = "inbox-ada-7781"
 USER = "user-ada-4711"
 ADDRESSES = {"sms": PHONE, "email": EMAIL, "in_app": INBOX}
 
+LOG_KEY = "decision-log-test-key"
+
 
 @pytest.fixture
 def rules_dir(tmp_path: Path) -> Path:
@@ -77,6 +79,7 @@ def settings(tmp_path: Path, rules_dir: Path, sink: HttpSink, audit_path: Path) 
         retry_max_s=0.05,
         send_timeout_s=2.0,
         audit_log=str(audit_path),
+        log_key=LOG_KEY,
     )
 
 

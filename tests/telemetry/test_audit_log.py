@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from datetime import UTC, datetime
@@ -22,7 +23,7 @@ from smart_dispatch.telemetry.base import DecisionMade, RpcFinished
 from smart_dispatch.telemetry.redact import hash_user, mask_address
 
 from tests.e2e.decide_builders import decide_request
-from tests.telemetry.conftest import ADDRESSES, EMAIL, INBOX, PHONE, USER
+from tests.telemetry.conftest import ADDRESSES, EMAIL, INBOX, LOG_KEY, PHONE, USER
 
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 TRACEPARENT = (("traceparent", f"00-{CALLER_TRACE}-00f067aa0ba902b7-01"),)
@@ -54,7 +55,10 @@ async def test_every_decision_is_a_json_line_with_personal_data_masked(stub, aud
         ("sms", "+1****00"),
     ]
     assert sent_line["trace_id"] == CALLER_TRACE
-    assert sent_line["user"] == hash_user(USER)
+    # the user is a keyed pseudonym: stable under the key, not the bare hash anyone can compute
+    assert sent_line["user"] == hash_user(USER, LOG_KEY.encode())
+    assert sent_line["user"] != hash_user(USER, b"another key")
+    assert hashlib.sha256(USER.encode()).hexdigest()[:16] not in sent_line["user"]
     assert capped_line["verdict"] == "suppress"
     assert capped_line["plan"] == []
     assert "cap_exceeded" in [r["code"] for r in capped_line["reasons"]]
@@ -205,7 +209,7 @@ def test_addresses_are_masked_per_channel(channel: str, address: str, masked: st
 
 def test_the_index_forgets_the_oldest_message_ids_first_when_full_in_bytes():
     first = _made(decide_request("otp", message_id="a"))
-    one_entry = AuditEntry.of(first).size_bytes()
+    one_entry = AuditEntry.of(first, b"k").size_bytes()
     audit = AuditLog(None, index_bytes=2 * one_entry)
     for message_id in ("a", "b", "c"):
         request = decide_request("otp", message_id=message_id)

@@ -27,6 +27,7 @@ _READ_METHODS = frozenset(
     {
         "/smartdispatch.v1.RulesAdminService/GetRulesStatus",
         _SERVICE + "GetDecision",
+        _SERVICE + "GetStats",
         _SERVICE + "GetDispatch",
         _SERVICE + "WatchDispatch",
         _SERVICE + "ListInbox",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,11 +12,13 @@ from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 from smart_dispatch._proto.smartdispatch.v1 import smart_dispatch_pb2 as pb
 from smart_dispatch.behaviour.base import EventKind
 from smart_dispatch.decide.validate import MAX_STRUCT_DEPTH, MAX_STRUCT_STRING_LENGTH
+from smart_dispatch.decisionlog.entry import decision_of
+from smart_dispatch.decisionlog.stats import StatsRow
+from smart_dispatch.dispatch.model import DispatchRecord
 from smart_dispatch.domain import DecideRequest, Decision, Explanation, Message, Recipient, Verdict
 from smart_dispatch.errors import InvalidRequestError, quote
 from smart_dispatch.events import ReportedEvent
 from smart_dispatch.rules.active import RulesStatus
-from smart_dispatch.telemetry.audit import AuditEntry
 
 _VERDICTS = {
     Verdict.SEND: pb.VERDICT_SEND,
@@ -98,16 +101,38 @@ def decide_response(decision: Decision) -> pb.DecideResponse:
     return out
 
 
-def decision_lookup(entry: AuditEntry) -> pb.GetDecisionResponse:
-    """A decision kept by the decision log (addresses already masked)."""
-    return pb.GetDecisionResponse(
-        decision=decide_response(entry.decision),
-        message_id=entry.message_id,
-        category=entry.category,
-        decided_at=timestamp(entry.decided_at),
-        dry_run=entry.dry_run,
-        trace_id=entry.trace_id,
+def decision_lookup(entry: Mapping[str, Any], record: DispatchRecord | None = None) -> pb.GetDecisionResponse:
+    """A decision log entry (addresses already masked) with what happened to it later: the
+    dispatch's attempts when `record` carries it out, and the events reported about it."""
+    out = pb.GetDecisionResponse(
+        decision=decide_response(decision_of(entry)),
+        message_id=entry["message_id"],
+        category=entry["category"],
+        decided_at=timestamp(datetime.fromisoformat(entry["ts"])),
+        dry_run=entry["dry_run"],
+        trace_id=entry.get("trace_id", ""),
     )
+    history: list[tuple[datetime, pb.DecisionEvent]] = []
+    if record is not None:
+        out.dispatch_id = record.dispatch_id
+        for attempt in record.attempts:
+            detail = attempt.outcome + (f": {attempt.error}" if attempt.error else "")
+            event = pb.DecisionEvent(
+                at=timestamp(attempt.at), kind="attempt", channel=attempt.channel,
+                provider=attempt.provider, detail=detail,
+            )  # fmt: skip
+            history.append((attempt.at, event))
+    for raw in entry.get("history", ()):
+        if raw["kind"] in ("attempt",) and record is not None:
+            continue  # the dispatch record has them, with their errors
+        at = datetime.fromisoformat(raw["at"])
+        event = pb.DecisionEvent(
+            at=timestamp(at), kind=raw["kind"], channel=raw.get("channel", ""),
+            provider=raw.get("provider", ""), detail=raw.get("detail", ""),
+        )  # fmt: skip
+        history.append((at, event))
+    out.history.extend(event for _, event in sorted(history, key=lambda pair: pair[0]))
+    return out
 
 
 def _explanation(explanation: Explanation) -> pb.Explanation:
@@ -208,3 +233,28 @@ def _duration(seconds: float) -> duration_pb2.Duration:
     d = duration_pb2.Duration()
     d.FromNanoseconds(round(seconds * 1e9))
     return d
+
+
+def stats_row(row: StatsRow) -> pb.StatsRow:
+    sums = row.sums
+    out = pb.StatsRow(conversion_value=sums["conversion_value"], cost=sums["cost"])
+    for dimension, value in row.key.items():
+        setattr(out, dimension, value)
+    for name in _COUNTED:
+        setattr(out, name, round(sums[name]))
+    out.suppressed.update({reason: round(n) for reason, n in row.suppressed.items()})
+    out.deferred.update({reason: round(n) for reason, n in row.deferred.items()})
+    return out
+
+
+_COUNTED = (
+    "decided",
+    "sent",
+    "delivered",
+    "opened",
+    "clicked",
+    "converted",
+    "bounced",
+    "unsubscribed",
+    "failed",
+)

@@ -9,11 +9,12 @@ subclasses for bad input or missing things (`InvalidRequestError` naming the fie
 
 from __future__ import annotations
 
+import contextlib
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from smart_dispatch._proto.smartdispatch.v1 import smart_dispatch_pb2 as pb
-from smart_dispatch.api.convert import LIST_KIND_OF, decision_lookup, rules_status, timestamp
+from smart_dispatch.api.convert import LIST_KIND_OF, decision_lookup, rules_status, stats_row, timestamp
 from smart_dispatch.api.dispatch_convert import dispatch_status
 from smart_dispatch.api.preferences_convert import (
     get_response,
@@ -24,7 +25,8 @@ from smart_dispatch.api.preferences_convert import (
 from smart_dispatch.behaviour.summary import EngagementSummary, summarize
 from smart_dispatch.counters.base import CapUsage
 from smart_dispatch.decide.validate import check_id
-from smart_dispatch.errors import ConflictError, InvalidRequestError, NotFoundError
+from smart_dispatch.decisionlog.stats import checked_group_by, days_between, stats_rows
+from smart_dispatch.errors import ConflictError, InvalidRequestError, NotFoundError, StoreError
 from smart_dispatch.preferences.centre import PreferenceCentre
 from smart_dispatch.runtime import Runtime
 
@@ -38,12 +40,19 @@ class Operations:
     # -- messages ---------------------------------------------------------------------------
 
     async def decision(self, message_id: str) -> pb.GetDecisionResponse:
-        """The latest decision for a message id, masked, with what happened to it later."""
+        """The latest decision for a message id, masked, with what happened to it later: from
+        the decision log in the store (any sidecar's decisions), or the one this sidecar took a
+        moment ago and has not written yet."""
         message_id = check_id(message_id, "message_id")
-        entry = self.runtime.telemetry.audit.lookup(message_id)
+        recorder = self.runtime.recorder
+        entry = None if recorder is None else recorder.pending(message_id)
         if entry is None:
-            raise NotFoundError(f"no decision for message {message_id!r} is known to this sidecar")
-        return decision_lookup(entry)
+            entry = await self.runtime.stores.decisions.get(message_id)
+        if entry is None:
+            where = "in the decision log" if recorder is not None else "(the decision log is off)"
+            raise NotFoundError(f"no decision for message {message_id!r} {where}")
+        record = await self.runtime.stores.dispatches.get_by_message(message_id)
+        return decision_lookup(entry, record)
 
     async def dispatch(self, dispatch_id: str = "", message_id: str = "") -> pb.DispatchStatus:
         for field, value in (("dispatch_id", dispatch_id), ("message_id", message_id)):
@@ -69,6 +78,27 @@ class Operations:
         ids = tuple(check_id(i, f"dispatch_ids[{n}]") for n, i in enumerate(dispatch_ids))
         redriven = await self.runtime.dispatcher.redrive(limit or 100, ids)
         return [dispatch_status(r) for r in redriven]
+
+    # -- analytics --------------------------------------------------------------------------
+
+    async def stats(self, request: pb.GetStatsRequest) -> pb.GetStatsResponse:
+        """Counts per day x category x channel x rule x template over a range of UTC days,
+        filtered and grouped as asked (this sidecar's unwritten counts flushed first)."""
+        end = request.end.ToDatetime(tzinfo=UTC) if request.HasField("end") else datetime.now(UTC)
+        start = request.start.ToDatetime(tzinfo=UTC) if request.HasField("start") else end - timedelta(days=6)
+        days = days_between(start.date(), end.date())
+        group_by = checked_group_by(request.group_by)
+        filters = {
+            "category": request.category,
+            "channel": request.channel,
+            "rule": request.rule,
+            "template": request.template,
+        }
+        if self.runtime.recorder is not None:
+            with contextlib.suppress(StoreError):  # what cannot be written now is read later
+                await self.runtime.recorder.flush()
+        counts = await self.runtime.stores.decisions.counts(days)
+        return pb.GetStatsResponse(rows=[stats_row(row) for row in stats_rows(counts, group_by, filters)])
 
     # -- rules ------------------------------------------------------------------------------
 

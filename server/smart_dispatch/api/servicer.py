@@ -141,6 +141,8 @@ class SmartDispatchServicer(pb_grpc.SmartDispatchServiceServicer):
         event = reported_event(request)
         refunded = await self._events.report(event)
         await self._dispatcher.engaged(event)
+        if self._operations.runtime.recorder is not None:
+            self._operations.runtime.recorder.engaged(event)
         return pb.ReportEventResponse(refunded=refunded)
 
     @grpc_errors
@@ -169,7 +171,7 @@ class SmartDispatchServicer(pb_grpc.SmartDispatchServiceServicer):
 
     @grpc_errors
     async def GetStats(self, request: pb.GetStatsRequest, context: Context) -> pb.GetStatsResponse:
-        raise NotImplementedError("GetStats")
+        return await self._operations.stats(request)
 
     @grpc_errors
     async def GetPreferences(

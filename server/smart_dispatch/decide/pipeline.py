@@ -49,6 +49,7 @@ from smart_dispatch.domain import (
     PlanStep,
     Reason,
     RuleEvaluation,
+    Seen,
     Verdict,
     default_lane,
 )
@@ -185,7 +186,8 @@ class Decider:
         memberships, behaviour, preferences = await self._user_state(request, trace)
         if "deny" in memberships:
             trace.add(R.DENY_LISTED, detail="recipient is on the deny list")
-            return _decision(version, request, _Outcome(Verdict.SUPPRESS, trace=trace), ())
+            seen = Seen(memberships, behaviour, {}, preferences)
+            return _decision(version, request, _Outcome(Verdict.SUPPRESS, trace=trace), (), seen=seen)
 
         category = request.message.category
         required = category in version.ruleset.required_categories
@@ -229,7 +231,8 @@ class Decider:
         explanation = (
             _explain(version, facts, fired, rules, outcome, self._shadow_all) if request.explain else None
         )
-        return _decision(version, request, outcome, fired, explanation)
+        seen = Seen(memberships, behaviour, facts, preferences)
+        return _decision(version, request, outcome, fired, explanation, seen)
 
     async def _outcome(self, case: _Case, rules: list[Rule], trace: Trace, *, shadow: bool) -> _Outcome:
         request, recipient = case.request, case.request.recipient
@@ -425,6 +428,7 @@ def _decision(
     outcome: _Outcome,
     fired: list[str] | tuple[str, ...],
     explanation: Explanation | None = None,
+    seen: Seen | None = None,
 ) -> Decision:
     return Decision(
         decision_id=secrets.token_hex(16),
@@ -440,6 +444,7 @@ def _decision(
         lane=outcome.draft.lane or default_lane(request.message.category, request.bulk),
         digest=outcome.draft.digest if outcome.verdict is not Verdict.SUPPRESS else None,
         digest_until=outcome.digest_until,
+        seen=seen,
     )
 
 

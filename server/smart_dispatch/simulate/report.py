@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from smart_dispatch.errors import ConfigurationError
+from smart_dispatch.plotting import pyplot
 from smart_dispatch.simulate.runner import PolicyResult
 
 
@@ -138,14 +138,7 @@ def write_summary_csv(summaries: Sequence[Summary], directory: Path) -> Path:
 def plot(results: Sequence[PolicyResult], directory: Path, title: str) -> Path:
     """daily.png: the daily open rate (opens per message sent) and the cumulative cost.
     Raises `ConfigurationError` when matplotlib is not installed (`pip install smart-dispatch[sim]`)."""
-    try:
-        import matplotlib
-    except ImportError as exc:
-        raise ConfigurationError("the plots need matplotlib: pip install 'smart-dispatch[sim]'") from exc
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     figure, (rates, costs) = plt.subplots(1, 2, figsize=(12, 4.5))
     for r in results:
         d = r.daily

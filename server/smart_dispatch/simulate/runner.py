@@ -133,6 +133,7 @@ async def run_policy(
             learning_prior_refresh_s=1e9,  # refreshed once per simulated day instead
             key_prefix=f"sim{seed}{policy}",
             log_level="WARNING",
+            decision_log=False,  # millions of simulated decisions: no log, no analytics
         )
         runtime = await Runtime.build(settings, ActiveRules.for_settings(settings))
         try:

@@ -30,9 +30,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from smart_dispatch.decisionlog import entry as decision_log  # a module: imported in a cycle
 from smart_dispatch.domain import Decision, PlanStep
 from smart_dispatch.telemetry.base import DecisionMade, TelemetryHooks
-from smart_dispatch.telemetry.redact import hash_user, mask_address
+from smart_dispatch.telemetry.redact import hash_user, mask_address, pseudonym_key
 
 log = logging.getLogger(__name__)
 STDOUT = ("-", "stdout")
@@ -54,57 +55,23 @@ class AuditEntry:
     sampled: bool = False
 
     @classmethod
-    def of(cls, event: DecisionMade) -> AuditEntry:
+    def of(cls, event: DecisionMade, key: bytes) -> AuditEntry:
         decision = event.decision
         steps = tuple(
             PlanStep(s.channel, mask_address(s.channel, s.address), s.send_at) for s in decision.steps
         )
         message, recipient = event.request.message, event.request.recipient
         return cls(
-            decision=replace(decision, steps=steps, explanation=None),
+            decision=replace(decision, steps=steps, explanation=None, seen=None),
             message_id=message.id,
             category=message.category,
-            user=hash_user(recipient.user_id),
+            user=hash_user(recipient.user_id, key),
             decided_at=event.at,
             dry_run=event.request.dry_run,
             trace_id=event.trace_id,
             span_id=event.span_id,
             sampled=event.sampled,
         )
-
-    def record(self) -> dict[str, Any]:
-        """The JSON-able decision log record."""
-        d = self.decision
-        return {
-            "ts": self.decided_at.isoformat(),
-            "decision_id": d.decision_id,
-            "message_id": self.message_id,
-            "category": self.category,
-            "user": self.user,
-            "dry_run": self.dry_run,
-            "ruleset_version": d.ruleset_version,
-            "verdict": d.verdict.value,
-            "fired_rules": list(d.matched_rules),
-            "reasons": [{"code": r.code, "rule": r.rule, "detail": r.detail} for r in d.reasons],
-            "caps": [
-                {
-                    "name": c.name,
-                    "limit": c.limit,
-                    "window_s": c.window_s,
-                    "used": c.used,
-                    "remaining": c.remaining,
-                    "reset_at": _iso(c.reset_at),
-                }
-                for c in d.caps
-            ],
-            "plan": [
-                {"channel": s.channel, "address": s.address, "send_at": _iso(s.send_at)} for s in d.steps
-            ],
-            "send_at": _iso(d.send_at),
-            "escalate_after_s": d.escalate_after_s,
-            "trace_id": self.trace_id,
-            "span_id": self.span_id,
-        }
 
     def size_bytes(self) -> int:
         """What the entry holds in memory, about: its objects plus every string it keeps."""
@@ -127,8 +94,14 @@ class AuditLog(TelemetryHooks):
     in `index_bytes` for lookups (0: none)."""
 
     def __init__(
-        self, sink: TextIO | None = None, index_bytes: int = DEFAULT_INDEX_BYTES, *, owns_sink: bool = False
+        self,
+        sink: TextIO | None = None,
+        index_bytes: int = DEFAULT_INDEX_BYTES,
+        key: bytes = b"",
+        *,
+        owns_sink: bool = False,
     ) -> None:
+        self.key = key or pseudonym_key("")
         self._sink = sink
         self._owns_sink = owns_sink
         self._index: OrderedDict[str, tuple[AuditEntry, int]] = OrderedDict()
@@ -141,25 +114,26 @@ class AuditLog(TelemetryHooks):
         return self._index_bytes
 
     @classmethod
-    def to_target(cls, target: str, index_bytes: int = DEFAULT_INDEX_BYTES) -> AuditLog:
+    def to_target(cls, target: str, index_bytes: int = DEFAULT_INDEX_BYTES, key: bytes = b"") -> AuditLog:
         """`target`: a file path (appended to, directories created), `-` / `stdout`, or "" for
         no log (the in-memory index still answers lookups)."""
         if not target:
-            return cls(None, index_bytes)
+            return cls(None, index_bytes, key)
         if target in STDOUT:
-            return cls(sys.stdout, index_bytes)
+            return cls(sys.stdout, index_bytes, key)
         path = Path(target)
         path.parent.mkdir(parents=True, exist_ok=True)
-        return cls(path.open("a", encoding="utf-8", buffering=1), index_bytes, owns_sink=True)
+        return cls(path.open("a", encoding="utf-8", buffering=1), index_bytes, key, owns_sink=True)
 
     def on_decision(self, event: DecisionMade) -> None:
         if not self._index_limit and self._sink is None:
             return
-        entry = AuditEntry.of(event)
+        entry = AuditEntry.of(event, self.key)
         if self._index_limit:
             self._remember(entry)
         if self._sink is not None:
-            self._sink.write(json.dumps(entry.record(), separators=(",", ":")) + "\n")
+            record = decision_log.log_entry(event, self.key)
+            self._sink.write(json.dumps(record, separators=(",", ":"), default=str) + "\n")
             self._sink.flush()
 
     def _remember(self, entry: AuditEntry) -> None:

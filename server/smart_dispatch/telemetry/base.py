@@ -87,6 +87,16 @@ class StoreCallFinished:
     ok: bool
 
 
+@dataclass(frozen=True, slots=True)
+class Counted:
+    """What the analytics counted: a reported event of `metric` kind (delivered, opened,
+    clicked, converted, bounced, unsubscribed, failed) or `cost` of sends, on a channel."""
+
+    metric: str
+    channel: str
+    amount: float = 1.0
+
+
 class TelemetryHooks:
     """Override what you need; every method does nothing by default."""
 
@@ -110,6 +120,9 @@ class TelemetryHooks:
 
     def on_store_call(self, event: StoreCallFinished) -> None:
         """After every timed store round trip."""
+
+    def on_counted(self, event: Counted) -> None:
+        """When the analytics count an event or a cost (batched, off the hot path)."""
 
     def close(self) -> None:
         """Release files and servers (at shutdown)."""

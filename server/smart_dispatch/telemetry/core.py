@@ -28,6 +28,7 @@ from smart_dispatch.domain import DecideRequest, Decision
 from smart_dispatch.telemetry.audit import AuditLog
 from smart_dispatch.telemetry.base import (
     CapsRefused,
+    Counted,
     DeadLettered,
     DecisionMade,
     RpcFinished,
@@ -38,6 +39,7 @@ from smart_dispatch.telemetry.base import (
     call_hook,
 )
 from smart_dispatch.telemetry.metrics import Metrics, metrics_routes, noop_meter, prometheus_meter_provider
+from smart_dispatch.telemetry.redact import pseudonym_key
 from smart_dispatch.telemetry.tracing import (
     TRACER_NAME,
     TelemetryInterceptor,
@@ -82,6 +84,17 @@ class Telemetry:
         #: the admin HTTP port serving `/metrics` (None: not configured); see `start()`
         self.admin = admin
 
+    def add_hook(self, hook: TelemetryHooks) -> None:
+        """Report to `hook` from now on too (e.g. the decision log, built with the stores)."""
+        self.hooks = (*self.hooks, hook)
+        self._subscribers = _subscribers(self.hooks)
+        self._records_rpcs = self._tracing or bool(self._subscribers["on_rpc"])
+
+    def remove_hook(self, hook: TelemetryHooks) -> None:
+        self.hooks = tuple(h for h in self.hooks if h is not hook)
+        self._subscribers = _subscribers(self.hooks)
+        self._records_rpcs = self._tracing or bool(self._subscribers["on_rpc"])
+
     @classmethod
     def noop(cls) -> Telemetry:
         return cls()
@@ -120,7 +133,7 @@ class Telemetry:
         return cls(
             tracer,
             metrics=metrics,
-            audit=AuditLog.to_target(s.audit_log, s.audit_index_bytes),
+            audit=AuditLog.to_target(s.audit_log, s.audit_index_bytes, pseudonym_key(s.log_key)),
             hooks=hooks,
             tracer_provider=tracer_provider,
             meter_provider=meter_provider,
@@ -275,6 +288,9 @@ class Telemetry:
 
     def dead_lettered(self, event: DeadLettered) -> None:
         self._report("on_dead_letter", event)
+
+    def counted(self, event: Counted) -> None:
+        self._report("on_counted", event)
 
     def rules_loaded(self, result: str) -> None:
         self._report("on_rules_load", RulesLoaded(result))

@@ -11,6 +11,8 @@ Instruments (Prometheus names after translation):
     smartdispatch_rules_reloads_total{result}                  loaded | unchanged | failed
     smartdispatch_rpc_server_duration_seconds{rpc_service, rpc_method, grpc_code}
     smartdispatch_store_duration_seconds{operation, ok}
+    smartdispatch_events_total{kind, channel}                  reported delivery and engagement
+    smartdispatch_cost_total{channel}                          what sends cost (the rules' costs)
 
 Label values come from bounded sets only (verdicts, categories and reason codes the rules know,
 channel and cap names, status codes): never user ids, message ids or addresses. The meter
@@ -30,6 +32,7 @@ from prometheus_client.exposition import choose_encoder
 
 from smart_dispatch.telemetry.base import (
     CapsRefused,
+    Counted,
     DeadLettered,
     DecisionMade,
     RpcFinished,
@@ -72,6 +75,12 @@ class Metrics(TelemetryHooks):
             description="Duration of served RPCs",
             explicit_bucket_boundaries_advisory=LATENCY_BUCKETS_S,
         )
+        self._events = meter.create_counter(
+            "smartdispatch.events", description="Reported delivery and engagement events, by kind and channel"
+        )
+        self._cost = meter.create_counter(
+            "smartdispatch.cost", description="What sends cost, by channel (the rules' channel costs)"
+        )
         self._store = meter.create_histogram(
             "smartdispatch.store.duration",
             unit="s",
@@ -106,6 +115,12 @@ class Metrics(TelemetryHooks):
 
     def on_store_call(self, event: StoreCallFinished) -> None:
         self._store.record(event.duration_s, {"operation": event.operation, "ok": str(event.ok).lower()})
+
+    def on_counted(self, event: Counted) -> None:
+        if event.metric == "cost":
+            self._cost.add(event.amount, {"channel": event.channel})
+        else:
+            self._events.add(event.amount, {"kind": event.metric, "channel": event.channel})
 
 
 def noop_meter() -> Meter:

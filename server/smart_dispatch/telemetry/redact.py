@@ -4,7 +4,7 @@
     mask_address("email", "ada@example.com")   -> "a***@example.com"
     mask_address("webhook", "https://u:p@hooks.example.com/x/secret") -> "https://hooks.example.com/****"
     mask_address("push", "fcm-token-abcdef123456")                    -> "fc****56"
-    hash_user("user-1")                        -> "sha256:…" (16 hex digits)
+    hash_user("user-1", key)                   -> "hmac:…" (16 hex digits, keyed)
 
 Enough is kept to tell two addresses apart while reading a log; never enough to contact anyone.
 """
@@ -12,6 +12,8 @@ Enough is kept to tell two addresses apart while reading a log; never enough to 
 from __future__ import annotations
 
 import hashlib
+import hmac
+import secrets
 from urllib.parse import urlsplit
 
 _MASK = "****"
@@ -73,7 +75,32 @@ def mask_token(value: str) -> str:
     return _MASK
 
 
-def hash_user(user_id: str) -> str:
-    """A stable pseudonym: the same user id always gives the same value, which cannot be
-    turned back into the id without guessing it."""
-    return "sha256:" + hashlib.sha256(user_id.encode()).hexdigest()[:16]
+def hash_user(user_id: str, key: bytes) -> str:
+    """A pseudonym: HMAC-SHA256 of the user id under `key` (`SD_LOG_KEY`), 16 hex digits. The
+    same id and key always give the same value; without the key nobody can match a known id to
+    it (a bare hash of a phone-number-like id would be guessed in seconds)."""
+    return "hmac:" + hmac.new(key, user_id.encode(), hashlib.sha256).hexdigest()[:16]
+
+
+_PROCESS_KEY = secrets.token_bytes(32)
+
+
+def pseudonym_key(configured: str) -> bytes:
+    """The key of `hash_user`: the configured one (`SD_LOG_KEY`), else one random per process
+    (pseudonyms then differ between processes and restarts; lookups by message id still work)."""
+    if configured:
+        return configured.encode()
+    return _PROCESS_KEY
+
+
+def mask_value(value: object) -> object:
+    """A profile value as the decision log keeps it: strings that look like an e-mail address
+    or a phone number masked, anything else as it is."""
+    if not isinstance(value, str):
+        return value
+    if "@" in value:
+        return mask_email(value)[:MAX_MASKED]
+    digits = sum(c.isdigit() for c in value)
+    if digits >= 7 and digits >= len(value) - 4:
+        return mask_phone(value)
+    return value
