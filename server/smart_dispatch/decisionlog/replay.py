@@ -24,10 +24,9 @@ Reported, by category and by the rule that decided under the candidate:
 from __future__ import annotations
 
 import csv
-import json
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -42,10 +41,11 @@ from smart_dispatch.decisionlog.entry import dims_of
 from smart_dispatch.domain import DecideRequest, Decision, Message, Recipient, Verdict
 from smart_dispatch.errors import ConfigurationError, SmartDispatchError
 from smart_dispatch.lists.memory import MemoryListStore
-from smart_dispatch.plotting import pyplot
+from smart_dispatch.plotting import pyplot, save, text_table
 from smart_dispatch.preferences.redis import decode_preferences
 from smart_dispatch.rules.active import ActiveRules
 from smart_dispatch.rules.model import Ruleset
+from smart_dispatch.telemetry.audit import log_records
 from smart_dispatch.user_state import UserState, UserStateReader
 
 SEND_TIME_TOLERANCE_S = 60.0
@@ -327,21 +327,10 @@ def since_of(text: str, now: datetime) -> datetime:
 async def from_file(path: Path, since: datetime, until: datetime) -> AsyncIterator[dict[str, Any]]:
     """Entries of a decision log file (`SD_AUDIT_LOG`) decided in [since, until), in file order
     (malformed lines skipped)."""
-    for entry in _lines(path):
+    for entry in log_records(path):
         at = entry.get("at_ms")
         if isinstance(at, int) and since.timestamp() * 1000 <= at < until.timestamp() * 1000:
             yield entry
-
-
-def _lines(path: Path) -> Iterator[dict[str, Any]]:
-    with path.open(encoding="utf-8") as lines:
-        for line in lines:
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(entry, dict):
-                yield entry
 
 
 # -- output ----------------------------------------------------------------------------------
@@ -364,21 +353,7 @@ def table(report: ReplayReport, examples: int) -> str:
             ]
             for name, g in groups.items()
         ]
-        widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
-        out.append(
-            "  ".join(
-                h.ljust(w) if i == 0 else h.rjust(w)
-                for i, (h, w) in enumerate(zip(header, widths, strict=True))
-            )
-        )
-        for row in rows:
-            out.append(
-                "  ".join(
-                    c.ljust(w) if i == 0 else c.rjust(w)
-                    for i, (c, w) in enumerate(zip(row, widths, strict=True))
-                )
-            )
-        out.append("")
+        out += [*text_table(header, rows, left=1), ""]
     counts, found = report.counts(), report.examples(examples)
     out.append("changes:" if counts else "no change")
     for label, n in counts.items():
@@ -454,12 +429,7 @@ def plot(report: ReplayReport, directory: Path, title: str) -> Path:
     deltas.legend()
     for axes in (changes, deltas):
         axes.grid(alpha=0.3, axis="y")
-    figure.suptitle(title)
-    figure.tight_layout()
-    path = directory / "replay.png"
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return save(plt, figure, directory / "replay.png", title)
 
 
 def _iso(instant: datetime | None) -> str:

@@ -15,7 +15,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
-from smart_dispatch.plotting import pyplot
+from smart_dispatch.plotting import pyplot, save, text_table
 
 #: the funnel's columns, in order
 FUNNEL = ("decided", "sent", "delivered", "opened", "clicked", "converted")
@@ -57,11 +57,7 @@ def funnel_table(rows: Sequence[Any], group_by: Sequence[str]) -> str:
                 f"{row.cost / opened:.4f}" if opened else "-",
             ]
         )
-    widths = [
-        max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(header)
-    ]
-    out = ["  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True))]
-    out += ["  ".join(c.rjust(w) for c, w in zip(line, widths, strict=True)) for line in lines]
+    out = text_table(header, lines, left=len(group_by))
     reasons = _reasons(rows)
     if reasons:
         out.append("")
@@ -113,12 +109,7 @@ def plot(rows: Sequence[Any], group_by: Sequence[str], directory: Path, title: s
     cost.tick_params(axis="x", rotation=20)
     for axes in (funnel, cost):
         axes.grid(alpha=0.3, axis="y")
-    figure.suptitle(title)
-    figure.tight_layout()
-    path = directory / "stats.png"
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return save(plt, figure, directory / "stats.png", title)
 
 
 def run_stats(

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from smart_dispatch.plotting import pyplot
+from smart_dispatch.plotting import pyplot, save
 from smart_dispatch.simulate.runner import PolicyResult
 
 
@@ -154,9 +154,4 @@ def plot(results: Sequence[PolicyResult], directory: Path, title: str) -> Path:
     for axes in (rates, costs):
         axes.grid(alpha=0.3)
         axes.legend()
-    figure.suptitle(title)
-    figure.tight_layout()
-    path = directory / "daily.png"
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return save(plt, figure, directory / "daily.png", title)

@@ -163,13 +163,14 @@ class AuditLog(TelemetryHooks):
 def find_in_log(path: Path, message_id: str) -> dict[str, Any] | None:
     """The latest record for `message_id` in a decision log file (malformed lines skipped)."""
     found = None
-    for record in _records(path):
+    for record in log_records(path):
         if record.get("message_id") == message_id:
             found = record
     return found
 
 
-def _records(path: Path) -> Iterator[dict[str, Any]]:
+def log_records(path: Path) -> Iterator[dict[str, Any]]:
+    """The records of a decision log file, in file order (malformed lines skipped)."""
     with path.open(encoding="utf-8") as lines:
         for line in lines:
             try:
