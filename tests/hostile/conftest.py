@@ -57,8 +57,8 @@ def rules_copy(tmp_path: Path) -> Path:
     return directory
 
 
-def _live(directory: Path) -> Iterator[Live]:
-    env = {"SD_RULES_POLL_S": "0.3", "SD_RULES_COMPILE_TIMEOUT_S": "20"}
+def _live(directory: Path, **extra_env: str) -> Iterator[Live]:
+    env = {"SD_RULES_POLL_S": "0.3", "SD_RULES_COMPILE_TIMEOUT_S": "20", **extra_env}
     with sidecar("--rules", str(directory), env=env) as server:
         channel = grpc.insecure_channel(server.address, options=[("grpc.enable_http_proxy", 0)])
         try:

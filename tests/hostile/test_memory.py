@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import pytest
 from smart_dispatch._proto.smartdispatch.v1 import smart_dispatch_pb2 as pb
 
-from tests.hostile.conftest import Live
+from tests.hostile.conftest import Live, _live, rules_copy
 
 
 def rss_mb(pid: int) -> float:
@@ -29,6 +31,13 @@ def large_request(index: int, labels: int, value_chars: int) -> pb.DecideRequest
     request.message.data.update({f"d{n}": "x" * 60_000 for n in range(8)})
     request.recipient.attributes.update({f"a{n}": "y" * 60_000 for n in range(4)})
     return request
+
+
+@pytest.fixture
+def live(tmp_path: Path) -> Iterator[Live]:
+    """The decision log keeps what it is allowed to (its bound, here 100 decisions of a few KB
+    each); beyond that, nothing of a request may stay."""
+    yield from _live(rules_copy(tmp_path), SD_DECISION_LOG_MAX_ENTRIES="100")
 
 
 def test_rss_stays_flat_over_hundreds_of_near_limit_and_oversized_requests(live: Live):

@@ -48,7 +48,7 @@ def decide_request(msg: pb.DecideRequest) -> DecideRequest:
         template=m.template,
         data=_struct(m.data, "message.data") if m.HasField("data") else {},
         channels=tuple(m.channels),
-        not_after=_time(m.not_after, "message.not_after") if m.HasField("not_after") else None,
+        not_after=checked_time(m.not_after, "message.not_after") if m.HasField("not_after") else None,
     )
     recipient = Recipient(
         user_id=r.user_id,
@@ -59,7 +59,7 @@ def decide_request(msg: pb.DecideRequest) -> DecideRequest:
         preferred=tuple(r.preferred),
         attributes=_struct(r.attributes, "recipient.attributes") if r.HasField("attributes") else {},
     )
-    at = _time(msg.at, "at") if msg.HasField("at") else None
+    at = checked_time(msg.at, "at") if msg.HasField("at") else None
     return DecideRequest(
         message=message, recipient=recipient, dry_run=msg.dry_run, explain=msg.explain, at=at
     )
@@ -71,7 +71,7 @@ def reported_event(msg: pb.ReportEventRequest) -> ReportedEvent:
         raise InvalidRequestError("kind", "must be one of EVENT_KIND_DELIVERED .. EVENT_KIND_CONVERTED")
     if not math.isfinite(msg.value) or (msg.value and kind != "converted"):
         raise InvalidRequestError("value", "a finite number, only for EVENT_KIND_CONVERTED")
-    at = _time(msg.occurred_at, "occurred_at") if msg.HasField("occurred_at") else datetime.now(UTC)
+    at = checked_time(msg.occurred_at, "occurred_at") if msg.HasField("occurred_at") else datetime.now(UTC)
     return ReportedEvent(msg.user_id, kind, at, msg.message_id, msg.channel, msg.value)
 
 
@@ -211,7 +211,7 @@ def _path(parent: str, key: str | int) -> str:
     return f"{parent}.{key}" if len(key) <= 40 else f"{parent}[{quote(key)}]"
 
 
-def _time(ts: timestamp_pb2.Timestamp, field: str) -> datetime:
+def checked_time(ts: timestamp_pb2.Timestamp, field: str) -> datetime:
     try:
         return ts.ToDatetime(tzinfo=UTC)
     except (ValueError, OverflowError) as exc:

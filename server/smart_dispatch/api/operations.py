@@ -14,7 +14,14 @@ import time
 from datetime import UTC, datetime, timedelta
 
 from smart_dispatch._proto.smartdispatch.v1 import smart_dispatch_pb2 as pb
-from smart_dispatch.api.convert import LIST_KIND_OF, decision_lookup, rules_status, stats_row, timestamp
+from smart_dispatch.api.convert import (
+    LIST_KIND_OF,
+    checked_time,
+    decision_lookup,
+    rules_status,
+    stats_row,
+    timestamp,
+)
 from smart_dispatch.api.dispatch_convert import dispatch_status
 from smart_dispatch.api.preferences_convert import (
     get_response,
@@ -84,8 +91,11 @@ class Operations:
     async def stats(self, request: pb.GetStatsRequest) -> pb.GetStatsResponse:
         """Counts per day x category x channel x rule x template over a range of UTC days,
         filtered and grouped as asked (this sidecar's unwritten counts flushed first)."""
-        end = request.end.ToDatetime(tzinfo=UTC) if request.HasField("end") else datetime.now(UTC)
-        start = request.start.ToDatetime(tzinfo=UTC) if request.HasField("start") else end - timedelta(days=6)
+        end = checked_time(request.end, "end") if request.HasField("end") else datetime.now(UTC)
+        if request.HasField("start"):
+            start = checked_time(request.start, "start")
+        else:
+            start = end - timedelta(days=6) if end.year > 1 else end
         days = days_between(start.date(), end.date())
         group_by = checked_group_by(request.group_by)
         filters = {

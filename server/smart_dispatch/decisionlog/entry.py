@@ -8,7 +8,7 @@ pseudonym) an entry holds what replay needs to decide the message again:
                allowed channels, not_after, bulk; the recipient's timezone, locale, the channels
                it had an address for (never the addresses), opted-out and preferred channels,
                and its scalar attributes (values that look like an e-mail address or a phone
-               number masked);
+               number masked; at most 64 labels and attributes, strings clipped to 128);
     "state":   what the decision read - list memberships and the person's behaviour counts;
     "facts":   the facts the rules matched (user id pseudonymised, attributes masked);
     "dims":    the analytics dimensions - category, channel, rule, template, day, and `why`,
@@ -134,7 +134,7 @@ def _request(request: DecideRequest) -> dict[str, Any]:
         "message": {
             "id": message.id,
             "category": message.category,
-            "labels": dict(message.labels),
+            "labels": _kept(message.labels),
             "template": message.template,
             "channels": list(message.channels),
             "not_after": None if message.not_after is None else message.not_after.isoformat(),
@@ -145,7 +145,7 @@ def _request(request: DecideRequest) -> dict[str, Any]:
             "channels": sorted(c for c, address in recipient.addresses.items() if address),
             "opted_out": sorted(recipient.opted_out),
             "preferred": list(recipient.preferred),
-            "attributes": {k: mask_value(v) for k, v in recipient.attributes.items() if _scalar(v)},
+            "attributes": _kept({k: mask_value(v) for k, v in recipient.attributes.items() if _scalar(v)}),
         },
         "bulk": request.bulk,
     }
@@ -153,9 +153,27 @@ def _request(request: DecideRequest) -> dict[str, Any]:
 
 def _masked_facts(facts: Mapping[str, Any], user: str) -> dict[str, Any]:
     out = dict(facts)
+    if isinstance(facts.get("labels"), Mapping):
+        out["labels"] = _kept(facts["labels"])
     if isinstance(facts.get("user"), Mapping):
-        out["user"] = {k: mask_value(v) for k, v in facts["user"].items()}
+        out["user"] = _kept({k: mask_value(v) for k, v in facts["user"].items()})
         out["user"]["id"] = user
+    return out
+
+
+#: What an entry keeps of a request's labels and attributes: at most this many, each string
+#: clipped, so a request near its size limits costs the log a few KB, not a megabyte.
+MAX_KEPT_FIELDS = 64
+MAX_KEPT_CHARS = 128
+
+
+def _kept(values: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if len(out) >= MAX_KEPT_FIELDS:
+            break
+        clipped = value[:MAX_KEPT_CHARS] if isinstance(value, str) else value
+        out[key[:MAX_KEPT_CHARS]] = clipped
     return out
 
 

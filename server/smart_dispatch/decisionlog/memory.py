@@ -1,12 +1,19 @@
-"""The decision log and analytics counts in this process (the `memory://` store)."""
+"""The decision log and analytics counts in this process (the `memory://` store).
+
+Entries are kept as JSON text (compact, immutable, their size known), bounded by count, age and
+bytes (`max_bytes`), oldest dropped first.
+"""
 
 from __future__ import annotations
 
+import json
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 
 from smart_dispatch.decisionlog.base import DecisionLogStore, Entry, LogBatch
+
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 
 
 class MemoryDecisionLog(DecisionLogStore):
@@ -15,23 +22,33 @@ class MemoryDecisionLog(DecisionLogStore):
         retention_s: float = 7 * 86400.0,
         max_entries: int = 1_000_000,
         clock: Callable[[], float] = time.time,
+        max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         self._retention_ms = int(retention_s * 1000)
         self._max = max(1, max_entries)
+        self._max_bytes = max(1, max_bytes)
         self._clock = clock
-        # message id -> (entry, history); in decision order (a new decision moves to the end)
-        self._entries: OrderedDict[str, tuple[Entry, list[Entry]]] = OrderedDict()
+        # message id -> (decided at ms, entry JSON, dims, history JSON lines); in decision order
+        self._entries: OrderedDict[str, tuple[int, str, dict[str, str], list[str]]] = OrderedDict()
+        self._bytes = 0
         self._counts: dict[str, dict[str, float]] = {}
 
     async def write(self, batch: LogBatch) -> None:
         for entry in batch.entries:
             message_id = entry["message_id"]
             previous = self._entries.pop(message_id, None)
-            self._entries[message_id] = (entry, previous[1] if previous else [])
+            history = previous[3] if previous else []
+            if previous:
+                self._bytes -= len(previous[1])
+            text = json.dumps(entry, separators=(",", ":"), default=str)
+            self._entries[message_id] = (entry["at_ms"], text, entry["dims"], history)
+            self._bytes += len(text)
         for message_id, event in batch.events:
             kept = self._entries.get(message_id)
             if kept is not None:
-                kept[1].append(event)
+                line = json.dumps(event, separators=(",", ":"), default=str)
+                kept[3].append(line)
+                self._bytes += len(line)
         for (day, name), amount in batch.counts.items():
             fields = self._counts.setdefault(day, {})
             fields[name] = fields.get(name, 0.0) + amount
@@ -40,29 +57,34 @@ class MemoryDecisionLog(DecisionLogStore):
     def _trim(self) -> None:
         cutoff = int(self._clock() * 1000) - self._retention_ms
         while self._entries:
-            entry, _ = next(iter(self._entries.values()))
-            if len(self._entries) <= self._max and entry["at_ms"] >= cutoff:
+            at_ms, text, _, history = next(iter(self._entries.values()))
+            if len(self._entries) <= self._max and self._bytes <= self._max_bytes and at_ms >= cutoff:
                 break
             self._entries.popitem(last=False)
+            self._bytes -= len(text) + sum(len(line) for line in history)
 
     async def get(self, message_id: str) -> Entry | None:
         kept = self._entries.get(message_id)
         if kept is None:
             return None
-        return {**kept[0], "history": list(kept[1])}
+        entry: Entry = json.loads(kept[1])
+        entry["history"] = [json.loads(line) for line in kept[3]]
+        return entry
 
     async def dims(self, message_ids: Sequence[str]) -> dict[str, dict[str, str]]:
         out = {}
         for message_id in message_ids:
             kept = self._entries.get(message_id)
             if kept is not None:
-                out[message_id] = kept[0]["dims"]
+                out[message_id] = kept[2]
         return out
 
     async def scan(self, since_ms: int, until_ms: int) -> AsyncIterator[Entry]:
-        entries = [e for e, _ in list(self._entries.values()) if since_ms <= e["at_ms"] < until_ms]
-        for entry in sorted(entries, key=lambda e: e["at_ms"]):
-            yield entry
+        texts = sorted(
+            (at, text) for at, text, _, _ in list(self._entries.values()) if since_ms <= at < until_ms
+        )
+        for _, text in texts:
+            yield json.loads(text)
 
     async def counts(self, days: Sequence[str]) -> dict[str, dict[str, float]]:
         return {day: dict(self._counts[day]) for day in days if day in self._counts}

@@ -56,7 +56,7 @@ class DecisionRecorder(TelemetryHooks):
         self._key = key
         self._flush_every_s = flush_every_s
         self._max_pending = max_pending
-        self._decisions: list[DecisionMade] = []
+        self._decisions: list[Entry] = []  # built at once: a request is not held
         self._unwritten: LogBatch | None = None  # a batch a failed flush keeps for the next
         self._sends: list[tuple[SendAttempted, datetime]] = []
         self._dead: list[tuple[DeadLettered, datetime]] = []
@@ -70,7 +70,7 @@ class DecisionRecorder(TelemetryHooks):
 
     def on_decision(self, event: DecisionMade) -> None:
         if self._room():
-            self._decisions.append(event)
+            self._decisions.append(log_entry(event, self._key))
 
     def on_send_attempt(self, event: SendAttempted) -> None:
         if self._room():
@@ -95,9 +95,9 @@ class DecisionRecorder(TelemetryHooks):
 
     def pending(self, message_id: str) -> Entry | None:
         """The newest decision of `message_id` not written yet (a lookup right after Decide)."""
-        for event in reversed(self._decisions):
-            if event.request.message.id == message_id:
-                return {**log_entry(event, self._key), "history": []}
+        for entry in reversed(self._decisions):
+            if entry["message_id"] == message_id:
+                return {**entry, "history": []}
         return None
 
     # -- flushing --------------------------------------------------------------------------------
@@ -168,10 +168,9 @@ class DecisionRecorder(TelemetryHooks):
     def _dims_of(self, message_id: str, found: dict[str, dict[str, str]]) -> dict[str, str] | None:
         return self._recent.get(message_id) or found.get(message_id)
 
-    def _add_decision(self, batch: LogBatch, event: DecisionMade) -> None:
-        entry = log_entry(event, self._key)
+    def _add_decision(self, batch: LogBatch, entry: Entry) -> None:
         batch.entries.append(entry)
-        if event.request.dry_run:
+        if entry["dry_run"]:
             return
         message_id, dims = entry["message_id"], entry["dims"]
         again = message_id in self._recent
