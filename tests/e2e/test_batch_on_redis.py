@@ -18,7 +18,10 @@ pytestmark = pytest.mark.redis
 @pytest.fixture
 def settings(single_redis: RedisServer) -> Settings:
     single_redis.flushall()
-    return Settings(host="127.0.0.1", port=0, rules_dir=SHIPPED_RULES, store_url=single_redis.url)
+    # a generous store timeout: a loaded CI machine must not turn into flaky timeouts
+    return Settings(
+        host="127.0.0.1", port=0, rules_dir=SHIPPED_RULES, store_url=single_redis.url, store_timeout_s=2.0
+    )
 
 
 def reads(server: RedisServer) -> int:
