@@ -8,7 +8,7 @@ workload: decision i is for user `u{i % users}` with a new message id, so the fi
 users is admitted and later ones mostly refused (like real traffic: both paths are measured).
 
 Fair comparison: both sides use redis-py's asyncio client (hiredis parser when installed) built
-by the SAME factory as the service (`redis_stores.redis_client`: same socket timeouts, no retries,
+by the SAME factory as the service (`stores.redis.redis_client`: same socket timeouts, no retries,
 default connection pool), the same worker loop and the same number of decisions in flight.
 `ours-defer` (same workload, `defer=True`: refused decisions are deferred, i.e. recorded at their
 earliest instant, in the same single EVALSHA) is informational; the ratios use `ours`.
@@ -43,7 +43,7 @@ from limits.aio.storage import RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter, RateLimiter, SlidingWindowCounterRateLimiter
 from smart_dispatch.counters.base import CapSpec, ReserveRequest
 from smart_dispatch.counters.redis import RedisCounterStore
-from smart_dispatch.redis_stores import redis_client
+from smart_dispatch.stores.redis import redis_client
 
 CAPS = (CapSpec("hour", 1, 3600.0), CapSpec("day", 3, 86400.0), CapSpec("week", 10, 7 * 86400.0))
 LIMITS: tuple[RateLimitItem, ...] = (

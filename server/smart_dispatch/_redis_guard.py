@@ -4,7 +4,7 @@ Every Redis-backed store wraps each operation in `guarded(timeout_s)`:
 
 - the whole operation (all its round trips, connection pool waits, cluster topology refreshes
   and reconnects) must finish within `timeout_s` seconds (`asyncio.timeout`; the clients have no
-  socket timeout of their own, see `redis_stores.redis_client`); a cancelled read makes redis-py
+  socket timeout of their own, see `stores.redis.redis_client`); a cancelled read makes redis-py
   drop that connection;
 - unreachable / overloaded / failing-over Redis -> `StoreUnavailableError` (retryable);
 - any other Redis error (a script error, OOM) -> `StoreError` (not retryable);

@@ -1,6 +1,6 @@
 --[[ user_state.lua: what a decision reads about a person before the rules run, in one call that
 only reads: their list memberships, their behaviour hash and their preferences hash. Run with
-EVALSHA by redis_stores.RedisUserStateReader, on ONE Redis server only: the list sets and a
+EVALSHA by stores.redis.RedisUserStateReader, on ONE Redis server only: the list sets and a
 user's hashes carry different hash tags, so on a Cluster they live in different slots and the
 reader pipelines the commands there instead.
 

@@ -14,7 +14,7 @@ from smart_dispatch.errors import InvalidRequestError, StoreUnavailableError
 from smart_dispatch.inbox.base import InboxItem, InboxStore
 from smart_dispatch.inbox.memory import MemoryInboxStore
 from smart_dispatch.inbox.redis import RedisInboxStore
-from smart_dispatch.redis_stores import redis_client
+from smart_dispatch.stores.redis import redis_client
 
 from tests.channels.helpers import delivery
 from tests.support.redis_servers import RedisCluster, RedisServer, free_port, require_redis

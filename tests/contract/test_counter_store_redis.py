@@ -22,7 +22,7 @@ from smart_dispatch.counters import redis as counters_redis
 from smart_dispatch.counters.base import CounterStore, to_ms
 from smart_dispatch.counters.redis import SLIDING_COUNTER_MIN_LIMIT, RedisCounterStore
 from smart_dispatch.errors import ConfigurationError, StoreUnavailableError
-from smart_dispatch.redis_stores import redis_client
+from smart_dispatch.stores.redis import redis_client
 from smart_dispatch.stores import StoreOptions, stores_from_url
 
 from tests.contract.helpers import (

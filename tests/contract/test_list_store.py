@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from smart_dispatch.lists.base import ListStore
 from smart_dispatch.lists.redis import RedisListStore
-from smart_dispatch.redis_stores import redis_client
+from smart_dispatch.stores.redis import redis_client
 
 from tests.contract.helpers import Backend
 

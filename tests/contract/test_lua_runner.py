@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from smart_dispatch._redis_guard import LuaRunner, LuaScript
-from smart_dispatch.redis_stores import redis_client
+from smart_dispatch.stores.redis import redis_client
 from support.redis_servers import RedisServer
 
 pytestmark = pytest.mark.redis

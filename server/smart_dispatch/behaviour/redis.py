@@ -5,7 +5,7 @@ decision written, two per event: the user's and the population's, which live in 
 
 A user's hash expires `ttl_s` after their last write (default 180 days): idle users cost
 nothing. A decision reads the hash together with the list memberships
-(`redis_stores.RedisUserStateReader`: on one server with user_state.lua, whose header documents
+(`stores.redis.RedisUserStateReader`: on one server with user_state.lua, whose header documents
 this key schema too). Counts written before the engagement model (plain integers) read as
 undecayed counts. Failure modes: `StoreUnavailableError` / `StoreError` as for every Redis store.
 """

@@ -2,7 +2,7 @@
 
 Both sets carry the hash tag `{list}`, so on Redis Cluster they share a slot and `memberships` is
 one round trip there too (a non-transactional pipeline of two SISMEMBER). A decision reads the
-memberships together with the user's behaviour hash (`redis_stores.RedisUserStateReader`, on one
+memberships together with the user's behaviour hash (`stores.redis.RedisUserStateReader`, on one
 server with user_state.lua, whose header repeats this key schema), never from a cache: a change
 applies to the next decision of every sidecar.
 

@@ -1,6 +1,6 @@
 """Preferences in Redis: one hash per person, `<prefix>:{u:<user>}:prefs` (the person's hash tag,
 so it shares a Cluster slot with their caps and behaviour, and a decision reads it in the same
-round trip: `redis_stores.RedisUserStateReader`). Key schema and the write: preferences.lua, one
+round trip: `stores.redis.RedisUserStateReader`). Key schema and the write: preferences.lua, one
 script call per change, atomic (concurrent updates of different parts never lose one another).
 
 Failure modes: `StoreUnavailableError` / `StoreError` as for every Redis store.

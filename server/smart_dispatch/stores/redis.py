@@ -13,7 +13,7 @@ command. A failed call fails fast as `StoreUnavailableError`, and the decision p
 its fail-open / fail-closed policy instead of waiting. Building the client does not connect.
 
 A decision's user-state read (list memberships + behaviour + preferences) is one EVALSHA of
-user_state.lua on one server (package data next to this module), a pipeline on a Cluster:
+user_state.lua on one server (package data next to user_state.py), a pipeline on a Cluster:
 `RedisUserStateReader`.
 """
 
@@ -40,7 +40,7 @@ from smart_dispatch.lists.base import LIST_NAMES
 from smart_dispatch.lists.redis import RedisListStore
 from smart_dispatch.preferences.redis import RedisPreferenceStore, decode_preferences, decode_preferences_flat
 from smart_dispatch.ratelimit.redis import RedisRateLimiter
-from smart_dispatch.stores import StoreOptions, Stores
+from smart_dispatch.stores.base import StoreOptions, Stores
 from smart_dispatch.user_state import UserState, UserStateReader
 
 CLUSTER_SCHEME = "redis+cluster"
