@@ -1,16 +1,41 @@
-"""The exception tree. gRPC status codes are mapped in exactly one place: `api/status.py`.
+"""The exception tree: every error Smart Dispatch raises on purpose is a `SmartDispatchError`.
+
+The classes that concern more than one module are defined here; a family's specific subclasses
+live with the code that raises them (the module is named on their line) and derive from a class
+of this module. gRPC status codes are mapped in exactly one place, `api/status.py` (the status
+is on the right); the web console maps to HTTP statuses in `console/app.py`.
 
     SmartDispatchError
-    ├── ConfigurationError        bad settings or an unknown backend/provider name
-    ├── InvalidRequestError       a request field is missing or wrong        (INVALID_ARGUMENT)
-    │   └── UnsubscribeTokenError an unsubscribe token is malformed, forged or expired
-    ├── RuleFileError             a rule file is invalid; carries file and line
-    ├── NotReadyError             no ruleset is loaded yet                     (UNAVAILABLE)
-    ├── NotFoundError             no such dispatch                             (NOT_FOUND)
-    ├── ConflictError             the operation does not fit the state        (FAILED_PRECONDITION)
-    │   └── RequiredCategoryError opting out of a category the rules mark required
-    └── StoreError                the counter/list store failed
-        └── StoreUnavailableError the store cannot be reached in time        (UNAVAILABLE)
+    ├── ConfigurationError          bad settings, or an unknown backend / provider name
+    │   └── ProviderConfigError     a providers-file entry is wrong (channels/registry.py)
+    ├── InvalidRequestError         a request field is missing or wrong      (INVALID_ARGUMENT)
+    │   └── UnsubscribeTokenError   an unsubscribe token is malformed, forged or expired
+    ├── RuleFileError               a rule file is invalid: file and line (FAILED_PRECONDITION)
+    ├── EngineError                 durable-rules refused a ruleset or a fact
+    ├── TemplateError               a template cannot be rendered for a channel
+    ├── ProviderError               one send attempt failed: retryable, retry_after_s, code
+    │   ├── CircuitOpenError        the channel's breaker is open (dispatch/resilience.py)
+    │   └── OverRate                the provider's rate has no slot now (ratelimit/provider.py)
+    ├── NotReadyError               no ruleset is loaded yet                      (UNAVAILABLE)
+    ├── NotFoundError               no such dispatch, decision, ...                 (NOT_FOUND)
+    ├── ConflictError               the operation does not fit the state (FAILED_PRECONDITION)
+    │   └── RequiredCategoryError   opting out of a category the rules mark required
+    ├── StoreError                  a store failed; `retryable` False
+    │   └── StoreUnavailableError   the store cannot be reached in time           (UNAVAILABLE)
+    ├── ForbiddenDestination        the webhook policy refuses a destination; also an OSError,
+    │                               so that aiohttp wraps it (channels/destinations.py)
+    ├── Refused                     a console session lacks a scope or its CSRF token: a 403
+    │                               page (console/app.py)
+    └── _Overflow                   a rule does not fit one engine shard; never leaves
+                                    rules/network.py
+
+A class without a status is FAILED_PRECONDITION with its message, like every other
+`SmartDispatchError`; anything that is not one is a bug, answered INTERNAL without details.
+So no error of the tree reaches a caller as INTERNAL. While sending, a `ProviderError` is
+recorded on the dispatch as its attempt's outcome, and a `TemplateError` becomes a permanent
+`ProviderError` (dispatch/pool.py); at decision time a template without a variant for the
+chosen channel is an `InvalidRequestError` of `message.template`. `ForbiddenDestination` becomes
+a permanent `ProviderError` (code `forbidden_destination`) in channels/http_common.py.
 
 Errors carry fields, never prose to parse.
 """
@@ -104,3 +129,48 @@ class StoreUnavailableError(StoreError):
     """The store could not be reached within its timeout."""
 
     retryable = True
+
+
+class EngineError(SmartDispatchError):
+    """durable-rules refused a ruleset or a fact. `code` is its numeric error code if known."""
+
+    def __init__(self, problem: str, code: int | None = None) -> None:
+        super().__init__(problem)
+        self.code = code
+
+
+class TemplateError(SmartDispatchError):
+    """A template cannot be rendered for a channel. `file` is relative to the template
+    directory ("" when no file is involved); `line` is 1-based, 0 when unknown."""
+
+    def __init__(self, template: str, channel: str, problem: str, *, file: str = "", line: int = 0) -> None:
+        where = f" ({file}:{line})" if file and line else f" ({file})" if file else ""
+        super().__init__(f"template {template!r} for {channel}{where}: {problem}")
+        self.template = template
+        self.channel = channel
+        self.problem = problem
+        self.file = file
+        self.line = line
+
+
+class ProviderError(SmartDispatchError):
+    """A failed attempt. `retryable` decides retry vs. fallback; `retry_after_s` is the
+    provider's own hint (Retry-After), None when it gave none; `code` is the provider's error
+    code or HTTP status as text."""
+
+    def __init__(
+        self,
+        problem: str,
+        *,
+        provider: str,
+        channel: str,
+        retryable: bool,
+        retry_after_s: float | None = None,
+        code: str = "",
+    ) -> None:
+        super().__init__(f"{provider}: {problem}")
+        self.provider = provider
+        self.channel = channel
+        self.retryable = retryable
+        self.retry_after_s = retry_after_s
+        self.code = code

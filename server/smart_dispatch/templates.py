@@ -41,7 +41,8 @@ import yaml
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from smart_dispatch.channels.base import Content
-from smart_dispatch.errors import ConfigurationError, SmartDispatchError
+from smart_dispatch.errors import ConfigurationError
+from smart_dispatch.errors import TemplateError as TemplateError  # defined there, with the tree
 
 TEMPLATE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -62,20 +63,6 @@ VARIANTS: Mapping[str, Variant] = {
     "wechat": Variant(("wechat.yaml",)),
     "webhook": Variant((), ("webhook.txt",)),
 }
-
-
-class TemplateError(SmartDispatchError):
-    """A template cannot be rendered for a channel. `file` is relative to the template
-    directory ("" when no file is involved); `line` is 1-based, 0 when unknown."""
-
-    def __init__(self, template: str, channel: str, problem: str, *, file: str = "", line: int = 0) -> None:
-        where = f" ({file}:{line})" if file and line else f" ({file})" if file else ""
-        super().__init__(f"template {template!r} for {channel}{where}: {problem}")
-        self.template = template
-        self.channel = channel
-        self.problem = problem
-        self.file = file
-        self.line = line
 
 
 class TemplateRenderer:

@@ -1,9 +1,11 @@
-"""The one place Smart Dispatch errors become gRPC status codes.
+"""The one place Smart Dispatch errors become gRPC status codes (the tree: errors.py).
 
-InvalidRequestError -> INVALID_ARGUMENT (message names the field)
+InvalidRequestError (and UnsubscribeTokenError) -> INVALID_ARGUMENT (message names the field)
 NotReadyError, StoreUnavailableError -> UNAVAILABLE (clients may retry)
 NotFoundError -> NOT_FOUND
-any other SmartDispatchError -> FAILED_PRECONDITION with its message
+any other SmartDispatchError -> FAILED_PRECONDITION with its message: ConflictError and
+    RequiredCategoryError, RuleFileError (a reload), EngineError, TemplateError, ProviderError
+    and its subclasses, ConfigurationError, StoreError
 Anything else is a bug: logged with its traceback and answered INTERNAL without details.
 """
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from smart_dispatch.errors import SmartDispatchError
+from smart_dispatch.errors import ProviderError as ProviderError  # defined there, with the tree
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,29 +54,6 @@ class Delivery:
 class SendResult:
     provider: str
     provider_message_id: str = ""
-
-
-class ProviderError(SmartDispatchError):
-    """A failed attempt. `retryable` decides retry vs. fallback; `retry_after_s` is the
-    provider's own hint (Retry-After), None when it gave none; `code` is the provider's error
-    code or HTTP status as text."""
-
-    def __init__(
-        self,
-        problem: str,
-        *,
-        provider: str,
-        channel: str,
-        retryable: bool,
-        retry_after_s: float | None = None,
-        code: str = "",
-    ) -> None:
-        super().__init__(f"{provider}: {problem}")
-        self.provider = provider
-        self.channel = channel
-        self.retryable = retryable
-        self.retry_after_s = retry_after_s
-        self.code = code
 
 
 class Provider(abc.ABC):

@@ -59,6 +59,8 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
+from smart_dispatch.errors import SmartDispatchError
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -184,10 +186,11 @@ DEFAULT_POLICY = DestinationPolicy()
 """Only the default networks denied."""
 
 
-class ForbiddenDestination(OSError):
+class ForbiddenDestination(OSError, SmartDispatchError):
     """The policy refuses a destination. An OSError so that aiohttp treats it as the connection
-    failure it is (cleaning up and wrapping it); `http_common` turns it into a permanent
-    `ProviderError` with code ``forbidden_destination``. The text names the host and the denied
+    failure it is (cleaning up and wrapping it), and a `SmartDispatchError` as every error we
+    raise; `http_common` turns it into a permanent `ProviderError` with code
+    ``forbidden_destination``. The text names the host and the denied
     address and network, never the URL (whose query may carry secrets)."""
 
     def __init__(self, host: str, problem: str) -> None:

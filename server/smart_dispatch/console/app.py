@@ -46,8 +46,9 @@ _PUBLIC = frozenset({"login", "login_form", "static"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class Refused(Exception):
-    """The session's caller lacks `scope` for what it asked (a 403 page)."""
+class Refused(SmartDispatchError):
+    """The session's caller lacks `scope` for what it asked, or a POST its CSRF token (a 403
+    page: the guard catches it before any other `SmartDispatchError`)."""
 
     def __init__(self, scope: str, what: str) -> None:
         super().__init__(f"{what} needs the {scope} scope")
@@ -172,6 +173,8 @@ class Console:
 
 def http_status_for(exc: SmartDispatchError) -> int:
     """The one place console errors become HTTP statuses (as api/status.py for gRPC)."""
+    if isinstance(exc, Refused):
+        return 403
     if isinstance(exc, InvalidRequestError):
         return 400
     if isinstance(exc, NotFoundError):

@@ -31,6 +31,7 @@ from typing import Any
 
 from durable import engine as _durable
 
+from smart_dispatch.errors import EngineError as EngineError  # defined there, with the tree
 from smart_dispatch.errors import SmartDispatchError
 from smart_dispatch.rules.model import Rule, Ruleset
 from smart_dispatch.rules.network import STATE_GUARD, plan_shards
@@ -41,14 +42,6 @@ _CATCH_ALL = "__sd_catch_all__"
 _LOWEST_PRIORITY = 65535
 #: Distinct projected fact documents whose matches one compiled version remembers.
 MEMO_SIZE = 4096
-
-
-class EngineError(SmartDispatchError):
-    """durable-rules refused a ruleset or a fact. `code` is its numeric error code if known."""
-
-    def __init__(self, problem: str, code: int | None = None) -> None:
-        super().__init__(problem)
-        self.code = code
 
 
 def to_durable(rules: Sequence[Rule]) -> dict[str, Any]:

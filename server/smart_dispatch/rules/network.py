@@ -32,7 +32,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from smart_dispatch.errors import RuleFileError
+from smart_dispatch.errors import RuleFileError, SmartDispatchError
 from smart_dispatch.rules.model import Rule
 
 #: Distinct non-`$nex` children of one alpha node (the engine's hash set has 512 slots and
@@ -77,7 +77,10 @@ class _Node:
         return [*self.branches.values(), *self.absences.values(), *self.joins]
 
 
-class _Overflow(Exception):
+class _Overflow(SmartDispatchError):
+    """A rule would break a limit of the shard being filled (`problem` names it). Caught in
+    `_Shard.try_add`, which undoes the insertion: it never leaves this module."""
+
     def __init__(self, problem: str) -> None:
         super().__init__(problem)
         self.problem = problem
