@@ -1,4 +1,12 @@
-"""Protobuf <-> domain conversion. The only module that knows both shapes."""
+"""Protobuf <-> domain conversion of decisions and what surrounds them.
+
+In: `DecideRequest` (its Struct values checked for depth, string length and finite numbers,
+its timestamps for range) and `ReportEventRequest`. Out: `DecideResponse` (plan, reasons,
+caps, explanation), `GetDecisionResponse` (a decision log entry with the dispatch's attempts
+and the reported events, merged by time), `RulesStatus`, `StatsRow`; and the timestamp helpers
+the other converters share. Dispatches and inbox items: dispatch_convert.py; preferences:
+preferences_convert.py. A bad value raises `InvalidRequestError` naming its field.
+"""
 
 from __future__ import annotations
 

@@ -1,7 +1,12 @@
-"""Step 5: reserve the caps of the best channel that has room, or apply the rule's `on_cap`.
+"""Step 8 of the pipeline (pipeline.py): reserve the caps of the best channel that has room, or
+apply the rule's `on_cap` (defer, next_channel, digest, drop).
 
-One store round trip in the common case; a cap deferral costs one more (the reservation at the
-deferred instant, which quiet hours may have moved).
+One store round trip in the common case (none for an allow-listed person or `bypass_caps`).
+More only when a cap holds the message back: `next_channel` with every channel full reserves
+once more, at the instant the first one frees up; a deferred instant that falls in quiet hours
+is given back (a refund) and reserved again from the end of the window, at most
+`_DEFER_ATTEMPTS` times. When the store cannot answer, a category in `fail_open` goes on
+unchecked (reason `store_unavailable`); any other fails with `StoreUnavailableError`.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ labels.<key>         message labels
 user.id / timezone / locale
 user.local_hour      0..23, recipient's local clock      user.local_minute  0..59
 user.local_weekday   mon..sun                             user.is_weekend    bool
-user.days_since_active   days since attributes.last_active_at (absent when unknown)
+user.days_since_active   days since the later of attributes.last_active_at and the activity
+                     the store saw (absent when neither is known)
 user.allow_listed / user.deny_listed   bool
 user.<attribute>     every scalar recipient attribute (derived names win on a clash)
 reachable.<channel>  bool for every known channel: address present, not opted out (in the
@@ -18,6 +19,9 @@ preferences.opted_out_of.<channel>   the same as a bool per known channel
 preferences.in_quiet_hours       bool: now is inside the person's own quiet hours
 preferences.channel_order        the person's channel order (a list)
                      For a required category (rules file) nothing is opted out nor muted.
+behaviour.<channel>.sent / delivered / opened / clicked / converted / bounced / engagement
+                     the engagement model's decayed counts and smoothed open rate, for each
+                     channel it has counts of
 """
 
 from __future__ import annotations

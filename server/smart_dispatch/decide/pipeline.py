@@ -1,10 +1,29 @@
-"""The decision pipeline: validate -> facts -> rules -> rank -> timing -> caps -> plan.
+"""The decision pipeline: one pass from a `DecideRequest` to a `Decision`, on the ruleset
+version leased for it (`Decider.decide`; `_decide` and `_outcome` read in this order):
 
-Pure except for two awaits: the user-state read (lists, behaviour and preferences: facts) and
-the cap reservation (one store round trip; one more only when a cap defers the message). Shadow
-rules (or every rule, with the server's shadow mode) are evaluated and their would-be outcome is
-reported with `shadow:` reason codes and logged, but the plan returned is the one without them;
-their caps are counted under `shadow:<cap>` so they never consume real capacity.
+1. validate the request (every problem names its field) and its clock (`at`);
+2. read the person's state: list memberships, behaviour, preferences; deny-listed: SUPPRESS;
+3. what their preferences impose on this message (opt-outs, mute, their quiet hours, channel
+   order) and which channels are reachable;
+4. facts, then rules: every rule whose condition holds fires, in priority order;
+5. fold the enforced rules' effects into a draft; rank the channels (rules, the person's order,
+   engagement, cost); the learned choice (`choose`) may move one to the front; channels the
+   template has no variant for drop out (none for the best one: INVALID_ARGUMENT);
+6. suppress when a rule says so, nothing is reachable, or the expected engagement is too low;
+7. timing: quiet hours (the rules' and the person's), the mute and the deadline; the learned
+   send time (`send_time`) may pick a later hour;
+8. caps (caps_step.py): reserve every cap of the best channel with room, or apply `on_cap`;
+9. plan: verdict, steps (the channel, then its fallbacks), reasons, caps, lane, digest.
+
+Pure except for its awaits: the user-state read of 2 (one store round trip on Redis; a
+category in `fail_open` goes on without it when the store is down), the cap reservation of 8
+(one round trip; more only when a cap holds the message back), and, after the pass, counting a
+decision that sends or defers as a send for the engagement model (a store failure costs the
+count, not the decision). Telemetry hooks (metrics, decision log) then hear of the decision.
+
+Shadow rules (or every rule, with the server's shadow mode) are evaluated and their would-be
+outcome is reported with `shadow:` reason codes and logged, but the plan returned is the one
+without them; their caps are counted under `shadow:<cap>` so they never consume real capacity.
 """
 
 from __future__ import annotations
@@ -143,7 +162,8 @@ class Decider:
                 decision = await self._decide(version, request)
                 await self._record_sent(version, request, decision)
             self._telemetry.decided(request, decision, request.at or self._clock())
-            return decision
+            traceparent = self._telemetry.traceparent()
+            return replace(decision, traceparent=traceparent) if traceparent else decision
 
     async def _record_sent(self, version: RulesVersion, request: DecideRequest, decision: Decision) -> None:
         """Count a decided message as sent on its channel and local slot (the engagement model's

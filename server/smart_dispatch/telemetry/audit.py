@@ -1,10 +1,10 @@
-"""The decision log: one JSON line per decision, and the answer to "why did this message go
-(or not go) this way?".
+"""The decision log file: one JSON line per decision (`SD_AUDIT_LOG`), the answer to "why did
+this message go (or not go) this way?" after the fact (`smart-dispatch why`).
 
 A line (keys in this order; addresses masked, the user id pseudonymised, no message data):
 
     {"ts": "2026-11-25T22:50:00.120000+00:00", "decision_id": "3f…", "message_id": "login-1",
-     "category": "otp", "user": "sha256:…", "dry_run": false, "ruleset_version": "9c…",
+     "category": "otp", "user": "hmac:…", "dry_run": false, "ruleset_version": "9c…",
      "verdict": "send", "fired_rules": ["otp"],
      "reasons": [{"code": "channel_selected", "rule": "otp", "detail": "sms"}],
      "caps": [{"name": "…", "limit": 3, "window_s": 86400.0, "used": 1, "remaining": 2, "reset_at": "…"}],
@@ -13,9 +13,11 @@ A line (keys in this order; addresses masked, the user id pseudonymised, no mess
 
 The sink is a file (appended, one flushed line per decision), stdout (`-`), or none. Beside it an
 in-memory index of masked entries, bounded in bytes (`SD_AUDIT_INDEX_BYTES`, least recently
-decided message ids dropped first), answers `GetDecision`; `find_in_log` answers
-`smart-dispatch why` from the file, after restarts too. An entry keeps no request: only the
-message id, category, pseudonymised user, masked plan and the decision's reasons and caps.
+decided message ids dropped first), links the sender pool's spans to the trace of the decision
+(`Telemetry.continue_decision`); `find_in_log` answers `smart-dispatch why` from the file,
+after restarts too (`GetDecision` reads the decision log in the store: decisionlog/). An entry
+keeps no request: only the message id, category, pseudonymised user, masked plan and the
+decision's reasons and caps.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Telemetry hooks: a no-op base class and the frozen events it receives.
 
-Metrics (metrics.py) and the decision log (audit.py) are hooks; so may be anything an operator
-adds. Every event carries what a hook may record and nothing it must not: no contact address
-leaves the core unmasked except inside `DecisionMade.request`, which hooks mask themselves.
+Metrics (metrics.py), the decision log file (audit.py) and the decision log in the store
+(decisionlog/writer.py) are hooks; so may be anything an operator adds. Every event carries
+what a hook may record and nothing it must not: no contact address leaves the core unmasked
+except inside `DecisionMade.request`, which hooks mask themselves.
 `call_hook` runs one hook and logs (never raises) what it raises: telemetry never fails a
 decision or a send.
 """
