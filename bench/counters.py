@@ -130,10 +130,12 @@ async def drive(decide: Decide, decisions: int, in_flight: int) -> tuple[float, 
 async def measure(url: str, impl: str, round_no: int, decisions: int, in_flight: int, users: int) -> Sample:
     flush(url)
     store: RedisCounterStore | None = None
+    client = None
     storage: RedisStorage | None = None
     decide: Decide
     if impl.startswith("ours"):
-        store = RedisCounterStore(redis_client(url, CLIENT_TIMEOUT_S), prefix="bench", timeout_s=1.0)
+        client = redis_client(url, CLIENT_TIMEOUT_S)
+        store = RedisCounterStore(client, prefix="bench", timeout_s=1.0)
         ours, defer = store, impl == "ours-defer"
 
         async def decide_ours(i: int) -> object:
@@ -175,6 +177,8 @@ async def measure(url: str, impl: str, round_no: int, decisions: int, in_flight:
     finally:
         if store is not None:
             await store.close()
+        if client is not None:
+            await client.aclose()
         if storage is not None:
             await storage.bridge.storage.aclose()
             await storage.bridge.storage.connection_pool.disconnect()

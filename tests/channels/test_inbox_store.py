@@ -38,11 +38,18 @@ def make_store(request: pytest.FixtureRequest, name: str, **options: object) -> 
     return RedisInboxStore(client, prefix="t", timeout_s=TIMEOUT_S, **options)  # type: ignore[arg-type]
 
 
+async def close(store: InboxStore) -> None:
+    """Close `store` and, on Redis, the client it was given (a store leaves it open)."""
+    await store.close()
+    if isinstance(store, RedisInboxStore):
+        await store.client.aclose()
+
+
 @pytest.fixture(params=BACKENDS)
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[InboxStore]:
     inbox = make_store(request, request.param)
     yield inbox
-    await inbox.close()
+    await close(inbox)
 
 
 def item(text: str, **fields: object) -> InboxItem:
@@ -147,7 +154,7 @@ async def test_old_items_are_dropped_beyond_max_items(request: pytest.FixtureReq
             await store.append("u-1", item(str(n)))
         kept = await store.list("u-1", 1000)
     finally:
-        await store.close()
+        await close(store)
 
     assert 10 <= len(kept) < 250  # Redis trims approximately (whole stream nodes)
     assert kept[0].text == "249"
@@ -184,7 +191,7 @@ async def test_in_app_provider_store_down_is_retryable() -> None:
         with pytest.raises(ProviderError) as caught:
             await InboxProvider(store).send(delivery("in_app", address="u-1"))
     finally:
-        await store.close()
+        await close(store)
 
     assert (caught.value.retryable, caught.value.code) == (True, "store")
 
@@ -210,7 +217,7 @@ async def test_idle_watch_outlasts_the_short_socket_timeout(
     finally:
         next_item.cancel()
         await watcher.aclose()  # type: ignore[attr-defined]
-        await store.close()
+        await close(store)
 
 
 @pytest.mark.redis
@@ -229,4 +236,4 @@ async def test_watch_of_a_frozen_redis_fails_instead_of_hanging() -> None:
         finally:
             server.resume()
             await watcher.aclose()  # type: ignore[attr-defined]
-            await store.close()
+            await close(store)

@@ -22,8 +22,8 @@ from smart_dispatch.counters import redis as counters_redis
 from smart_dispatch.counters.base import CounterStore, to_ms
 from smart_dispatch.counters.redis import SLIDING_COUNTER_MIN_LIMIT, RedisCounterStore
 from smart_dispatch.errors import ConfigurationError, StoreUnavailableError
-from smart_dispatch.stores.redis import redis_client
 from smart_dispatch.stores import StoreOptions, stores_from_url
+from smart_dispatch.stores.redis import redis_client
 
 from tests.contract.helpers import (
     DAY,
@@ -51,6 +51,7 @@ async def store(backend: Backend) -> AsyncIterator[RedisCounterStore]:
         yield counters
     finally:
         await counters.close()
+        await client.aclose()
 
 
 def all_keys(backend: Backend) -> dict[str, int]:
@@ -169,12 +170,14 @@ async def on_two_stores(
     backend: Backend, n: int, decide: Callable[[CounterStore, int], Awaitable[T]]
 ) -> list[T]:
     """`n` decisions at once, alternating between two stores (two processes' connection pools)."""
-    stores = [RedisCounterStore(redis_client(backend.url, 5.0), prefix="t", timeout_s=5.0) for _ in range(2)]
+    clients = [redis_client(backend.url, 5.0) for _ in range(2)]
+    stores = [RedisCounterStore(client, prefix="t", timeout_s=5.0) for client in clients]
     try:
         return await asyncio.gather(*(decide(stores[i % 2], i) for i in range(n)))
     finally:
-        for counters in stores:
+        for counters, client in zip(stores, clients, strict=True):
             await counters.close()
+            await client.aclose()
 
 
 async def stored(backend: Backend, key: str) -> dict[str, float]:
@@ -263,11 +266,13 @@ async def test_command_path_matches_the_reference(
     source = counters_redis.RESERVE.source.replace(whole_set, "local SMALL_LIMIT, MAX_ROWS = 0, 0")
     sha = hashlib.sha1(source.encode()).hexdigest()
     monkeypatch.setattr(counters_redis, "RESERVE", counters_redis.LuaScript("commands", source, sha))
-    counters = RedisCounterStore(redis_client(backend.url, 2.0), prefix="t", timeout_s=2.0)
+    client = redis_client(backend.url, 2.0)
+    counters = RedisCounterStore(client, prefix="t", timeout_s=2.0)
     try:
         await replay_against_reference(counters, float(int(time.time())), seed)
     finally:
         await counters.close()
+        await client.aclose()
 
 
 @on_redis
@@ -282,11 +287,13 @@ async def test_general_path_matches_the_reference(
     source = counters_redis.RESERVE.source.replace(fast_path, "local fast = false and")
     sha = hashlib.sha1(source.encode()).hexdigest()
     monkeypatch.setattr(counters_redis, "RESERVE", counters_redis.LuaScript("general", source, sha))
-    counters = RedisCounterStore(redis_client(backend.url, 2.0), prefix="t", timeout_s=2.0)
+    client = redis_client(backend.url, 2.0)
+    counters = RedisCounterStore(client, prefix="t", timeout_s=2.0)
     try:
         await replay_against_reference(counters, float(int(time.time())), seed)
     finally:
         await counters.close()
+        await client.aclose()
 
 
 @pytest.mark.parametrize(

@@ -72,3 +72,4 @@ async def test_seed_adds_many_members_at_once(backend: Backend):
         ]
     finally:
         await lists.close()
+        await client.aclose()

@@ -22,8 +22,8 @@ from smart_dispatch.lists.base import LIST_NAMES, ListName
 from smart_dispatch.lists.memory import MemoryListStore
 from smart_dispatch.preferences.base import PATHS, Consent, LocalWindow, Preferences
 from smart_dispatch.preferences.memory import MemoryPreferenceStore
-from smart_dispatch.stores.redis import USER_STATE_SHA, redis_client
 from smart_dispatch.stores import StoreOptions, Stores, stores_from_url
+from smart_dispatch.stores.redis import USER_STATE_SHA, redis_client
 from smart_dispatch.user_state import UserState, UserStateReader
 
 from tests.contract.conftest import PREFIX, TIMEOUT_S

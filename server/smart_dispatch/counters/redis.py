@@ -109,7 +109,8 @@ class ScriptReply:
 
 
 class RedisCounterStore(CounterStore):
-    """`CounterStore` over `redis.asyncio` (one server or a Cluster; the client is passed in).
+    """`CounterStore` over `redis.asyncio` (one server or a Cluster; the client is passed in, and
+    closing it is up to whoever made it: `close` leaves it open).
 
     `timeout_s` bounds each operation (all its round trips); `round_trips` counts the commands
     sent, for tests and benchmarks. Raises `StoreUnavailableError` when Redis cannot answer in
@@ -123,13 +124,11 @@ class RedisCounterStore(CounterStore):
         prefix: str = "sd",
         timeout_s: float = 0.25,
         sliding_counter_min_limit: int = SLIDING_COUNTER_MIN_LIMIT,
-        close_client: bool = True,
     ) -> None:
         self._client = client
         self._prefix = checked_prefix(prefix)
         self._timeout_s = timeout_s
         self._sliding_min = sliding_counter_min_limit
-        self._close_client = close_client
         self.is_cluster = isinstance(client, RedisCluster)
         self._lua = LuaRunner.of(client, timeout_s)
         self._plans: dict[Options, Plan] = {}
@@ -219,10 +218,6 @@ class RedisCounterStore(CounterStore):
             for group in groups:
                 if group:
                     await self.run_refund(user_id, member, group)
-
-    async def close(self) -> None:
-        if self._close_client:
-            await self._client.aclose()
 
     # -- script calls (used by _split.py too) ---------------------------------------------------
 

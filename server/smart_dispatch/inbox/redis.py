@@ -57,7 +57,8 @@ REDIS_TICK_MARGIN_S = 0.15  # how much later than asked Redis may end a BLOCK (s
 
 
 class RedisInboxStore(InboxStore):
-    """`InboxStore` over `redis.asyncio` (one server or a Cluster; the client is passed in)."""
+    """`InboxStore` over `redis.asyncio` (one server or a Cluster; the clients are passed in, and
+    closing them is up to whoever made them: `close` leaves them open)."""
 
     def __init__(
         self,
@@ -69,7 +70,6 @@ class RedisInboxStore(InboxStore):
         idempotency_ttl_s: float = 86400.0,
         watch_client: Redis | RedisCluster | None = None,
         watch_block_s: float = 5.0,
-        close_client: bool = True,
     ) -> None:
         self._client = client
         self._prefix = checked_prefix(prefix)
@@ -82,8 +82,11 @@ class RedisInboxStore(InboxStore):
             if watch_client is not None
             else max(0.01, min(timeout_s / 2, timeout_s - REDIS_TICK_MARGIN_S))
         )
-        self._close_client = close_client
         self._lua = LuaRunner.of(client, timeout_s)
+
+    @property
+    def client(self) -> Redis | RedisCluster:
+        return self._client
 
     def items_key(self, inbox_id: str) -> str:
         return f"{self._prefix}:{{inbox:{inbox_id}}}:items"
@@ -148,12 +151,6 @@ class RedisInboxStore(InboxStore):
             for item in items:  # yielded outside the guard: consumer time is not Redis time
                 last = item.id
                 yield item
-
-    async def close(self) -> None:
-        if self._close_client:
-            await self._client.aclose()
-            if self._watch_client is not self._client:
-                await self._watch_client.aclose()
 
 
 def _encode(item: InboxItem) -> dict[str, str]:

@@ -23,7 +23,8 @@ from smart_dispatch.lists.base import LIST_NAMES, ListName, ListStore
 
 
 class RedisListStore(ListStore):
-    """`ListStore` over `redis.asyncio` (one server or a Cluster; the client is passed in).
+    """`ListStore` over `redis.asyncio` (one server or a Cluster; the client is passed in, and
+    closing it is up to whoever made it: `close` leaves it open).
 
     `timeout_s` bounds each operation. Raises `StoreUnavailableError` when Redis cannot answer in
     time, `StoreError` on other Redis failures.
@@ -35,12 +36,10 @@ class RedisListStore(ListStore):
         *,
         prefix: str = "sd",
         timeout_s: float = 0.25,
-        close_client: bool = True,
     ) -> None:
         self._client = client
         self._prefix = checked_prefix(prefix)
         self._timeout_s = timeout_s
-        self._close_client = close_client
 
     @property
     def client(self) -> Redis | RedisCluster:
@@ -76,7 +75,3 @@ class RedisListStore(ListStore):
                 pipe.sismember(self.key(name), user_id)  # type: ignore[arg-type]
             found = await pipe.execute()
         return frozenset(name for name, member in zip(LIST_NAMES, found, strict=True) if member)
-
-    async def close(self) -> None:
-        if self._close_client:
-            await self._client.aclose()

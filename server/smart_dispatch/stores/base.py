@@ -4,6 +4,7 @@ the builders in `stores.memory` and `stores.redis` import this module, never the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from smart_dispatch.behaviour.base import BehaviourStore
 from smart_dispatch.counters.base import CounterStore
@@ -16,6 +17,12 @@ from smart_dispatch.preferences.base import PreferenceStore
 from smart_dispatch.preferences.memory import MemoryPreferenceStore
 from smart_dispatch.ratelimit.base import MemoryRateLimiter, RateLimiter
 from smart_dispatch.user_state import UserStateReader
+
+
+class Closeable(Protocol):
+    """What a bundle's shared connection is to it (a redis-py client)."""
+
+    async def aclose(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +40,9 @@ class StoreOptions:
 
 @dataclass(frozen=True, slots=True)
 class Stores:
+    """The stores of one backend. `client` is the connection they share (the Redis client; None
+    in memory): the bundle owns it, no store closes it, `close` does once, after the stores."""
+
     counters: CounterStore
     lists: ListStore
     behaviour: BehaviourStore
@@ -43,8 +53,11 @@ class Stores:
     rate_limits: RateLimiter = field(default_factory=MemoryRateLimiter)
     decisions: DecisionLogStore = field(default_factory=MemoryDecisionLog)
     preferences: PreferenceStore = field(default_factory=MemoryPreferenceStore)
+    client: Closeable | None = None
 
     async def close(self) -> None:
         for store in (self.counters, self.lists, self.behaviour, self.dispatches, self.inbox, self.decisions):
             await store.close()
         await self.preferences.close()
+        if self.client is not None:
+            await self.client.aclose()

@@ -84,20 +84,16 @@ def redis_client(url: str, timeout_s: float) -> Redis | RedisCluster:
 
 
 def redis_stores(url: str, options: StoreOptions) -> Stores:
-    """Counter and list stores on the Redis at `url`, sharing one client (closed by `Stores.close`)."""
+    """Every store on the Redis at `url`, sharing one client: the bundle's (`Stores.client`,
+    closed by `Stores.close`; no store closes it)."""
     client = redis_client(url, options.timeout_s)
     counters = RedisCounterStore(client, prefix=options.prefix, timeout_s=options.timeout_s)
-    lists = RedisListStore(
-        client,
-        prefix=options.prefix,
-        timeout_s=options.timeout_s,
-        close_client=False,  # the counter store owns the shared client
-    )
+    lists = RedisListStore(client, prefix=options.prefix, timeout_s=options.timeout_s)
     behaviour = RedisBehaviourStore(client, prefix=options.prefix, timeout_s=options.timeout_s)
     dispatches = RedisDispatchStore(
         client, prefix=options.prefix, timeout_s=options.timeout_s, claim_timeout_s=options.claim_timeout_s
     )
-    inbox = RedisInboxStore(client, prefix=options.prefix, timeout_s=options.timeout_s, close_client=False)
+    inbox = RedisInboxStore(client, prefix=options.prefix, timeout_s=options.timeout_s)
     preferences = RedisPreferenceStore(client, prefix=options.prefix, timeout_s=options.timeout_s)
     user_state = RedisUserStateReader(lists, behaviour, preferences, options.timeout_s)
     rate_limits = RedisRateLimiter(client, prefix=options.prefix, timeout_s=options.timeout_s)
@@ -119,6 +115,7 @@ def redis_stores(url: str, options: StoreOptions) -> Stores:
         rate_limits,
         decisions=decisions,
         preferences=preferences,
+        client=client,
     )
 
 
