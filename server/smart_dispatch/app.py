@@ -95,6 +95,7 @@ class App:
             runtime.pool.start()
         if s.watch_rules:
             self.watcher.start()
+        runtime.serving()
         if s.shadow:
             log.warning("shadow mode: every rule is evaluated and reported, none is enforced")
         log.info("serving on %s:%d", s.host, self.port)

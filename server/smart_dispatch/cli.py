@@ -12,7 +12,7 @@ from pathlib import Path
 
 from smart_dispatch.config import settings_from_env
 from smart_dispatch.errors import SmartDispatchError
-from smart_dispatch.malloc_tuning import pin_malloc_thresholds
+from smart_dispatch.heap import pin_malloc_thresholds
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -88,9 +88,10 @@ class Settings:
     trace_sample_ratio: float = 1.0
     metrics_port: int = 0
     audit_log: str = ""
-    audit_index_bytes: int = 16 * 1024 * 1024
     log_key: str = ""
     decision_log: bool = True
+    #: collect less often and freeze start-up's objects (heap.py); off only to measure it
+    gc_tuning: bool = True
     decision_log_retention_s: float = 7 * 86400.0
     decision_log_max_entries: int = 1_000_000
     rules_compile_timeout_s: float = 30.0
@@ -145,9 +146,9 @@ _ENV = {
     "trace_sample_ratio": "SD_TRACE_SAMPLE_RATIO",
     "metrics_port": "SD_METRICS_PORT",
     "audit_log": "SD_AUDIT_LOG",
-    "audit_index_bytes": "SD_AUDIT_INDEX_BYTES",
     "log_key": "SD_LOG_KEY",
     "decision_log": "SD_DECISION_LOG",
+    "gc_tuning": "SD_GC_TUNING",
     "decision_log_retention_s": "SD_DECISION_LOG_RETENTION_S",
     "decision_log_max_entries": "SD_DECISION_LOG_MAX_ENTRIES",
     "rules_compile_timeout_s": "SD_RULES_COMPILE_TIMEOUT_S",

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from smart_dispatch import heap
 from smart_dispatch.channels.base import Provider
 from smart_dispatch.config import Settings
 from smart_dispatch.decide.pipeline import Decider, FailurePolicy
@@ -102,9 +103,12 @@ class Runtime:
 
     @classmethod
     async def _build(cls, settings: Settings, rules: ActiveRules, telemetry: Telemetry) -> Runtime:
-        rules.on_load(telemetry.rules_loaded)
-        await rules.load_async()
         s = settings
+        rules.on_load(telemetry.rules_loaded)
+        if s.gc_tuning:
+            heap.tune_collector()
+            rules.on_load(_freeze_after_reload)
+        await rules.load_async()
         tokens, links = _unsubscribe_links(settings, rules)
         options = StoreOptions(
             s.store_timeout_s,
@@ -184,6 +188,11 @@ class Runtime:
             preferences=preferences,
         )
 
+    def serving(self) -> None:
+        """Start-up is over: move what it built out of the collector's way (`heap.freeze`)."""
+        if self.settings.gc_tuning:
+            heap.freeze("start-up")
+
     async def close(self) -> None:
         if self.pool is not None:
             await self.pool.stop()
@@ -196,6 +205,11 @@ class Runtime:
         await self.stores.close()
         if self.owns_telemetry:
             await self.telemetry.close()
+
+
+def _freeze_after_reload(result: str) -> None:
+    if result == "loaded":
+        heap.freeze("rules reloaded")
 
 
 def _unsubscribe_links(

@@ -35,6 +35,7 @@ async def run_worker(settings: Settings) -> None:
     runtime.pool.start()
     if settings.watch_rules:
         watcher.start()
+    runtime.serving()
     print(f"smart-dispatch worker running {settings.senders} senders on {settings.store_url}", flush=True)
     await stop.wait()
     log.info("signal received: finishing in-flight sends")

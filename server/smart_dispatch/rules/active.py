@@ -93,7 +93,7 @@ class ActiveRules:
         self._reloads = 0
         self._failures = 0
         self._last_error: LoadFailure | None = None
-        self._on_load: Callable[[str], None] = _ignore
+        self._on_load: list[Callable[[str], None]] = []
 
     @classmethod
     def for_settings(cls, settings: Settings) -> ActiveRules:
@@ -103,8 +103,12 @@ class ActiveRules:
         )
 
     def on_load(self, hook: Callable[[str], None]) -> None:
-        """Call `hook(result)` after every load: "loaded", "unchanged" or "failed" (metrics)."""
-        self._on_load = hook
+        """Also call `hook(result)` after every load: "loaded", "unchanged" or "failed"."""
+        self._on_load.append(hook)
+
+    def _loaded(self, result: str) -> None:
+        for hook in self._on_load:
+            hook(result)
 
     def current(self) -> RulesVersion:
         if self._current is None:
@@ -177,7 +181,7 @@ class ActiveRules:
         if self._current is not None and content == self._current.version:
             self._last_error = None
             self._failed = None
-            self._on_load("unchanged")
+            self._loaded("unchanged")
             return None
         if self._failed is not None and self._failed[0] == content:
             raise self._failed[1]
@@ -193,7 +197,7 @@ class ActiveRules:
             self._current.version if self._current else "nothing",
             exc,
         )
-        self._on_load("failed")
+        self._loaded("failed")
 
     def _swap(self, version: RulesVersion) -> None:
         old, self._current = self._current, version
@@ -206,7 +210,7 @@ class ActiveRules:
         )
         if old is not None:
             self._retire(old)
-        self._on_load("loaded")
+        self._loaded("loaded")
 
     def _retire(self, version: RulesVersion) -> None:
         if self._leases.get(id(version)):
@@ -241,7 +245,3 @@ def _stat_key(directory: Path) -> str:
     except OSError as exc:
         return f"stat:{exc}"
     return f"stat:{stats}"
-
-
-def _ignore(result: str) -> None:
-    pass
