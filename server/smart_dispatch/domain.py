@@ -174,3 +174,6 @@ class Decision:
     digest_until: datetime | None = None
     #: what the decision read and the facts the rules saw (for the decision log; never returned)
     seen: Seen | None = None
+    #: the decision span as a W3C traceparent, when this sidecar traces: a dispatch's send
+    #: attempts are its children, on whichever sidecar sends (never returned)
+    traceparent: str = ""

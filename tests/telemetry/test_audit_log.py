@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +12,10 @@ import grpc
 import pytest
 from smart_dispatch._proto.smartdispatch.v1 import smart_dispatch_pb2 as pb
 from smart_dispatch._proto.smartdispatch.v1 import smart_dispatch_pb2_grpc as pb_grpc
-from smart_dispatch.api.convert import decide_request as to_domain
 from smart_dispatch.app import App
 from smart_dispatch.cli import main
-from smart_dispatch.domain import Decision, Verdict
 from smart_dispatch.telemetry import Telemetry, TelemetryHooks
-from smart_dispatch.telemetry.audit import AuditEntry, AuditLog
+from smart_dispatch.telemetry.audit import AuditLog
 from smart_dispatch.telemetry.base import DecisionMade, RpcFinished
 from smart_dispatch.telemetry.redact import hash_user, mask_address
 
@@ -146,7 +143,7 @@ class BrokenSink:
 
 async def test_a_failing_hook_or_audit_sink_never_breaks_a_decision(settings, caplog):
     # Given a decision log whose disk is full and a hook that raises on every report
-    telemetry = Telemetry(audit=AuditLog(BrokenSink(), index_bytes=100_000), hooks=[Exploding()])  # type: ignore[arg-type]
+    telemetry = Telemetry(audit=AuditLog(BrokenSink()), hooks=[Exploding()])  # type: ignore[arg-type]
     async with App(settings, telemetry) as app, grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as ch:
         stub = pb_grpc.SmartDispatchServiceStub(ch)
         with caplog.at_level(logging.ERROR, logger="smart_dispatch.telemetry.base"):
@@ -205,32 +202,3 @@ async def test_a_sidecar_that_records_no_spans_still_logs_the_callers_trace(sett
 )
 def test_addresses_are_masked_per_channel(channel: str, address: str, masked: str):
     assert mask_address(channel, address) == masked
-
-
-def test_the_index_forgets_the_oldest_message_ids_first_when_full_in_bytes():
-    first = _made(decide_request("otp", message_id="a"))
-    one_entry = AuditEntry.of(first, b"k").size_bytes()
-    audit = AuditLog(None, index_bytes=2 * one_entry)
-    for message_id in ("a", "b", "c"):
-        request = decide_request("otp", message_id=message_id)
-        audit.on_decision(_made(request))
-    assert audit.lookup("a") is None
-    assert audit.lookup("b") is not None and audit.lookup("c") is not None
-    assert audit.index_bytes <= 2 * one_entry
-
-
-def test_the_index_keeps_no_request_so_huge_labels_cost_nothing():
-    # Given decisions whose requests carry 1 MB of labels and attributes each
-    audit = AuditLog(None, index_bytes=1_000_000)
-    for index in range(50):
-        request = decide_request("otp", message_id=f"m{index}")
-        request.message.labels["blob"] = "x" * 1_000_000
-        audit.on_decision(_made(request))
-    # Then every entry is kept, and the index holds a few KB, not 50 MB
-    assert all(audit.lookup(f"m{index}") is not None for index in range(50))
-    assert audit.index_bytes < 100_000
-
-
-def _made(request: pb.DecideRequest) -> DecisionMade:
-    decision = Decision("d", Verdict.SUPPRESS, (), None, (), (), (), "v1")
-    return DecisionMade(to_domain(request), decision, datetime.now(UTC))

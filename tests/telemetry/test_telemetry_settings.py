@@ -24,7 +24,6 @@ def test_telemetry_settings_come_from_sd_variables():
             "SD_TRACE_SAMPLE_RATIO": "0.25",
             "SD_METRICS_PORT": "9464",
             "SD_AUDIT_LOG": "/var/log/smart-dispatch/decisions.jsonl",
-            "SD_AUDIT_INDEX_BYTES": "500000",
         }
     )
 
@@ -33,7 +32,6 @@ def test_telemetry_settings_come_from_sd_variables():
     assert settings.trace_sample_ratio == 0.25
     assert settings.metrics_port == 9464
     assert settings.audit_log == "/var/log/smart-dispatch/decisions.jsonl"
-    assert settings.audit_index_bytes == 500_000
     defaults = Settings()
     assert (defaults.otel_exporter, defaults.metrics_port, defaults.audit_log) == ("none", 0, "")
 
@@ -56,11 +54,11 @@ def test_bad_telemetry_settings_are_configuration_errors():
         settings_from_env({"SD_TRACE_SAMPLE_RATIO": "half"})
 
 
-async def test_the_no_op_default_records_nothing_and_answers_no_lookups():
+async def test_the_no_op_default_records_nothing_and_hands_no_trace_to_the_senders():
     telemetry = Telemetry.noop()
     with telemetry.span("decide") as span:
         assert not span.is_recording()
-    assert telemetry.audit.lookup("anything") is None
+        assert telemetry.traceparent() == ""
     await telemetry.close()
 
 

@@ -11,7 +11,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from smart_dispatch._proto.smartdispatch.v1 import smart_dispatch_pb2 as pb
+from smart_dispatch._proto.smartdispatch.v1 import smart_dispatch_pb2_grpc as pb_grpc
+from smart_dispatch.app import App
 from smart_dispatch.errors import ConfigurationError
+from smart_dispatch.telemetry import Telemetry
 from smart_dispatch.telemetry.tracing import build_tracer_provider
 
 from tests.e2e.decide_builders import decide_request
@@ -236,3 +239,35 @@ async def test_a_server_stream_is_one_span_covering_the_whole_stream(stub, spans
     assert f"{watch.context.trace_id:032x}" == CALLER_TRACE
     assert watch.attributes is not None and watch.attributes["rpc.grpc.status_code"] == 0
     assert watch.status.status_code is not StatusCode.ERROR
+
+
+async def test_a_dispatch_sent_by_another_sidecar_continues_the_deciding_trace(
+    settings, single_redis, sink, tmp_path
+):
+    # Given two sidecars sharing one Redis: A accepts dispatches and sends nothing, B only sends,
+    # each with its own tracer (as two processes would have)
+    shared = settings.with_overrides(store_url=single_redis.url, key_prefix=f"trace{tmp_path.name[-6:]}")
+    accepting_spans, sending_spans = InMemorySpanExporter(), InMemorySpanExporter()
+    accepting = Telemetry.from_settings(shared, span_exporter=accepting_spans)
+    sending = Telemetry.from_settings(shared, span_exporter=sending_spans)
+    decide = decide_request("otp", user=USER, addresses=ADDRESSES)
+    try:
+        async with App(shared.with_overrides(senders=0), accepting) as a:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{a.port}") as channel:
+                stub = pb_grpc.SmartDispatchServiceStub(channel)
+                # When A accepts a message in the caller's trace
+                await stub.Dispatch(
+                    pb.DispatchRequest(message=decide.message, recipient=decide.recipient),
+                    metadata=TRACEPARENT,
+                )
+            decision = only(accepting_spans, "decide")
+            # and B sends it
+            async with App(shared.with_overrides(port=0), sending):
+                attempt = (await settled(sending_spans, "dispatch.send", 1))[0]
+        # Then B's send attempt is a child of A's decision, in the caller's trace
+        assert attempt.context.trace_id == int(CALLER_TRACE, 16)
+        assert parent_of(attempt) == decision.context.span_id
+        assert sink.requests, "the message was sent"
+    finally:
+        await accepting.close()
+        await sending.close()

@@ -98,6 +98,8 @@ class DispatchRecord:
     recheck: bool = False
     #: the delivery lane it is queued in, every time (domain.LANES)
     lane: str = "normal"
+    #: the deciding span (W3C traceparent) its send attempts' spans continue; "" when untraced
+    traceparent: str = ""
 
     def moved(self, state: DispatchState, at: datetime, detail: str = "", **changes: Any) -> DispatchRecord:
         """A copy in `state`, with the change appended to the history."""
@@ -168,6 +170,7 @@ def to_json(record: DispatchRecord) -> str:
         "dead_lettered": record.dead_lettered,
         "recheck": record.recheck,
         "lane": record.lane,
+        "traceparent": record.traceparent,
     }
     return json.dumps(raw, default=_encode, separators=(",", ":"))
 
@@ -214,6 +217,7 @@ def from_json(text: str | bytes) -> DispatchRecord:
         dead_lettered=raw["dead_lettered"],
         recheck=raw.get("recheck", False),  # absent in records stored before it existed
         lane=raw.get("lane", "normal"),
+        traceparent=raw.get("traceparent", ""),
     )
 
 

@@ -142,7 +142,7 @@ class SenderPool:
         if record is not None:
             resumed = record.state is DispatchState.SENDING and record.version == claim.token + 1
             if resumed or (record.version == claim.token and not record.state.terminal):
-                with self._telemetry.continue_decision(record.message.id):
+                with self._telemetry.continue_trace(record.traceparent):
                     if await self._advance(record, resumed, claim):
                         return
         await self._store.ack(claim)

@@ -239,4 +239,5 @@ def _plan_of(decision: Decision) -> dict[str, Any]:
         "escalate_after_s": decision.escalate_after_s,
         "redecide": decision.verdict is Verdict.DEFER,
         "lane": decision.lane,
+        "traceparent": decision.traceparent,
     }

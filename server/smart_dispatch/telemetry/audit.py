@@ -25,136 +25,46 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 from smart_dispatch.decisionlog import entry as decision_log  # a module: imported in a cycle
-from smart_dispatch.domain import Decision, PlanStep
 from smart_dispatch.telemetry.base import DecisionMade, TelemetryHooks
-from smart_dispatch.telemetry.redact import hash_user, mask_address, pseudonym_key
+from smart_dispatch.telemetry.redact import pseudonym_key
 
 log = logging.getLogger(__name__)
 STDOUT = ("-", "stdout")
 
 
-@dataclass(frozen=True, slots=True)
-class AuditEntry:
-    """One decision as kept for lookups: addresses masked, no explanation (its facts hold the
-    recipient's profile)."""
-
-    decision: Decision
-    message_id: str
-    category: str
-    user: str
-    decided_at: datetime
-    dry_run: bool
-    trace_id: str = ""
-    span_id: str = ""
-    sampled: bool = False
-
-    @classmethod
-    def of(cls, event: DecisionMade, key: bytes) -> AuditEntry:
-        decision = event.decision
-        steps = tuple(
-            PlanStep(s.channel, mask_address(s.channel, s.address), s.send_at) for s in decision.steps
-        )
-        message, recipient = event.request.message, event.request.recipient
-        return cls(
-            decision=replace(decision, steps=steps, explanation=None, seen=None),
-            message_id=message.id,
-            category=message.category,
-            user=hash_user(recipient.user_id, key),
-            decided_at=event.at,
-            dry_run=event.request.dry_run,
-            trace_id=event.trace_id,
-            span_id=event.span_id,
-            sampled=event.sampled,
-        )
-
-    def size_bytes(self) -> int:
-        """What the entry holds in memory, about: its objects plus every string it keeps."""
-        d = self.decision
-        strings = len(self.message_id) + len(self.category) + len(self.user) + len(d.decision_id)
-        strings += sum(len(r.code) + len(r.rule) + len(r.detail) for r in d.reasons)
-        strings += sum(len(s.channel) + len(s.address) for s in d.steps)
-        strings += sum(len(c.name) for c in d.caps) + sum(len(name) for name in d.matched_rules)
-        objects = 8 + 2 * len(d.reasons) + 3 * len(d.steps) + 3 * len(d.caps) + len(d.matched_rules)
-        return _OBJECT_BYTES * objects + strings
-
-
-#: What one small Python object of an entry costs, about (an object header, a slot, a pointer).
-_OBJECT_BYTES = 96
-DEFAULT_INDEX_BYTES = 16 * 1024 * 1024
-
-
 class AuditLog(TelemetryHooks):
-    """Writes every decision to `sink` (if any) and keeps the latest masked entries that fit
-    in `index_bytes` for lookups (0: none)."""
+    """Writes every decision to `sink`, one JSON line each (no sink: nothing is written). Its
+    `key` pseudonymises user ids here and in the decision log in the store."""
 
-    def __init__(
-        self,
-        sink: TextIO | None = None,
-        index_bytes: int = DEFAULT_INDEX_BYTES,
-        key: bytes = b"",
-        *,
-        owns_sink: bool = False,
-    ) -> None:
+    def __init__(self, sink: TextIO | None = None, key: bytes = b"", *, owns_sink: bool = False) -> None:
         self.key = key or pseudonym_key("")
         self._sink = sink
         self._owns_sink = owns_sink
-        self._index: OrderedDict[str, tuple[AuditEntry, int]] = OrderedDict()
-        self._index_limit = max(0, index_bytes)
-        self._index_bytes = 0
-
-    @property
-    def index_bytes(self) -> int:
-        """Bytes the index holds now (by `AuditEntry.size_bytes`)."""
-        return self._index_bytes
 
     @classmethod
-    def to_target(cls, target: str, index_bytes: int = DEFAULT_INDEX_BYTES, key: bytes = b"") -> AuditLog:
+    def to_target(cls, target: str, key: bytes = b"") -> AuditLog:
         """`target`: a file path (appended to, directories created), `-` / `stdout`, or "" for
-        no log (the in-memory index still answers lookups)."""
+        no log."""
         if not target:
-            return cls(None, index_bytes, key)
+            return cls(None, key)
         if target in STDOUT:
-            return cls(sys.stdout, index_bytes, key)
+            return cls(sys.stdout, key)
         path = Path(target)
         path.parent.mkdir(parents=True, exist_ok=True)
-        return cls(path.open("a", encoding="utf-8", buffering=1), index_bytes, key, owns_sink=True)
+        return cls(path.open("a", encoding="utf-8", buffering=1), key, owns_sink=True)
 
     def on_decision(self, event: DecisionMade) -> None:
-        if not self._index_limit and self._sink is None:
+        if self._sink is None:
             return
-        entry = AuditEntry.of(event, self.key)
-        if self._index_limit:
-            self._remember(entry)
-        if self._sink is not None:
-            record = decision_log.log_entry(event, self.key)
-            self._sink.write(json.dumps(record, separators=(",", ":"), default=str) + "\n")
-            self._sink.flush()
-
-    def _remember(self, entry: AuditEntry) -> None:
-        size = entry.size_bytes()
-        previous = self._index.pop(entry.message_id, None)
-        if previous is not None:
-            self._index_bytes -= previous[1]
-        if size > self._index_limit:
-            return
-        self._index[entry.message_id] = (entry, size)
-        self._index_bytes += size
-        while self._index_bytes > self._index_limit:
-            _, (_, dropped) = self._index.popitem(last=False)
-            self._index_bytes -= dropped
-
-    def lookup(self, message_id: str) -> AuditEntry | None:
-        """The latest decision for `message_id` still in the index."""
-        kept = self._index.get(message_id)
-        return None if kept is None else kept[0]
+        record = decision_log.log_entry(event, self.key)
+        self._sink.write(json.dumps(record, separators=(",", ":"), default=str) + "\n")
+        self._sink.flush()
 
     def close(self) -> None:
         if self._owns_sink and self._sink is not None:

@@ -69,7 +69,7 @@ class Telemetry:
     ) -> None:
         self.tracer = tracer or trace.NoOpTracer()
         self.metrics = metrics or Metrics(noop_meter())
-        self.audit = audit or AuditLog(None, index_bytes=0)
+        self.audit = audit or AuditLog(None)
         # A no-op meter's instruments are not fed at all: no hook, no timing.
         self.hooks: tuple[TelemetryHooks, ...] = (
             *((metrics,) if metrics is not None else ()),
@@ -133,7 +133,7 @@ class Telemetry:
         return cls(
             tracer,
             metrics=metrics,
-            audit=AuditLog.to_target(s.audit_log, s.audit_index_bytes, pseudonym_key(s.log_key)),
+            audit=AuditLog.to_target(s.audit_log, pseudonym_key(s.log_key)),
             hooks=hooks,
             tracer_provider=tracer_provider,
             meter_provider=meter_provider,
@@ -203,18 +203,28 @@ class Telemetry:
                 span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
                 raise
 
+    def traceparent(self) -> str:
+        """The current span as a W3C traceparent; "" when this sidecar records no spans."""
+        if not self._tracing:
+            return ""
+        ctx = trace.get_current_span().get_span_context()
+        if not ctx.is_valid:
+            return ""
+        trace_id, span_id = trace.format_trace_id(ctx.trace_id), trace.format_span_id(ctx.span_id)
+        return f"00-{trace_id}-{span_id}-{ctx.trace_flags:02x}"
+
     @contextlib.contextmanager
-    def continue_decision(self, message_id: str) -> Iterator[None]:
-        """Make the span of the decision last taken for `message_id` in this process the current
-        parent (the sender pool's work then joins the trace of the Dispatch that accepted it)."""
-        entry = self.audit.lookup(message_id)
-        if entry is None or not entry.trace_id or not entry.span_id:
+    def continue_trace(self, traceparent: str) -> Iterator[None]:
+        """Make the span `traceparent` names (`traceparent()`, kept on the dispatch record) the
+        current parent: the sender pool's work joins the trace of the decision that accepted it,
+        whichever sidecar took it. A malformed or empty value continues nothing."""
+        parts = traceparent.split("-")
+        try:
+            trace_id, span_id, flags = int(parts[1], 16), int(parts[2], 16), int(parts[3], 16)
+        except (IndexError, ValueError):
             yield
             return
-        flags = TraceFlags(TraceFlags.SAMPLED if entry.sampled else TraceFlags.DEFAULT)
-        parent = SpanContext(
-            int(entry.trace_id, 16), int(entry.span_id, 16), is_remote=True, trace_flags=flags
-        )
+        parent = SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(flags & 1))
         token = otel_context.attach(trace.set_span_in_context(NonRecordingSpan(parent)))
         try:
             yield
