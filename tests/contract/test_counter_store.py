@@ -340,7 +340,7 @@ async def test_repeat_of_a_deferred_reservation_keeps_its_instant(counter_store:
 
 
 async def test_defer_waits_for_the_later_of_user_and_global_caps(counter_store: CounterStore, t0: float):
-    """On a Cluster the user and the global caps live in two slot groups (see _split.py)."""
+    """On a Cluster the user and the global caps live in two slot groups (see redis_cluster.py)."""
     per_user, promo = cap("u_hour", 1, HOUR), cap("g_day", 2, DAY, scope="global")
     option = [per_user, promo]
     assert (await reserve(counter_store, "m1", option, user="alice", at_s=t0)).chosen == 0

@@ -142,7 +142,7 @@ async def test_one_round_trip_per_decision(store: RedisCounterStore, backend: Ba
 
 @on_redis
 async def test_defer_round_trips(store: RedisCounterStore, backend: Backend):
-    """Defer costs nothing extra on one server; on a Cluster see _split.py's counts."""
+    """Defer costs nothing extra on one server; on a Cluster see redis_cluster.py's counts."""
     t0 = time.time()
     hourly, promo = cap("sms_hour", 1, HOUR), cap("promo", 3, DAY, scope="global")
     cluster = backend.name == "cluster"

@@ -9,7 +9,7 @@ Clock and units
   to the nearest ms. Integers below 2^53 are exact in Lua numbers and in sorted-set scores, so the
   arithmetic (`at - window`, `score + window`) is exact; replies carry integers (false = absent).
 
-Key schema (names built by counters/redis.py; <prefix> is configurable, {..} is the Cluster hash tag)
+Key schema (names built by counters/redis_codec.py; <prefix> is configurable, {..} is the Cluster hash tag)
   <prefix>:{u:<user>}:cap:<cap>      ZSET   member = message id, score = planned send instant
   <prefix>:{g}:cap:<cap>             ZSET   the same for a global cap (shared by all users)
   <prefix>:{g}:ctr:<cap>             HASH   sliding-window counter of a high-volume global cap:
@@ -45,7 +45,7 @@ ARGV
   4  spec       the options' caps, binary (struct, big-endian): n_options (uint8), n_caps of each
                 option (uint8 each), then per cap in order: kind (uint8 "z" sorted set | "c"
                 counter), key index (uint16), limit (double), window ms (double), marker key index
-                (uint16, 0 for "z"). Built once per options tuple by counters/redis.py.
+                (uint16, 0 for "z"). Built once per options tuple by counters/redis_codec.py.
   5  defer      optional: "" none; "a" when no option is chosen, record option 1 at its retry_at;
                 "m<floor>" record option 1 at the earliest instant >= floor all its caps have room
   6  not_after  optional: "" or the latest instant (ms) a deferral may take

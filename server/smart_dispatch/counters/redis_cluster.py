@@ -54,21 +54,39 @@ the same score; `now_s` is the first node's clock.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from smart_dispatch.counters.base import CapUsage, OptionOutcome, ReserveOutcome, ReserveRequest
-from smart_dispatch.counters.redis import (
+from smart_dispatch.counters.redis_codec import (
     CANDIDATES,
     DEFER_RECORDED,
     REPEAT,
     Caps,
+    Mode,
+    Options,
     ScriptReply,
     instant,
 )
 
-if TYPE_CHECKING:
-    from smart_dispatch.counters.redis import RedisCounterStore
+
+class ScriptRunner(Protocol):
+    """What the protocol needs of the store: one reserve.lua call (`RedisCounterStore.run_reserve`)."""
+
+    async def run_reserve(
+        self,
+        request: ReserveRequest,
+        options: Sequence[Caps],
+        *,
+        mode: Mode,
+        eligible: Sequence[bool] | None = None,
+        at_ms: int | None = None,
+        eval_ok: bool = True,
+        defer: str = "",
+        restore: Sequence[int | None] = (),
+    ) -> ScriptReply: ...
+
 
 MAX_DEFER_ROUNDS = 16
 """Rounds of step 6 before a deferral gives up (a round: at most 2 round trips)."""
@@ -77,7 +95,13 @@ Hold = tuple[int, list[int | None], tuple[CapUsage, ...]]
 """Option 0's tentative deferral in one group: instant (ms), former scores (undo), usages there."""
 
 
-async def reserve_split(store: RedisCounterStore, request: ReserveRequest) -> ReserveOutcome:
+def spans_slot_groups(options: Options) -> bool:
+    """Whether the caps live in both Cluster slot groups (the user's and the global one)."""
+    scopes = {cap.scope for caps in options for cap in caps}
+    return len(scopes) > 1
+
+
+async def reserve_split(store: ScriptRunner, request: ReserveRequest) -> ReserveOutcome:
     """The contract of `CounterStore.reserve` over the user and the global slot group (a request
     whose caps all live in one group is one ordinary call, see `RedisCounterStore.reserve`)."""
     user = [tuple(c for c in option if c.scope == "user") for option in request.options]
@@ -94,7 +118,7 @@ async def reserve_split(store: RedisCounterStore, request: ReserveRequest) -> Re
 
 
 async def _confirm_repeat(
-    store: RedisCounterStore,
+    store: ScriptRunner,
     request: ReserveRequest,
     first: ScriptReply,
     glob: list[Caps],
@@ -122,7 +146,7 @@ async def _confirm_repeat(
 
 
 async def _evaluate(
-    store: RedisCounterStore,
+    store: ScriptRunner,
     request: ReserveRequest,
     first: ScriptReply,
     user: list[Caps],
@@ -178,7 +202,7 @@ async def _evaluate(
 
 
 async def _refused(
-    store: RedisCounterStore,
+    store: ScriptRunner,
     request: ReserveRequest,
     evaluated: list[OptionOutcome],
     at_ms: int,
@@ -220,7 +244,7 @@ async def _refused(
 
 
 async def _defer(
-    store: RedisCounterStore,
+    store: ScriptRunner,
     request: ReserveRequest,
     at_ms: int,
     groups: tuple[Caps, Caps],
@@ -250,7 +274,7 @@ async def _defer(
 
 
 async def _undo(
-    store: RedisCounterStore,
+    store: ScriptRunner,
     request: ReserveRequest,
     at_ms: int,
     groups: tuple[Caps, Caps],
@@ -281,7 +305,7 @@ def _deferred(
 
 
 async def _joint(
-    store: RedisCounterStore, request: ReserveRequest, outcome: OptionOutcome, user: Caps, glob: Caps
+    store: ScriptRunner, request: ReserveRequest, outcome: OptionOutcome, user: Caps, glob: Caps
 ) -> OptionOutcome:
     """A refused option whose caps are in both groups, with its retry instant made the earliest
     one with room in both (`_joint_retry`); any other outcome as it is."""
@@ -292,7 +316,7 @@ async def _joint(
 
 
 async def _joint_retry(
-    store: RedisCounterStore, request: ReserveRequest, user: Caps, glob: Caps, floor: int
+    store: ScriptRunner, request: ReserveRequest, user: Caps, glob: Caps, floor: int
 ) -> int:
     """The earliest instant >= `floor` with room in both groups (each group's own earliest
     instant may be a gap the other group's caps fill): each group, report-only, from the later
