@@ -17,7 +17,7 @@ from smart_dispatch.cli import main
 from smart_dispatch.telemetry import Telemetry, TelemetryHooks
 from smart_dispatch.telemetry.audit import AuditLog
 from smart_dispatch.telemetry.base import DecisionMade, RpcFinished
-from smart_dispatch.telemetry.redact import hash_user, mask_address
+from smart_dispatch.telemetry.redact import hash_user, mask_address, mask_value
 
 from tests.e2e.decide_builders import decide_request
 from tests.telemetry.conftest import ADDRESSES, EMAIL, INBOX, LOG_KEY, PHONE, USER
@@ -202,3 +202,19 @@ async def test_a_sidecar_that_records_no_spans_still_logs_the_callers_trace(sett
 )
 def test_addresses_are_masked_per_channel(channel: str, address: str, masked: str):
     assert mask_address(channel, address) == masked
+
+
+@pytest.mark.parametrize(
+    ("value", "kept"),
+    [
+        ("+15551234100", "+1****00"),
+        ("0151 2345 678", "01****78"),
+        ("１５５５１２３４１００", "１５****００"),  # full-width digits, as some keyboards type them
+        ("ada@example.com", "a***@example.com"),
+        ("pro", "pro"),
+        ("order 1234567 shipped", "order 1234567 shipped"),
+        (42, 42),
+    ],
+)
+def test_profile_values_that_look_like_phone_numbers_or_addresses_are_masked(value: object, kept: object):
+    assert mask_value(value) == kept

@@ -15,7 +15,7 @@ from typing import Any
 
 from smart_dispatch.domain import AppliedEffect
 from smart_dispatch.rules.effects import EFFECTS
-from smart_dispatch.rules.model import Choose, Digest, OnCap, QuietHours, Rule, SendTime
+from smart_dispatch.rules.model import Choose, Digest, Effects, OnCap, QuietHours, Rule, SendTime
 
 
 @dataclass(slots=True)
@@ -50,12 +50,28 @@ def fold(rules: Sequence[Rule], *, explain: bool = False) -> PlanDraft:
     """The draft of `rules` (firing order); with `explain`, `applied` lists every effect."""
     draft = PlanDraft()
     for rule in rules:
-        for effect in EFFECTS:
-            value = getattr(rule.effects, effect.name)
-            changed = _merge(draft, effect.name, effect.merge, value, rule.name)
+        present = rule.effects.present
+        if present is None:
+            present = _present(rule.effects)
+        for name, merge, value in present:
+            changed = _merge(draft, name, merge, value, rule.name)
             if explain and changed is not None:
-                draft.applied.append(AppliedEffect(rule.name, effect.name, _text(changed), rule.shadow))
+                draft.applied.append(AppliedEffect(rule.name, name, _text(changed), rule.shadow))
     return draft
+
+
+def _present(effects: Effects) -> tuple[tuple[str, str, Any], ...]:
+    """The effects that can change a draft (not None; for `concat` and `union`, not empty: an
+    empty `only` or `fallback` does change it), kept on `effects` (immutable otherwise: this is
+    a cache of its own fields)."""
+    present = tuple(
+        (effect.name, effect.merge, value)
+        for effect in EFFECTS
+        if (value := getattr(effects, effect.name)) is not None
+        and not (effect.merge in ("concat", "union") and not value)
+    )
+    object.__setattr__(effects, "present", present)
+    return present
 
 
 def _merge(draft: PlanDraft, name: str, merge: str, value: Any, rule: str) -> Any:

@@ -123,6 +123,11 @@ class Effects:
     #: the delivery lane (domain.LANES); unset: by category (domain.default_lane)
     lane: str | None = None
     digest: Digest | None = None
+    #: the effects this rule sets, as (name, merge, value) in the effect table's order: filled
+    #: on first use by `decide.draft.fold` (a rule sets 2-3 of ~16; fold skips the rest)
+    present: tuple[tuple[str, str, Any], ...] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
 
 @dataclass(frozen=True, slots=True)

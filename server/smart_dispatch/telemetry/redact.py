@@ -11,7 +11,6 @@ Enough is kept to tell two addresses apart while reading a log; never enough to 
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import secrets
 from urllib.parse import urlsplit
@@ -79,7 +78,7 @@ def hash_user(user_id: str, key: bytes) -> str:
     """A pseudonym: HMAC-SHA256 of the user id under `key` (`SD_LOG_KEY`), 16 hex digits. The
     same id and key always give the same value; without the key nobody can match a known id to
     it (a bare hash of a phone-number-like id would be guessed in seconds)."""
-    return "hmac:" + hmac.new(key, user_id.encode(), hashlib.sha256).hexdigest()[:16]
+    return "hmac:" + hmac.digest(key, user_id.encode(), "sha256").hex()[:16]
 
 
 _PROCESS_KEY = secrets.token_bytes(32)
@@ -100,7 +99,15 @@ def mask_value(value: object) -> object:
         return value
     if "@" in value:
         return mask_email(value)[:MAX_MASKED]
-    digits = sum(c.isdigit() for c in value)
+    if len(value) < 7:
+        return value  # too short to hold 7 digits
+    if value.isascii():
+        digits = len(value) - len(value.translate(_DIGITS_GONE))
+    else:  # full-width and other Unicode digits count too
+        digits = sum(c.isdigit() for c in value)
     if digits >= 7 and digits >= len(value) - 4:
         return mask_phone(value)
     return value
+
+
+_DIGITS_GONE = str.maketrans("", "", "0123456789")
