@@ -39,14 +39,12 @@ the same message id is a safe repeat. `StoreError` for other Redis errors.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
-from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
-from smart_dispatch._redis_guard import TRANSLATED, LuaRunner, LuaScript, checked_prefix, guarded, translated
+from smart_dispatch._redis_guard import LuaRunner, LuaScript, bounded, checked_prefix, guarded
 from smart_dispatch.counters.base import CapSpec, CounterStore, ReserveOutcome, ReserveRequest, to_ms
 from smart_dispatch.counters.redis_cluster import reserve_split, spans_slot_groups
 from smart_dispatch.counters.redis_codec import (
@@ -135,13 +133,8 @@ class RedisCounterStore(CounterStore):
             plan.spec,
         ]
         args += tail_args(request, "a" if request.defer and not request.dry_run else "")
-        # `guarded(self._timeout_s)` inlined: the same bound and translation, less per-call work
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                raw = await self._evalsha(RESERVE, plan.key_names(request.user_id, request.member), args)
-        except TRANSLATED as exc:
-            raise translated(exc) from exc
-        return full_outcome(raw, options)
+        keys = plan.key_names(request.user_id, request.member)
+        return full_outcome(await bounded(self._lua.run(RESERVE, keys, args), self._timeout_s), options)
 
     async def refund(self, user_id: str, member: str, caps: Sequence[CapSpec]) -> None:
         groups = [list(caps)]
@@ -176,7 +169,7 @@ class RedisCounterStore(CounterStore):
         ctl = control(mode, request.dry_run, eval_ok, eligible)
         args: list[str | bytes] = [request.member, "" if at_ms is None else str(at_ms), ctl, plan.spec]
         args += tail_args(request, defer, restore)
-        raw = await self._evalsha(RESERVE, plan.key_names(request.user_id, request.member), args)
+        raw = await self._lua.run(RESERVE, plan.key_names(request.user_id, request.member), args)
         return decode(raw, options, mode)
 
     async def run_refund(self, user_id: str, member: str, caps: Sequence[CapSpec]) -> int:
@@ -186,7 +179,4 @@ class RedisCounterStore(CounterStore):
         pairs: list[str] = []
         for cap in dict.fromkeys(c for c in caps if keys.is_sliding(c)):
             pairs += [keys.cap_key(cap, user_id), keys.marker_key(cap, member)]
-        return int(await self._evalsha(REFUND, zsets + pairs, [member, str(len(zsets))]))
-
-    async def _evalsha(self, script: LuaScript, keys: list[str], args: Sequence[str | bytes]) -> Any:
-        return await self._lua.run(script, keys, args)
+        return int(await self._lua.run(REFUND, zsets + pairs, [member, str(len(zsets))]))

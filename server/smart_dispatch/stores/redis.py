@@ -19,7 +19,6 @@ user_state.lua on one server (package data next to user_state.py), a pipeline on
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -29,7 +28,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.maint_notifications import MaintNotificationsConfig
 
-from smart_dispatch._redis_guard import TRANSLATED, LuaRunner, LuaScript, guarded, translated
+from smart_dispatch._redis_guard import LuaRunner, LuaScript, bounded, guarded
 from smart_dispatch.behaviour.redis import RedisBehaviourStore, decode_behaviour, decode_behaviour_flat
 from smart_dispatch.counters.redis import RedisCounterStore
 from smart_dispatch.decisionlog.redis import RedisDecisionLog
@@ -165,12 +164,7 @@ class RedisUserStateReader(UserStateReader):
         command = self._head + direct.pack_tail(
             self._redis_behaviour.key(user_id), self._redis_preferences.key(user_id), user_id
         )
-        # `guarded(self._timeout_s)` inlined: the same bound and translation, less per-call work
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                raw = await self._lua.run_packed(command, USER_STATE)
-        except TRANSLATED as exc:
-            raise translated(exc) from exc
+        raw = await bounded(self._lua.run_packed(command, USER_STATE), self._timeout_s)
         n = len(LIST_NAMES)
         memberships = frozenset(name for name, member in zip(LIST_NAMES, raw, strict=False) if member)
         return UserState(memberships, decode_behaviour_flat(raw[n]), decode_preferences_flat(raw[n + 1]))
