@@ -9,7 +9,7 @@
 # Two stages: the builder compiles wheels (durable-rules 2.0.28 is an sdist with a C extension,
 # so it needs gcc; the Python headers ship with the python image); the runtime stage installs only
 # those wheels, has no compiler and runs as a fixed non-root uid. Python stays on 3.11:
-# durable-rules 2.0.28 does not import on 3.13 (see DURABLE_RULES.md). Needs BuildKit (the
+# durable-rules 2.0.28 does not import on 3.13 (docs/rules-engine.md). Needs BuildKit (the
 # default builder since Docker 23) for the RUN --mount that keeps the wheels out of the image.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
@@ -42,7 +42,7 @@ LABEL org.opencontainers.image.title="smart-dispatch" \
       org.opencontainers.image.licenses="Apache-2.0"
 
 # MALLOC_*: pin glibc's dynamic mmap/trim thresholds; durable-rules' throughput is bimodal
-# without it (DURABLE_RULES.md "Malloc"). The server also sets them with mallopt at start-up.
+# without it (docs/rules-engine.md, trap 6). The server also sets them with mallopt at start-up.
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-# Pin glibc's malloc thresholds: durable-rules' throughput is bimodal without it (DURABLE_RULES.md).
+# Pin glibc's malloc thresholds: durable-rules' throughput is bimodal without it (docs/rules-engine.md).
 export MALLOC_MMAP_THRESHOLD_ ?= 1048576
 export MALLOC_TRIM_THRESHOLD_ ?= 268435456
 

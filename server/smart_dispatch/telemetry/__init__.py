@@ -1,4 +1,5 @@
-"""OpenTelemetry tracing and metrics, and the decision log (see DESIGN.md, Observability).
+"""OpenTelemetry tracing and metrics, the decision log file and the admin HTTP port
+(docs/architecture.md, "Layers"; the decision log in the store: decisionlog/).
 
 Build one `Telemetry` in the composition root (`Telemetry.from_settings`) and pass it down;
 everything defaults to `Telemetry.noop()`.
