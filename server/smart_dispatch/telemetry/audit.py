@@ -1,23 +1,21 @@
-"""The decision log file: one JSON line per decision (`SD_AUDIT_LOG`), the answer to "why did
-this message go (or not go) this way?" after the fact (`smart-dispatch why`).
+"""The decision log file: one JSON line per decision (`SD_AUDIT_LOG`; `-` for stdout), the answer
+to "why did this message go (or not go) this way?" after the fact, after restarts too
+(`smart-dispatch why`: `find_in_log`, `render_why`).
 
-A line (keys in this order; addresses masked, the user id pseudonymised, no message data):
+A line is the entry the decision log in the store keeps (`decisionlog/entry.py` `log_entry`, see
+docs/decision-log.md): verdict, reasons with their rules, caps, fired rules, the plan with masked
+addresses, ruleset version, trace and span ids, the request without its personal parts and what
+the decision read. The user id is a keyed pseudonym (`SD_LOG_KEY`); message data never appears.
+It begins:
 
     {"ts": "2026-11-25T22:50:00.120000+00:00", "decision_id": "3f…", "message_id": "login-1",
      "category": "otp", "user": "hmac:…", "dry_run": false, "ruleset_version": "9c…",
      "verdict": "send", "fired_rules": ["otp"],
      "reasons": [{"code": "channel_selected", "rule": "otp", "detail": "sms"}],
      "caps": [{"name": "…", "limit": 3, "window_s": 86400.0, "used": 1, "remaining": 2, "reset_at": "…"}],
-     "plan": [{"channel": "sms", "address": "+1****00", "send_at": "…"}],
-     "send_at": "…", "trace_id": "4bf9…", "span_id": "00f0…"}
+     "plan": [{"channel": "sms", "address": "+1****00", "send_at": "…"}], "send_at": "…", …}
 
-The sink is a file (appended, one flushed line per decision), stdout (`-`), or none. Beside it an
-in-memory index of masked entries, bounded in bytes (`SD_AUDIT_INDEX_BYTES`, least recently
-decided message ids dropped first), links the sender pool's spans to the trace of the decision
-(`Telemetry.continue_decision`); `find_in_log` answers `smart-dispatch why` from the file,
-after restarts too (`GetDecision` reads the decision log in the store: decisionlog/). An entry
-keeps no request: only the message id, category, pseudonymised user, masked plan and the
-decision's reasons and caps.
+`GetDecision` reads the decision log in the store (decisionlog/), not this file.
 """
 
 from __future__ import annotations
