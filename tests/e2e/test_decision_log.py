@@ -120,3 +120,25 @@ async def test_nothing_personal_is_kept_and_the_user_is_a_keyed_pseudonym(
     for secret in (PHONE, EMAIL, USER, "13800138000", "grace.hopper"):
         assert secret.encode() not in stored, secret
     assert b"hmac:" in stored and b"gold" in stored  # the profile stays, masked where personal
+
+
+async def test_a_burst_of_decisions_is_written_in_several_parts_and_none_is_lost(
+    single_redis: RedisServer, tmp_path: Path
+):
+    # Given a sidecar that flushes its log rarely, so one flush carries a burst
+    single_redis.flushall()
+    async with sidecar(single_redis, tmp_path) as stub:
+        # When 200 decisions are taken at once (more than one write's worth: WRITE_ENTRIES)
+        batch = pb.DecideBatchRequest(requests=[request(f"burst-{i}") for i in range(200)])
+        results = (await stub.DecideBatch(batch)).results
+        assert all(r.WhichOneof("result") == "decision" for r in results)
+
+        # Then every one of them is in the store, with the day's analytics count
+        async def all_written() -> bool | None:
+            with single_redis.client() as client:
+                written = sum(1 for _ in client.scan_iter(match="*m:burst-*", count=1000))
+            return True if written == 200 else None
+
+        await eventually(all_written, what="200 entries in the store")
+        stats = await stub.GetStats(pb.GetStatsRequest())
+        assert sum(row.decided for row in stats.rows) == 200

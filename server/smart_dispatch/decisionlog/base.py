@@ -52,6 +52,15 @@ class LogBatch:
     def __bool__(self) -> bool:
         return bool(self.entries or self.events or self.counts)
 
+    def parts(self, max_entries: int) -> list[LogBatch]:
+        """This batch as writes of at most `max_entries` entries each (events and counts go
+        with the first), so that no single write holds the event loop for long."""
+        if len(self.entries) <= max_entries:
+            return [self]
+        chunks = [self.entries[i : i + max_entries] for i in range(0, len(self.entries), max_entries)]
+        first = LogBatch(chunks[0], self.events, self.counts)
+        return [first, *(LogBatch(chunk) for chunk in chunks[1:])]
+
 
 class DecisionLogStore(abc.ABC):
     """Raises `StoreUnavailableError` / `StoreError` as the other stores do."""
