@@ -17,9 +17,7 @@ Environment variables (all optional):
     the exporter's default or OTEL_EXPORTER_OTLP_* variables), SD_TRACE_SAMPLE_RATIO (0..1, for
     traces the caller did not sample already), SD_METRICS_PORT (the admin HTTP port on
     SD_HOST: Prometheus `/metrics`, the web console `/console/`, `/unsubscribe`; 0 for none),
-    SD_AUDIT_LOG (decision log file, `-` for stdout, empty for none),
-    SD_AUDIT_INDEX_BYTES (memory the in-process index of recent decisions may use, masked
-    entries; it links the senders' spans to the decision's trace).
+    SD_AUDIT_LOG (decision log file, `-` for stdout, empty for none).
     Decision log (in the store; `GetDecision`, replay, analytics): SD_DECISION_LOG (true; false:
     neither log nor analytics, e.g. in simulations), SD_LOG_KEY (the HMAC key of
     the user-id pseudonyms; unset: random per process), SD_DECISION_LOG_RETENTION_S (default 7
