@@ -1,4 +1,5 @@
-"""`smart-dispatch serve | worker | rules check | rules test | why` — the command line."""
+"""`smart-dispatch serve | worker | health | rules check | rules test | why | send | stats | replay |
+simulate` — the command line."""
 
 from __future__ import annotations
 
