@@ -255,6 +255,31 @@ async def test_sliding_window_counter_defers_into_the_weighted_window(store: Red
 
 
 @on_redis
+async def test_a_deferral_given_up_leaves_no_trace_in_a_sliding_window_counter(
+    store: RedisCounterStore, backend: Backend
+):
+    """On a Cluster the global group holds the deferral in the counter, new to it, then the user
+    caps have no room before not_after: both groups give it back (mode "U" with no former score
+    drops the member's count and marker). One server refuses in its one call."""
+    hourly, promo = cap("hourly", 1, HOUR), cap("promo", 3, HOUR, scope="global")
+    start = math.floor(time.time() / HOUR) * HOUR
+    now = start + 600  # 10 minutes into a bucket
+    await reserve(store, "a", [hourly], at_s=now, now_s=now)
+    await reserve(store, "b", [hourly], at_s=now + 2 * HOUR, now_s=now)
+    for i in range(3):  # the next bucket is full: room from 20 minutes into the one after
+        assert (await reserve(store, f"g{i}", [promo], user=f"u{i}", at_s=now + HOUR, now_s=now)).chosen == 0
+
+    # the user caps: room at now + 1 h, then from now + 3 h; the counter: from start + 2 h 20 min
+    outcome = await reserve(
+        store, "m", [hourly, promo], at_s=now, defer=True, not_after_s=now + 2.5 * HOUR, now_s=now
+    )
+
+    assert (outcome.chosen, outcome.deferred, outcome.reserved_at_s) == (None, False, None)
+    assert not [key for key in all_keys(backend) if key.endswith(":m:m")]  # no marker left
+    assert await used(store, [hourly, promo], at_s=start + 2 * HOUR + HOUR / 3) == [1, 2]
+
+
+@on_redis
 @pytest.mark.parametrize("seed", [11, 12, 13])
 async def test_command_path_matches_the_reference(
     backend: Backend, monkeypatch: pytest.MonkeyPatch, seed: int

@@ -551,7 +551,7 @@ end
 
 -- Sliding-window counters (defined only when the request has one) ----------------------------
 
-local marker_of, c_refusal, c_usage, c_record, c_forget
+local marker_of, c_refusal, c_usage, c_record, c_forget, c_remove
 if has_counters then
   -- Counter state, loaded once per key (dropping buckets that no longer weigh): bucket -> count.
   local counters = {}
@@ -688,6 +688,13 @@ if has_counters then
       end
     end
     redis.call('PEXPIRE', cap.key, fmt('%d', math.max(1, (last + 2) * cap.window - now)))
+  end
+
+  -- Takes the member out of the counter altogether: its count and its marker.
+  c_remove = function(cap)
+    c_forget(cap)
+    redis.call('DEL', cap.marker)
+    markers[cap.marker] = false
   end
 end
 
@@ -835,9 +842,7 @@ if mode == 'U' then
       if score then
         c_record(cap, score)
       else
-        c_forget(cap)
-        redis.call('DEL', cap.marker)
-        markers[cap.marker] = false
+        c_remove(cap)
       end
     elseif score == nil or score <= now - cap.window then
       redis.call('ZREM', cap.key, member)
