@@ -1,20 +1,21 @@
 """One decision as the decision log keeps it: a JSON-able dict, masked.
 
-On top of the decision log line (`telemetry.audit.AuditEntry.record`: verdict, plan with masked
-addresses, reasons, caps, fired rules, ruleset version, trace ids, the user as a keyed HMAC
-pseudonym) an entry holds what replay needs to decide the message again:
+The decision (verdict, plan with masked addresses, reasons, caps, fired rules, ruleset version,
+trace ids, the user as a keyed HMAC pseudonym) and what replay needs to decide it again:
 
     "request": the request's non-personal fields - message id, category, labels, template,
                allowed channels, not_after, bulk; the recipient's timezone, locale, the channels
                it had an address for (never the addresses), opted-out and preferred channels,
                and its scalar attributes (values that look like an e-mail address or a phone
                number masked; at most 64 labels and attributes, strings clipped to 128);
-    "state":   what the decision read - list memberships and the person's behaviour counts;
-    "facts":   the facts the rules matched (user id pseudonymised, attributes masked);
+    "state":   what the decision read - list memberships, the person's behaviour counts and
+               preferences;
     "dims":    the analytics dimensions - category, channel, rule, template, day, and `why`,
                the reason code that suppressed or deferred it.
 
 No raw phone number, e-mail address, push token or user id is in an entry, nor any message data.
+The facts the rules matched are not kept: they follow from request, state and clock, and replay
+derives them again (keeping them cost every decision a second masked copy of the profile).
 """
 
 from __future__ import annotations
@@ -95,7 +96,6 @@ def log_entry(event: DecisionMade, key: bytes) -> dict[str, Any]:
             if seen.preferences is not None
             else {},
         }
-        entry["facts"] = _masked_facts(seen.facts, entry["user"])
     entry["dims"] = dims_of(request, decision, event.at)
     return entry
 
@@ -149,16 +149,6 @@ def _request(request: DecideRequest) -> dict[str, Any]:
         },
         "bulk": request.bulk,
     }
-
-
-def _masked_facts(facts: Mapping[str, Any], user: str) -> dict[str, Any]:
-    out = dict(facts)
-    if isinstance(facts.get("labels"), Mapping):
-        out["labels"] = _kept(facts["labels"])
-    if isinstance(facts.get("user"), Mapping):
-        out["user"] = _kept({k: mask_value(v) for k, v in facts["user"].items()})
-        out["user"]["id"] = user
-    return out
 
 
 #: What an entry keeps of a request's labels and attributes: at most this many, each string
