@@ -156,7 +156,9 @@ class TemplateError(SmartDispatchError):
 class ProviderError(SmartDispatchError):
     """A failed attempt. `retryable` decides retry vs. fallback; `retry_after_s` is the
     provider's own hint (Retry-After), None when it gave none; `code` is the provider's error
-    code or HTTP status as text."""
+    code or HTTP status as text; `invalid_address` (never with `retryable`): the provider says
+    the address itself is dead (an unregistered push token), so the sender pool records it as
+    invalid for the person (events.py)."""
 
     def __init__(
         self,
@@ -167,6 +169,7 @@ class ProviderError(SmartDispatchError):
         retryable: bool,
         retry_after_s: float | None = None,
         code: str = "",
+        invalid_address: bool = False,
     ) -> None:
         super().__init__(f"{provider}: {problem}")
         self.provider = provider
@@ -174,3 +177,4 @@ class ProviderError(SmartDispatchError):
         self.retryable = retryable
         self.retry_after_s = retry_after_s
         self.code = code
+        self.invalid_address = invalid_address and not retryable

@@ -231,7 +231,13 @@ class HttpProvider(Provider):
         return proxy
 
     def error(
-        self, problem: str, *, retryable: bool, code: str = "", retry_after_s: float | None = None
+        self,
+        problem: str,
+        *,
+        retryable: bool,
+        code: str = "",
+        retry_after_s: float | None = None,
+        invalid_address: bool = False,
     ) -> ProviderError:
         """A `ProviderError` naming this provider and channel (to be raised by the caller)."""
         return ProviderError(
@@ -241,6 +247,7 @@ class HttpProvider(Provider):
             retryable=retryable,
             retry_after_s=retry_after_s,
             code=code,
+            invalid_address=invalid_address,
         )
 
     async def request(
