@@ -3,6 +3,7 @@
 Layout: one directory per template, one file per part:
 
     <directory>/<template>/sms.txt                         sms: text
+                           sms.yaml            (optional)  sms: template code, signature, params
                            email.subject, email.txt        email: subject, text
                            email.html          (optional)  email: HTML (autoescaped)
                            push.txt, push.title (optional) push: body, title
@@ -15,6 +16,22 @@ Layout: one directory per template, one file per part:
     template_id: TM00015                 # the official account's template id
     url: "https://example.com/o/{{ order_id }}"          # optional, rendered
     fields: {first: "Hi {{ name }}", keyword1: "{{ code }}"}   # each value rendered
+
+`sms.yaml`, for the SMS providers that send a template registered with them (aliyun_sms,
+tencentcloud_sms; twilio with a Content SID) rather than the text of `sms.txt`:
+
+    template_code: SMS_154950909         # the provider's template code
+    sign_name: Acme                      # the signature (签名) registered with it
+    params: {code: "{{ code }}"}         # each value rendered; a list is numbered 1, 2, … (Tencent's {1})
+    providers:                           # optional: variants that target a provider by its name
+      - provider: tencent_backup
+        template_code: "1110"
+        params: ["{{ code }}", "5"]      # keys a variant leaves out come from the top level
+        text: "Your code: {{ code }}"    # optional: the text instead of sms.txt's
+
+The rendered content carries the top level as `template_id` / `sign_name` / `fields` and each
+variant in `variants` under its provider's name: the provider that sends (with failover, the
+one actually used) takes the variant that targets it.
 
 Rendering uses `ImmutableSandboxedEnvironment` (templates cannot reach Python internals such as
 ``''.__class__`` nor mutate the message data) with `StrictUndefined` (a variable missing from the
@@ -31,8 +48,8 @@ from __future__ import annotations
 import os
 import re
 import traceback
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +73,7 @@ class Variant:
 
 
 VARIANTS: Mapping[str, Variant] = {
-    "sms": Variant(("sms.txt",)),
+    "sms": Variant(("sms.txt",), ("sms.yaml",)),
     "email": Variant(("email.subject", "email.txt"), ("email.html",)),
     "push": Variant(("push.txt",), ("push.title",)),
     "in_app": Variant(("in_app.txt",), ("in_app.title",)),
@@ -81,6 +98,7 @@ class TemplateRenderer:
             lstrip_blocks=True,
         )
         self._wechat_cache: dict[Path, tuple[int, _WeChatSpec]] = {}
+        self._sms_cache: dict[Path, tuple[int, _SmsSpec | None]] = {}
 
     def has(self, template: str, channel: str) -> bool:
         """True when `template` exists and has every file `channel` requires. Never raises."""
@@ -95,7 +113,7 @@ class TemplateRenderer:
         self._check(template, channel)
         part = _Parts(self, template, channel, data)
         if channel == "sms":
-            return Content(text=part.text("sms.txt"))
+            return self._sms(template, part)
         if channel == "email":
             return Content(
                 subject=part.line("email.subject"), text=part.text("email.txt"), html=part.text("email.html")
@@ -127,6 +145,39 @@ class TemplateRenderer:
             raise TemplateError(
                 template, channel, f"no {channel} variant: missing {', '.join(missing)} in {folder}"
             )
+
+    def _sms(self, template: str, part: _Parts) -> Content:
+        text = part.text("sms.txt")
+        spec = self._sms_spec(template)
+        if spec is None:
+            return Content(text=text)
+
+        def content(variant: _SmsVariant, where: str) -> Content:
+            return Content(
+                text=text if variant.text is None else part.string(f"{where}text", variant.text, "sms.yaml"),
+                template_id=variant.template_code,
+                sign_name=variant.sign_name,
+                fields={
+                    name: part.string(f"{where}params.{name}", source, "sms.yaml")
+                    for name, source in variant.params.items()
+                },
+            )
+
+        variants = {name: content(variant, f"providers[{name}].") for name, variant in spec.providers.items()}
+        return replace(content(spec.default, ""), variants=variants)
+
+    def _sms_spec(self, template: str) -> _SmsSpec | None:
+        path = self.directory / template / "sms.yaml"
+        try:
+            mtime = path.stat().st_mtime_ns
+        except FileNotFoundError:
+            return None
+        cached = self._sms_cache.get(path)
+        if cached is not None and cached[0] == mtime:
+            return cached[1]
+        spec = _SmsSpec.parse(template, path)
+        self._sms_cache[path] = (mtime, spec)
+        return spec
 
     def _wechat_spec(self, template: str) -> _WeChatSpec:
         path = self.directory / template / "wechat.yaml"
@@ -170,6 +221,91 @@ class _WeChatSpec:
         return cls(template_id, url, {str(k): v for k, v in fields.items()})
 
 
+_SMS_KEYS = ("template_code", "sign_name", "params", "text")
+
+
+@dataclass(frozen=True, slots=True)
+class _SmsVariant:
+    template_code: str
+    sign_name: str
+    params: Mapping[str, str]
+    text: str | None  # None: sms.txt's
+
+
+@dataclass(frozen=True, slots=True)
+class _SmsSpec:
+    default: _SmsVariant
+    providers: Mapping[str, _SmsVariant]
+
+    @classmethod
+    def parse(cls, template: str, path: Path) -> _SmsSpec:
+        def fail(problem: str, line: int = 0) -> TemplateError:
+            return TemplateError(template, "sms", problem, file=f"{template}/sms.yaml", line=line)
+
+        try:
+            raw = yaml.safe_load(path.read_text("utf-8"))
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            raise fail(f"invalid YAML: {exc}", mark.line + 1 if mark else 0) from exc
+        if not isinstance(raw, dict):
+            raise fail("must be a mapping with template_code, sign_name, params and providers")
+        unknown = set(raw) - {"template_code", "sign_name", "params", "providers"}
+        if unknown:
+            raise fail(
+                f"unknown keys {sorted(map(str, unknown))}; known: {', '.join(_SMS_KEYS[:3])}, providers"
+            )
+        base = _SmsVariant("", "", {}, None)
+        default = _variant(raw, base, "", fail)
+        entries = raw.get("providers", [])
+        if not isinstance(entries, list):
+            raise fail("providers must be a list of {provider: <name>, template_code: …}")
+        providers: dict[str, _SmsVariant] = {}
+        for index, entry in enumerate(entries):
+            where = f"providers[{index}]"
+            if not isinstance(entry, dict):
+                raise fail(f"{where} must be a mapping with a provider")
+            name = entry.get("provider")
+            if not isinstance(name, str) or not name:
+                raise fail(f"{where}.provider must be a provider name (the providers file's `name`)")
+            if name in providers:
+                raise fail(f"{where}: a second variant for provider {name!r}")
+            extra = set(entry) - {"provider", *_SMS_KEYS}
+            if extra:
+                raise fail(
+                    f"{where}: unknown keys {sorted(map(str, extra))}; "
+                    f"known: provider, {', '.join(_SMS_KEYS)}"
+                )
+            providers[name] = _variant(entry, default, f"{where}.", fail)
+        return cls(default, providers)
+
+
+def _variant(
+    raw: Mapping[str, Any], base: _SmsVariant, where: str, fail: Callable[[str], TemplateError]
+) -> _SmsVariant:
+    """The keys of `raw` over `base`: template_code, sign_name, text strings; params a mapping of
+    strings, or a list of them (numbered from 1)."""
+    values: dict[str, Any] = {}
+    for key in ("template_code", "sign_name", "text"):
+        value = raw.get(key)
+        if value is None:
+            continue
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)  # an unquoted numeric template id (Tencent's are numbers)
+        if not isinstance(value, str):
+            raise fail(f"{where}{key} must be a string")
+        values[key] = value
+    params = raw.get("params")
+    if params is not None:
+        if isinstance(params, list):
+            params = {str(index): value for index, value in enumerate(params, 1)}
+        if not isinstance(params, dict) or not all(
+            isinstance(v, str | int | float) and not isinstance(v, bool) for v in params.values()
+        ):
+            raise fail(f"{where}params must map names to template strings, or list them")
+        values["params"] = {str(k): str(v) for k, v in params.items()}
+    return replace(base, **values)
+
+
 class _Parts:
     """Renders the parts of one template for one channel, translating Jinja's errors."""
 
@@ -199,12 +335,13 @@ class _Parts:
             raise TemplateError(self._template, self._channel, "must render to one line", file=file)
         return text
 
-    def string(self, where: str, source: str) -> str:
-        """An inline template from wechat.yaml; `where` (e.g. ``fields.first``) names it in errors."""
+    def string(self, where: str, source: str, file: str = "wechat.yaml") -> str:
+        """An inline template from `file` (wechat.yaml, sms.yaml); `where` (e.g. ``fields.first``)
+        names it in errors."""
         try:
             return self._env.from_string(source).render(self._data)
         except Exception as exc:
-            raise self._error(exc, f"{self._template}/wechat.yaml", 0, where=where) from exc
+            raise self._error(exc, f"{self._template}/{file}", 0, where=where) from exc
 
     def _error(self, exc: Exception, file: str, line: int, *, where: str = "") -> TemplateError:
         if isinstance(exc, jinja2.TemplateSyntaxError) and not where:

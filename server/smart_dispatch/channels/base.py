@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from smart_dispatch.errors import ProviderError as ProviderError  # defined there, with the tree
@@ -21,7 +21,12 @@ from smart_dispatch.errors import ProviderError as ProviderError  # defined ther
 class Content:
     """A message rendered for one channel. Which fields are set depends on the channel:
     sms/in_app: `text`; email: `subject`, `text`, `html`; push: `title`, `text` (body);
-    wechat: `template_id` + `fields` (template data); webhook: `fields` (JSON payload) + `text`."""
+    wechat: `template_id` + `fields` (template data); webhook: `fields` (JSON payload) + `text`.
+    sms by a provider's registered template (templates.py, `sms.yaml`): `template_id` (the
+    template code), `sign_name` (the signature), `fields` (the template parameters), `text`.
+
+    `variants`: the content as a provider of that name is to send it (a template variant that
+    targets a provider: its own template code, signature, parameters); `for_provider` picks."""
 
     text: str = ""
     subject: str = ""
@@ -30,6 +35,12 @@ class Content:
     template_id: str = ""
     url: str = ""
     fields: Mapping[str, Any] = field(default_factory=dict)
+    sign_name: str = ""
+    variants: Mapping[str, Content] = field(default_factory=dict)
+
+    def for_provider(self, name: str) -> Content:
+        """The variant for the provider called `name`; this content itself when none targets it."""
+        return self.variants.get(name, self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +59,12 @@ class Delivery:
     idempotency_key: str
     attempt: int = 1
     unsubscribe_url: str = ""
+
+    def for_provider(self, name: str) -> Delivery:
+        """This delivery with the content variant of the provider called `name` (itself when
+        none targets that provider): what a provider made of others hands each of them."""
+        content = self.content.for_provider(name)
+        return self if content is self.content else replace(self, content=content)
 
 
 @dataclass(frozen=True, slots=True)

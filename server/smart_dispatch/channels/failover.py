@@ -8,6 +8,8 @@ slot). A permanent error (a bad number, a rejected message) is the message's, no
 provider's: it ends the attempt, as it would with one provider. When every provider failed
 retryably, the attempt failed retryably (the sender pool's retry and fallback take over), with
 each provider's error in the message. The delivered attempt names the provider that delivered it.
+Each provider gets the content variant that targets it by name (`Content.variants`: a template
+can give each SMS provider its own template code, signature and parameters).
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ class FailoverProvider(Provider):
                 failures.append(CircuitOpenError(provider.name, self.channel))
                 continue
             try:
-                result = await provider.send(delivery)
+                result = await provider.send(delivery.for_provider(provider.name))
             except OverRate as exc:  # its rate has no slot now: the next provider may
                 breaker.release()
                 failures.append(exc)

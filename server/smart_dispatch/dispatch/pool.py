@@ -323,7 +323,7 @@ class SenderPool:
                 key,
                 number,
                 self._unsubscribe_url(record, step.channel),
-            )
+            ).for_provider(provider.name)  # a template variant targeting this provider, if any
             async with asyncio.timeout(policy.timeout_s):  # no extra task per send, unlike wait_for
                 result = await provider.send(delivery)
         except OverRate as exc:  # says nothing of the provider's health
