@@ -17,6 +17,8 @@ from smart_dispatch.behaviour.base import (
     SentMessage,
 )
 
+from tests.support.waiting import eventually
+
 T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC).timestamp()
 DAY = 86400.0
 HALF_LIFE = 30 * DAY
@@ -132,3 +134,34 @@ async def test_counts_written_before_the_engagement_model_read_as_plain_counts()
 
     behaviour = decode_behaviour({b"email:opened": b"3", b"active_ms": b"1780315200000"})
     assert behaviour.stats("email", T0, HALF_LIFE).opened == 3.0
+
+
+async def test_sends_noted_on_the_decision_path_count_exactly_as_decided_ones(
+    behaviour_store: BehaviourStore,
+):
+    # Given sends noted by the decision path (a store may write them a moment later, batched),
+    # at different instants, one of them noted twice
+    for index, user in enumerate(("n1", "n2", "n3")):
+        await behaviour_store.note_sent(
+            sent(user, "m", "email", category="digest", at_s=T0 + index * DAY), HALF_LIFE
+        )
+    await behaviour_store.note_sent(sent("n1", "m", "email", category="digest"), HALF_LIFE)
+    # When an event arrives about one of them at once
+    recorded = await behaviour_store.record(event("n2", "opened", "email", "m", T0 + DAY), HALF_LIFE)
+    # Then it is counted against its send (its channel, slot and category known)
+    assert recorded == Recorded(True, "email", "wd12", "digest", False)
+
+    # and once everything is written, each send counted once, the population decayed exactly
+    async def written() -> Behaviour | None:
+        behaviour = await behaviour_store.get("n3")
+        return behaviour if behaviour.counts else None
+
+    await eventually(written, what="the noted sends written")
+    assert (await behaviour_store.get("n1")).stats("email", T0, HALF_LIFE).sent == pytest.approx(1.0)
+    population = await behaviour_store.population()
+    at = T0 + 2 * DAY
+    expected = sum(0.5 ** ((at - (T0 + i * DAY)) / HALF_LIFE) for i in range(3))
+    assert population.stats("digest", "email", at, HALF_LIFE).sent == pytest.approx(expected)
+    assert population.stats("digest", "email", at, HALF_LIFE).opened == pytest.approx(
+        0.5 ** (DAY / HALF_LIFE)
+    )

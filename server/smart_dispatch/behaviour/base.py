@@ -264,6 +264,12 @@ class BehaviourStore(abc.ABC):
         """Count `sent` as a send on its channel and slot (once per message id) and keep its
         record for `MESSAGE_TTL_S`. Returns False for a message id decided before."""
 
+    async def note_sent(self, sent: SentMessage, half_life_s: float) -> None:
+        """`decided`, for the decision path: a store may write it a moment later, in a batch
+        with others (then it is written before any event about the same message is counted,
+        and on close). Default: written now."""
+        await self.decided(sent, half_life_s)
+
     @abc.abstractmethod
     async def get(self, user_id: str) -> Behaviour:
         """The user's behaviour; an unknown user has an empty `Behaviour`."""

@@ -182,7 +182,7 @@ class Decider:
             step.send_at.timestamp(),
         )
         try:
-            await self._behaviour.decided(sent, learning.half_life_s)
+            await self._behaviour.note_sent(sent, learning.half_life_s)
         except StoreError as exc:
             log.warning("send of %s not counted for learning: %s", request.message.id, exc)
 
