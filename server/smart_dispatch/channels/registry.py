@@ -12,6 +12,14 @@ attempts per plan step, the backoff's base, ceiling and growth, and the bound of
     email:   {type: smtp, host*, port*, from*, starttls: false, tls: false, username: "",
               password_env (required when username is set), timeout_s: 10, validate_certs: true}
     sms:     {type: http_sms, url*, token_env, timeout_s: 5, max_connections: 100}
+    sms:     {type: aliyun_sms, access_key_id*, access_key_secret_env*, sign_name: "",
+              endpoint: https://dysmsapi.aliyuncs.com, receipt_token_env, timeout_s: 5,
+              max_connections: 100}
+    sms:     {type: tencentcloud_sms, secret_id*, secret_key_env*, sdk_app_id*, sign_name: "",
+              region: ap-guangzhou, endpoint: https://sms.tencentcloudapi.com,
+              receipt_token_env, timeout_s: 5, max_connections: 100}
+    sms:     {type: twilio, account_sid*, auth_token_env*, from | messaging_service_sid (one*),
+              api_base: https://api.twilio.com, timeout_s: 5, max_connections: 100}
     wechat:  {type: wechat, appid*, secret_env*, api_base: https://api.weixin.qq.com,
               token_margin_s: 300, timeout_s: 5, max_connections: 100}
     push:    {type: fcm, project*, token_env*, api_base: https://fcm.googleapis.com,
@@ -58,6 +66,8 @@ from urllib.parse import urlsplit
 import yaml
 
 from smart_dispatch.channels import push_fcm, wechat
+from smart_dispatch.channels.aliyun_sms import DEFAULT_ENDPOINT as ALIYUN_ENDPOINT
+from smart_dispatch.channels.aliyun_sms import AliyunSmsConfig, AliyunSmsProvider
 from smart_dispatch.channels.base import Provider
 from smart_dispatch.channels.destinations import DestinationPolicy, IPNetwork, parse_network
 from smart_dispatch.channels.email_smtp import SmtpConfig, SmtpProvider, mailbox
@@ -67,6 +77,11 @@ from smart_dispatch.channels.in_app import InboxProvider
 from smart_dispatch.channels.push_fcm import FcmConfig, FcmProvider
 from smart_dispatch.channels.sms_http import SmsGatewayConfig, SmsGatewayProvider
 from smart_dispatch.channels.stub import StubProvider
+from smart_dispatch.channels.tencent_sms import DEFAULT_ENDPOINT as TENCENT_ENDPOINT
+from smart_dispatch.channels.tencent_sms import DEFAULT_REGION as TENCENT_REGION
+from smart_dispatch.channels.tencent_sms import TencentSmsConfig, TencentSmsProvider
+from smart_dispatch.channels.twilio_sms import DEFAULT_API_BASE as TWILIO_API_BASE
+from smart_dispatch.channels.twilio_sms import TwilioConfig, TwilioProvider
 from smart_dispatch.channels.webhook import WebhookConfig, WebhookProvider
 from smart_dispatch.channels.wechat import WeChatConfig, WeChatProvider
 from smart_dispatch.dispatch.resilience import RetryPolicy
@@ -241,6 +256,62 @@ def _http_sms(section: Section) -> Provider:
     config = SmsGatewayConfig(url=section.url("url"), token=section.secret("token_env", required=False))
     return SmsGatewayProvider(
         config, options=section.http_options(), channel=section.channel, name=section.name("http_sms")
+    )
+
+
+def _id_text(section: Section, key: str, default: str | None = None) -> str:
+    """An id that YAML may read as a number (`sdk_app_id: 1400006666`), as text."""
+    value = section.values.get(key)
+    if isinstance(value, int) and not isinstance(value, bool):
+        section.read.add(key)
+        return str(value)
+    return section.text(key, default)
+
+
+@register("aliyun_sms")
+def _aliyun_sms(section: Section) -> Provider:
+    config = AliyunSmsConfig(
+        access_key_id=section.text("access_key_id"),
+        access_key_secret=section.secret("access_key_secret_env"),
+        sign_name=section.text("sign_name", ""),
+        endpoint=section.url("endpoint", ALIYUN_ENDPOINT),
+        receipt_token=section.secret("receipt_token_env", required=False),
+    )
+    return AliyunSmsProvider(
+        config, options=section.http_options(), channel=section.channel, name=section.name("aliyun_sms")
+    )
+
+
+@register("tencentcloud_sms")
+def _tencentcloud_sms(section: Section) -> Provider:
+    config = TencentSmsConfig(
+        secret_id=section.text("secret_id"),
+        secret_key=section.secret("secret_key_env"),
+        sdk_app_id=_id_text(section, "sdk_app_id"),
+        sign_name=section.text("sign_name", ""),
+        region=section.text("region", TENCENT_REGION),
+        endpoint=section.url("endpoint", TENCENT_ENDPOINT),
+        receipt_token=section.secret("receipt_token_env", required=False),
+    )
+    return TencentSmsProvider(
+        config, options=section.http_options(), channel=section.channel, name=section.name("tencentcloud_sms")
+    )
+
+
+@register("twilio")
+def _twilio(section: Section) -> Provider:
+    sender, service = _id_text(section, "from", ""), section.text("messaging_service_sid", "")
+    if bool(sender) == bool(service):
+        raise section.error("from", "give `from` (a number or sender id) or `messaging_service_sid`, one")
+    config = TwilioConfig(
+        account_sid=section.text("account_sid"),
+        auth_token=section.secret("auth_token_env"),
+        sender=sender,
+        messaging_service_sid=service,
+        api_base=section.url("api_base", TWILIO_API_BASE),
+    )
+    return TwilioProvider(
+        config, options=section.http_options(), channel=section.channel, name=section.name("twilio")
     )
 
 
