@@ -20,7 +20,7 @@ from datetime import datetime
 
 from smart_dispatch.dispatch.lanes import LaneOrder
 from smart_dispatch.dispatch.model import DispatchRecord
-from smart_dispatch.dispatch.store import Claim, DispatchStore, Watch
+from smart_dispatch.dispatch.store import PROVIDER_MESSAGE_TTL_S, Claim, DispatchStore, Watch
 from smart_dispatch.domain import LANES
 
 
@@ -43,6 +43,9 @@ class MemoryDispatchStore(DispatchStore):
         self._retention_s = retention_s
         # (forget at, dispatch id, version that was final): in time order, as retention is fixed
         self._expiry: deque[tuple[float, str, int]] = deque()
+        # (provider, its message id) -> dispatch id, and its expiry in time order (a fixed TTL)
+        self._provider_ids: dict[tuple[str, str], str] = {}
+        self._provider_expiry: deque[tuple[float, tuple[str, str]]] = deque()
 
     async def create(self, record: DispatchRecord) -> tuple[DispatchRecord, bool]:
         self._forget_expired()
@@ -57,6 +60,25 @@ class MemoryDispatchStore(DispatchStore):
 
     async def get(self, dispatch_id: str) -> DispatchRecord | None:
         return self._records.get(dispatch_id)
+
+    async def remember_provider_message(
+        self, provider: str, provider_message_id: str, dispatch_id: str
+    ) -> None:
+        self._forget_provider_ids()
+        key = (provider, provider_message_id)
+        self._provider_ids[key] = dispatch_id
+        self._provider_expiry.append((time.monotonic() + PROVIDER_MESSAGE_TTL_S, key))
+
+    async def get_by_provider_message(self, provider: str, provider_message_id: str) -> DispatchRecord | None:
+        self._forget_provider_ids()
+        dispatch_id = self._provider_ids.get((provider, provider_message_id))
+        return None if dispatch_id is None else self._records.get(dispatch_id)
+
+    def _forget_provider_ids(self) -> None:
+        now = time.monotonic()
+        while self._provider_expiry and self._provider_expiry[0][0] <= now:
+            _, key = self._provider_expiry.popleft()
+            self._provider_ids.pop(key, None)
 
     async def get_by_message(self, message_id: str) -> DispatchRecord | None:
         dispatch_id = self._by_message.get(message_id)

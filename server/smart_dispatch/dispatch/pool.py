@@ -6,7 +6,8 @@ Each worker claims one ready dispatch at a time and moves it one stage on:
 - a later step (fallback, escalation): decided again for its channel as it goes (deny list,
   opt-outs, quiet hours, that channel's caps): sent, deferred, or skipped for the next step;
 - send the current plan step through its channel's provider (one attempt, bounded by the
-  retry policy's `timeout_s`), the step's idempotency key on every attempt;
+  retry policy's `timeout_s`), the step's idempotency key on every attempt; the provider's
+  message id of a delivered attempt is indexed to the dispatch, for its delivery receipts;
 - over the provider's rate: scheduled for its next slot (not an attempt, not a failure);
 - retryable failure (timeout, 5xx, 429): try again after a jittered backoff (never sooner than
   Retry-After) until the step's attempts (the channel's retry policy: providers file) are used
@@ -255,6 +256,8 @@ class SenderPool:
         assert step is not None
         policy = self._retry_by_channel.get(step.channel, self._retry)
         attempt, error = await self._attempt(record, policy)
+        if error is None and attempt.provider_message_id:
+            await self._remember_provider_message(record, attempt)
         if isinstance(error, OverRate):  # not an attempt: the message waits for its turn
             now = self._clock()
             run_at = now + timedelta(seconds=error.wait_s)
@@ -264,6 +267,16 @@ class SenderPool:
             await self._store.update(waiting, record.version, run_at=run_at, ack=claim)
             return
         await self._settle(replace(record, attempts=(*record.attempts, attempt)), error, policy, claim)
+
+    async def _remember_provider_message(self, record: DispatchRecord, attempt: Attempt) -> None:
+        """Index the provider's message id to the dispatch, before its receipt can arrive
+        (channels/receipts.py). A store failure loses only the receipt, never the send."""
+        try:
+            await self._store.remember_provider_message(
+                attempt.provider, attempt.provider_message_id, record.dispatch_id
+            )
+        except SmartDispatchError as exc:
+            log.warning("dispatch %s: its receipts will not be matched: %s", record.dispatch_id, exc)
 
     async def _attempt(
         self, record: DispatchRecord, policy: RetryPolicy

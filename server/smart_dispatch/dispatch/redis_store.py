@@ -36,7 +36,7 @@ from redis.exceptions import ResponseError
 from smart_dispatch._redis_guard import LuaRunner, LuaScript, guarded
 from smart_dispatch.dispatch.lanes import LaneOrder
 from smart_dispatch.dispatch.model import DispatchRecord, from_json, to_json
-from smart_dispatch.dispatch.store import Claim, DispatchStore, Watch
+from smart_dispatch.dispatch.store import PROVIDER_MESSAGE_TTL_S, Claim, DispatchStore, Watch
 from smart_dispatch.domain import LANES
 
 GROUP = "senders"
@@ -88,6 +88,9 @@ class RedisDispatchStore(DispatchStore):
     def _msg(self, message_id: str) -> str:
         return f"{self._base}:msg:{message_id}"
 
+    def _provider_id(self, provider: str, provider_message_id: str) -> str:
+        return f"{self._base}:pmid:{len(provider)}:{provider}:{provider_message_id}"
+
     def _watched(self, dispatch_id: str) -> str:
         return f"{self._base}:watched:{dispatch_id}"
 
@@ -122,6 +125,19 @@ class RedisDispatchStore(DispatchStore):
     async def get_by_message(self, message_id: str) -> DispatchRecord | None:
         async with guarded(self._timeout_s):
             dispatch_id = await self._client.get(self._msg(message_id))
+        return None if dispatch_id is None else await self.get(_text(dispatch_id))
+
+    async def remember_provider_message(
+        self, provider: str, provider_message_id: str, dispatch_id: str
+    ) -> None:
+        async with guarded(self._timeout_s):
+            await self._client.set(
+                self._provider_id(provider, provider_message_id), dispatch_id, ex=PROVIDER_MESSAGE_TTL_S
+            )
+
+    async def get_by_provider_message(self, provider: str, provider_message_id: str) -> DispatchRecord | None:
+        async with guarded(self._timeout_s):
+            dispatch_id = await self._client.get(self._provider_id(provider, provider_message_id))
         return None if dispatch_id is None else await self.get(_text(dispatch_id))
 
     async def update(

@@ -11,6 +11,9 @@
 - The dead-letter index (`dead_letters`) follows `record.dead_lettered`: the update that stores a
   record indexes or unindexes it in the same atomic step, so a crash can never leave a dead
   letter that `RedriveDeadLetters` does not find.
+- A provider's own message id (what its delivery receipts carry) is indexed to the dispatch by
+  `remember_provider_message` when the provider accepted the message, and found again by
+  `get_by_provider_message` (channels/receipts.py) for `PROVIDER_MESSAGE_TTL_S`.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from smart_dispatch.dispatch.model import DispatchRecord
+
+PROVIDER_MESSAGE_TTL_S = 7 * 86400
+"""How long a provider message id leads to its dispatch: receipts come within 72 hours."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +127,16 @@ class DispatchStore(abc.ABC):
         `dead_letters` the size of the dead-letter index. An item queued for a version of its
         record that a later update replaced still counts until a worker skips it, so the
         numbers may run a little above the dispatches actually waiting."""
+
+    @abc.abstractmethod
+    async def remember_provider_message(
+        self, provider: str, provider_message_id: str, dispatch_id: str
+    ) -> None:
+        """Index `provider`'s message id to `dispatch_id` for `PROVIDER_MESSAGE_TTL_S`."""
+
+    @abc.abstractmethod
+    async def get_by_provider_message(self, provider: str, provider_message_id: str) -> DispatchRecord | None:
+        """The dispatch `provider` gave that message id to (None: unknown, or forgotten)."""
 
     async def close(self) -> None:
         return None
