@@ -6,7 +6,8 @@ Times are timezone-aware `datetime` in UTC; durations are seconds (`*_s`).
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -17,9 +18,40 @@ if TYPE_CHECKING:
     from smart_dispatch.preferences.base import Preferences
     from smart_dispatch.rules.model import Digest
 
-#: The channels Smart Dispatch knows how to plan for. The set is open in the API (channels are
-#: strings) but a rule file or request naming a channel outside this set is rejected.
+#: The built-in channels. The set is open in the API (channels are strings) but a rule file or
+#: request naming a channel that is neither built in nor custom (`known_channels`) is rejected.
 KNOWN_CHANNELS: tuple[str, ...] = ("sms", "email", "in_app", "wechat", "push", "webhook")
+#: A custom channel's name: what the providers file may declare (e.g. `ops_chat`).
+CUSTOM_CHANNEL_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
+_known_channels: tuple[str, ...] = KNOWN_CHANNELS
+
+
+def known_channels() -> tuple[str, ...]:
+    """The channels rules, requests, events and preferences may name: the built-in ones, then
+    the custom ones of this process's providers file (`set_custom_channels`)."""
+    return _known_channels
+
+
+def custom_channels() -> tuple[str, ...]:
+    """The custom channels in force (`known_channels` without the built-in ones)."""
+    return _known_channels[len(KNOWN_CHANNELS) :]
+
+
+def set_custom_channels(names: Iterable[str]) -> None:
+    """Make `names` (besides the built-in channels) the process's custom channels, replacing
+    the previous ones. The runtime calls it with the providers file's channels of a type that
+    serves any channel (channels/registry.py), before the rules load. Raises `ValueError` for
+    a name that is not `CUSTOM_CHANNEL_NAME`."""
+    global _known_channels
+    custom: list[str] = []
+    for name in names:
+        if not CUSTOM_CHANNEL_NAME.fullmatch(name):
+            raise ValueError(f"{name!r} is not a channel name (a-z, 0-9, _; a letter first; 32 at most)")
+        if name not in KNOWN_CHANNELS and name not in custom:
+            custom.append(name)
+    _known_channels = (*KNOWN_CHANNELS, *custom)
+
+
 #: Delivery lanes, most urgent first: the sender pool serves them by weight (see dispatch/lanes.py).
 LANES: tuple[str, ...] = ("critical", "high", "normal", "bulk")
 _DEFAULT_LANES = {"otp": "critical", "alert": "critical", "transactional": "high"}

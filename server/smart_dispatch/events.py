@@ -15,7 +15,7 @@ from datetime import datetime
 from smart_dispatch.behaviour.base import BehaviourStore, EngagementEvent, EventKind
 from smart_dispatch.counters.base import CounterStore
 from smart_dispatch.decide.validate import MAX_ID_LENGTH, check_id
-from smart_dispatch.domain import KNOWN_CHANNELS
+from smart_dispatch.domain import known_channels
 from smart_dispatch.errors import InvalidRequestError, quote
 from smart_dispatch.preferences.centre import PreferenceCentre
 from smart_dispatch.rules.active import ActiveRules
@@ -82,7 +82,8 @@ def validate_event(event: ReportedEvent) -> None:
     if len(event.message_id) > MAX_ID_LENGTH or not event.message_id.strip():
         check_id(event.message_id, "message_id")  # says which
         raise InvalidRequestError("message_id", f"is required for {event.kind} events")
-    if event.channel not in KNOWN_CHANNELS:
+    known = known_channels()
+    if event.channel not in known:
         raise InvalidRequestError(
-            "channel", f"unknown channel {quote(event.channel)}; known: {', '.join(KNOWN_CHANNELS)}"
+            "channel", f"unknown channel {quote(event.channel)}; known: {', '.join(known)}"
         )

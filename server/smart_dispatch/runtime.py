@@ -13,9 +13,9 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from smart_dispatch import heap
 from smart_dispatch.channels.base import Provider
@@ -25,6 +25,7 @@ from smart_dispatch.decisionlog.writer import DecisionRecorder
 from smart_dispatch.dispatch.pool import SenderPool
 from smart_dispatch.dispatch.resilience import RetryBudget, RetryPolicy
 from smart_dispatch.dispatch.service import Dispatcher
+from smart_dispatch.domain import set_custom_channels
 from smart_dispatch.errors import ConfigurationError
 from smart_dispatch.events import EventRecorder
 from smart_dispatch.preferences.centre import PreferenceCentre
@@ -108,6 +109,7 @@ class Runtime:
         if s.gc_tuning:
             heap.tune_collector()
             rules.on_load(_freeze_after_reload)
+        providers_config = _providers_config(settings)  # its custom channels, before the rules
         await rules.load_async()
         tokens, links = _unsubscribe_links(settings, rules)
         options = StoreOptions(
@@ -126,7 +128,7 @@ class Runtime:
             for user in options.deny:
                 await stores.lists.add("deny", user)
             retry = RetryPolicy(s.retry_attempts, s.retry_base_s, s.retry_max_s, timeout_s=s.send_timeout_s)
-            providers, retry_by_channel = _providers(settings, stores, retry)
+            providers, retry_by_channel = _providers(settings, stores, retry, providers_config)
         except BaseException:
             await stores.close()
             raise
@@ -232,21 +234,34 @@ def _unsubscribe_links(
     return tokens, UnsubscribeLinks(tokens, settings.public_url, required)
 
 
+def _providers_config(settings: Settings) -> Mapping[str, Any] | None:
+    """The providers file's document (None without one), its custom channels declared
+    (`domain.set_custom_channels`: rules, requests, events and preferences may name them; none
+    without a file). Raises `ProviderConfigError`."""
+    from smart_dispatch.channels.registry import custom_channels, read_providers_file
+
+    if settings.providers_file is None:
+        set_custom_channels(())
+        return None
+    file = str(settings.providers_file)
+    config = read_providers_file(file)
+    set_custom_channels(custom_channels(config, file=file))
+    return config
+
+
 def _providers(
-    settings: Settings, stores: Stores, retry: RetryPolicy
+    settings: Settings, stores: Stores, retry: RetryPolicy, config: Mapping[str, Any] | None
 ) -> tuple[dict[str, Provider], dict[str, RetryPolicy]]:
     """The providers per channel, and the channels' own retry policies (from the providers file)."""
     from smart_dispatch.channels.registry import (
         default_providers,
         providers_from_config,
-        read_providers_file,
         retry_policies_from_config,
     )
 
-    if settings.providers_file is None:
+    if config is None:
         return default_providers(stores.inbox), {}
     file = str(settings.providers_file)
-    config = read_providers_file(file)
     providers = providers_from_config(config, os.environ, stores.inbox, file=file, limiter=stores.rate_limits)
     return providers, retry_policies_from_config(config, retry, file=file)
 

@@ -22,8 +22,14 @@ attempts per plan step, the backoff's base, ceiling and growth, and the bound of
               api_base: https://api.twilio.com, timeout_s: 5, max_connections: 100}
     wechat:  {type: wechat, appid*, secret_env*, api_base: https://api.weixin.qq.com,
               token_margin_s: 300, timeout_s: 5, max_connections: 100}
-    push:    {type: fcm, project*, token_env*, api_base: https://fcm.googleapis.com,
-              timeout_s: 5, max_connections: 100}
+    push:    {type: fcm, service_account_file | service_account_env | token_env (one of them*),
+              project (default: the service account's project_id), token_margin_s: 300,
+              api_base: https://fcm.googleapis.com, timeout_s: 5, max_connections: 100}
+    push:    {type: apns, team_id*, key_id*, key_file | key_env (the .p8 key; one of them*),
+              topic*, api_base: https://api.push.apple.com (sandbox: https://api.sandbox.push.apple.com),
+              push_type: alert, priority (10; 5 for background), expiration_s: 86400,
+              token_refresh_s: 3000, timeout_s: 5, max_connections: 100}
+    <any>:   {type: apprise, url_env*, notify_type: info, body_format: text, timeout_s: 10}
     webhook: {type: webhook, secret_env*, timeout_s: 5, max_connections: 100,
               deny_private: false, deny_networks: [], allow_networks: []}
     in_app:  {type: inbox}
@@ -47,10 +53,14 @@ per message (traffic shared). Each needs its own `name`; the first carries the c
       - {name: gateway_a, type: http_sms, url: "https://a.example/send", retry: {max_attempts: 3}}
       - {name: gateway_b, type: http_sms, url: "https://b.example/send"}
 
-Channels must be known (`smart_dispatch.domain.KNOWN_CHANNELS`); a channel absent from the file
-has no provider. Unknown types, channels or keys, a missing required key, a wrong value type and
-an unset environment variable raise `ProviderConfigError` (a `ConfigurationError`) naming the
-file, channel and key. New types are added with `@register("name")`.
+Channels are the built-in ones (`smart_dispatch.domain.KNOWN_CHANNELS`) or custom ones: any
+name (a-z, 0-9, _; e.g. `ops_chat`) served by a type that serves any channel (apprise, webhook,
+stub; `register(..., any_channel=True)`). `custom_channels` lists them, and the runtime declares
+them before the rules load (`domain.set_custom_channels`): rules, requests, events and
+preferences may then name them. A channel absent from the file has no provider. Unknown types,
+channels or keys, a missing required key, a wrong value type and an unset environment variable
+raise `ProviderConfigError` (a `ConfigurationError`) naming the file, channel and key. New
+types are added with `@register("name")`.
 """
 
 from __future__ import annotations
@@ -65,16 +75,18 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from smart_dispatch.channels import push_fcm, wechat
+from smart_dispatch.channels import chat_apprise, push_apns, push_fcm, wechat
 from smart_dispatch.channels.aliyun_sms import DEFAULT_ENDPOINT as ALIYUN_ENDPOINT
 from smart_dispatch.channels.aliyun_sms import AliyunSmsConfig, AliyunSmsProvider
 from smart_dispatch.channels.base import Provider
+from smart_dispatch.channels.chat_apprise import AppriseConfig, AppriseProvider
 from smart_dispatch.channels.destinations import DestinationPolicy, IPNetwork, parse_network
 from smart_dispatch.channels.email_smtp import SmtpConfig, SmtpProvider, mailbox
 from smart_dispatch.channels.failover import FailoverProvider
 from smart_dispatch.channels.http_common import HttpOptions
 from smart_dispatch.channels.in_app import InboxProvider
-from smart_dispatch.channels.push_fcm import FcmConfig, FcmProvider
+from smart_dispatch.channels.push_apns import ApnsConfig, ApnsKey, ApnsProvider
+from smart_dispatch.channels.push_fcm import FcmConfig, FcmProvider, ServiceAccount
 from smart_dispatch.channels.sms_http import SmsGatewayConfig, SmsGatewayProvider
 from smart_dispatch.channels.stub import StubProvider
 from smart_dispatch.channels.tencent_sms import DEFAULT_ENDPOINT as TENCENT_ENDPOINT
@@ -85,7 +97,7 @@ from smart_dispatch.channels.twilio_sms import TwilioConfig, TwilioProvider
 from smart_dispatch.channels.webhook import WebhookConfig, WebhookProvider
 from smart_dispatch.channels.wechat import WeChatConfig, WeChatProvider
 from smart_dispatch.dispatch.resilience import RetryPolicy
-from smart_dispatch.domain import KNOWN_CHANNELS
+from smart_dispatch.domain import CUSTOM_CHANNEL_NAME, KNOWN_CHANNELS
 from smart_dispatch.errors import ConfigurationError
 from smart_dispatch.inbox.base import InboxStore
 from smart_dispatch.ratelimit.base import MemoryRateLimiter, RateLimiter
@@ -96,6 +108,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 ProviderFactory = Callable[["Section"], Provider]
 _FACTORIES: dict[str, ProviderFactory] = {}
+_ANY_CHANNEL: set[str] = set()  # types that may serve a custom channel
 _COMMON_KEYS = frozenset({"type", "name", "retry", "rate", "burst"})
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*$")
 _PER_S = {
@@ -123,11 +136,14 @@ class ProviderConfigError(ConfigurationError):
         self.problem = problem
 
 
-def register(type_name: str) -> Callable[[ProviderFactory], ProviderFactory]:
-    """Register a factory building a provider of `type_name` from its `Section`."""
+def register(type_name: str, *, any_channel: bool = False) -> Callable[[ProviderFactory], ProviderFactory]:
+    """Register a factory building a provider of `type_name` from its `Section`; `any_channel`:
+    the type may also serve a custom channel (module docstring)."""
 
     def add(factory: ProviderFactory) -> ProviderFactory:
         _FACTORIES[type_name] = factory
+        if any_channel:
+            _ANY_CHANNEL.add(type_name)
         return factory
 
     return add
@@ -215,6 +231,29 @@ class Section:
         if variable not in self.env:
             raise self.error(key, f"environment variable {variable} is not set")
         return self.env[variable]
+
+    def present(self, *keys: str) -> list[str]:
+        """Which of `keys` are set, in their order (all of them count as read)."""
+        self.read.update(keys)
+        return [key for key in keys if self.values.get(key) is not None]
+
+    def one_of(self, *keys: str, what: str) -> str:
+        """The one of `keys` that is set; an error naming them when none or several are."""
+        given = self.present(*keys)
+        if len(given) != 1:
+            raise self.error(
+                given[1] if given else keys[0], f"give exactly one of {', '.join(keys)} ({what})"
+            )
+        return given[0]
+
+    def file_text(self, key: str) -> str:
+        """The UTF-8 text of the file whose path is `key`."""
+        path = self.text(key)
+        try:
+            return Path(path).read_text("utf-8")
+        except (OSError, UnicodeError) as exc:
+            problem = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+            raise self.error(key, f"cannot read {path}: {problem}") from None
 
     def http_options(self) -> HttpOptions:
         return HttpOptions(self.number("timeout_s", 5.0), self.integer("max_connections", 100))
@@ -330,17 +369,96 @@ def _wechat(section: Section) -> Provider:
 
 @register("fcm")
 def _fcm(section: Section) -> Provider:
+    source = section.one_of(
+        "service_account_file",
+        "service_account_env",
+        "token_env",
+        what="a service-account key file, its JSON in the environment, or a bearer token",
+    )
+    account, token = None, ""
+    if source == "token_env":
+        token = section.secret("token_env")
+    else:
+        text = section.file_text(source) if source == "service_account_file" else section.secret(source)
+        try:
+            account = ServiceAccount.from_json(text)
+        except ValueError as exc:
+            raise section.error(source, f"not a usable service-account key: {exc}") from None
     config = FcmConfig(
-        project=section.text("project"),
-        token=section.secret("token_env"),
+        project=section.text("project", account.project_id if account and account.project_id else None),
+        token=token,
         api_base=section.url("api_base", push_fcm.DEFAULT_API_BASE),
+        service_account=account,
+        token_margin_s=section.number("token_margin_s", push_fcm.DEFAULT_TOKEN_MARGIN_S),
     )
     return FcmProvider(
         config, options=section.http_options(), channel=section.channel, name=section.name("fcm")
     )
 
 
-@register("webhook")
+@register("apns")
+def _apns(section: Section) -> Provider:
+    source = section.one_of(
+        "key_file", "key_env", what="the .p8 key file, or its PEM text in the environment"
+    )
+    pem = section.file_text(source) if source == "key_file" else section.secret(source)
+    try:
+        key = ApnsKey.from_pem(pem, team_id=section.text("team_id"), key_id=section.text("key_id"))
+    except ValueError as exc:
+        raise section.error(source, str(exc)) from None
+    push_type = section.text("push_type", "alert")
+    if push_type not in push_apns.PUSH_TYPES:
+        raise section.error(
+            "push_type", f"one of {', '.join(sorted(push_apns.PUSH_TYPES))}, got {push_type!r}"
+        )
+    priority = section.integer("priority", 10) if section.present("priority") else None
+    if priority not in (None, 1, 5, 10):
+        raise section.error("priority", f"APNs takes 10, 5 or 1, got {priority!r}")
+    refresh_s = section.number("token_refresh_s", push_apns.DEFAULT_TOKEN_REFRESH_S)
+    if not push_apns.MIN_TOKEN_REFRESH_S <= refresh_s < push_apns.MAX_TOKEN_AGE_S:
+        raise section.error(
+            "token_refresh_s",
+            f"at least 1200 (APNs refuses more frequent updates) and under 3600, got {refresh_s:g}",
+        )
+    config = ApnsConfig(
+        key,
+        topic=section.text("topic"),
+        api_base=section.url("api_base", push_apns.PRODUCTION),
+        push_type=push_type,
+        priority=priority,
+        expiration_s=section.number("expiration_s", 86400.0, allow_zero=True),
+        token_refresh_s=refresh_s,
+    )
+    return ApnsProvider(
+        config, options=section.http_options(), channel=section.channel, name=section.name("apns")
+    )
+
+
+@register("apprise", any_channel=True)
+def _apprise(section: Section) -> Provider:
+    notify_type = section.text("notify_type", "info")
+    if notify_type not in chat_apprise.NOTIFY_TYPES:
+        raise section.error(
+            "notify_type", f"one of {', '.join(chat_apprise.NOTIFY_TYPES)}, got {notify_type!r}"
+        )
+    body_format = section.text("body_format", "text")
+    if body_format not in chat_apprise.BODY_FORMATS:
+        raise section.error(
+            "body_format", f"one of {', '.join(chat_apprise.BODY_FORMATS)}, got {body_format!r}"
+        )
+    config = AppriseConfig(
+        urls=section.secret("url_env"),
+        notify_type=notify_type,
+        body_format=body_format,
+        timeout_s=section.number("timeout_s", 10.0),
+    )
+    try:
+        return AppriseProvider(config, channel=section.channel, name=section.name("apprise"))
+    except ValueError as exc:
+        raise section.error("url_env", str(exc)) from None
+
+
+@register("webhook", any_channel=True)
 def _webhook(section: Section) -> Provider:
     destinations = DestinationPolicy.build(
         deny_networks=section.networks("deny_networks"),
@@ -358,7 +476,7 @@ def _inbox(section: Section) -> Provider:
     return InboxProvider(section.inbox, channel=section.channel, name=section.name("inbox"))
 
 
-@register("stub")
+@register("stub", any_channel=True)
 def _stub(section: Section) -> Provider:
     delay_s = section.number("delay_s", 0.0, allow_zero=True)
     return StubProvider(section.channel, name=section.name("stub"), delay_s=delay_s)
@@ -380,10 +498,7 @@ def providers_from_config(
         raise ProviderConfigError(file, "", "", "must be a mapping of channel to provider settings")
     providers: dict[str, Provider] = {}
     for channel, values in config.items():
-        if channel not in KNOWN_CHANNELS:
-            raise ProviderConfigError(
-                file, str(channel), "", f"unknown channel; known: {', '.join(KNOWN_CHANNELS)}"
-            )
+        _check_channel(file, channel, values)
         if isinstance(values, list):
             providers[channel] = _failover(file, channel, values, env, inbox, limiter)
             continue
@@ -391,6 +506,42 @@ def providers_from_config(
             raise ProviderConfigError(file, channel, "", "must be a mapping with a `type`, or a list of them")
         providers[channel] = _provider(Section(file, channel, values, env, inbox), limiter)
     return providers
+
+
+def custom_channels(config: Mapping[str, Any], *, file: str = "<providers>") -> tuple[str, ...]:
+    """The custom channels `config` declares (its channels that are not built in), in its order.
+    Raises `ProviderConfigError` for a channel that is neither built in nor a custom channel
+    served by a type that serves any channel."""
+    if not isinstance(config, Mapping):
+        return ()
+    for channel, values in config.items():
+        _check_channel(file, channel, values)
+    return tuple(str(channel) for channel in config if channel not in KNOWN_CHANNELS)
+
+
+def _check_channel(file: str, channel: Any, values: Any) -> None:
+    if channel in KNOWN_CHANNELS:
+        return
+    any_types = ", ".join(sorted(_ANY_CHANNEL))
+    if not isinstance(channel, str) or not CUSTOM_CHANNEL_NAME.fullmatch(channel):
+        raise ProviderConfigError(
+            file,
+            str(channel),
+            "",
+            f"unknown channel; built in: {', '.join(KNOWN_CHANNELS)}; a custom channel's name is a-z, "
+            f"0-9 and _ (a letter first, 32 at most), served by a type of {any_types}",
+        )
+    for index, entry in enumerate(values if isinstance(values, list) else [values]):
+        type_name = entry.get("type") if isinstance(entry, Mapping) else None
+        if isinstance(type_name, str) and type_name in _FACTORIES and type_name not in _ANY_CHANNEL:
+            where = f"{channel}[{index}]" if isinstance(values, list) else channel
+            raise ProviderConfigError(
+                file,
+                where,
+                "type",
+                f"{channel!r} is not a built-in channel ({', '.join(KNOWN_CHANNELS)}), and type "
+                f"{type_name} serves only those; a custom channel takes a type of {any_types}",
+            )
 
 
 def _provider(section: Section, limiter: RateLimiter) -> Provider:

@@ -10,7 +10,7 @@ user.days_since_active   days since the later of attributes.last_active_at and t
                      the store saw (absent when neither is known)
 user.allow_listed / user.deny_listed   bool
 user.<attribute>     every scalar recipient attribute (derived names win on a clash)
-reachable.<channel>  bool for every known channel: address present, not opted out (in the
+reachable.<channel>  bool for every known channel (custom ones too): address present, not opted out (in the
                      request or the person's preferences), allowed by message.channels
 preferences.locale   the person's stored locale ("" when none)
 preferences.muted    bool: the person's mute holds this message now
@@ -33,7 +33,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from smart_dispatch.behaviour.base import DEFAULT_HALF_LIFE_S, Behaviour, ChannelStats
-from smart_dispatch.domain import KNOWN_CHANNELS, DecideRequest, Message, Recipient
+from smart_dispatch.domain import DecideRequest, Message, Recipient, known_channels
 from smart_dispatch.errors import InvalidRequestError, quote
 
 _WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -46,7 +46,7 @@ def reachable_channels(
     `opted_out`: their stored preferences for this message) and the message allows."""
     return tuple(
         channel
-        for channel in KNOWN_CHANNELS
+        for channel in known_channels()
         if recipient.addresses.get(channel)
         and channel not in recipient.opted_out
         and channel not in opted_out
@@ -62,11 +62,12 @@ def preference_facts(
     locale: str = "",
 ) -> dict[str, Any]:
     """The `preferences.*` facts: what the person's stored preferences say about this message."""
+    known = known_channels()
     return {
         "locale": locale,
         "muted": muted,
-        "opted_out": [channel for channel in KNOWN_CHANNELS if channel in opted_out],
-        "opted_out_of": {channel: channel in opted_out for channel in KNOWN_CHANNELS},
+        "opted_out": [channel for channel in known if channel in opted_out],
+        "opted_out_of": {channel: channel in opted_out for channel in known},
         "in_quiet_hours": in_quiet_hours,
         "channel_order": list(channel_order),
     }
@@ -118,7 +119,7 @@ def build_facts(
         },
         "labels": dict(message.labels),
         "user": user,
-        "reachable": {channel: channel in reachable for channel in KNOWN_CHANNELS},
+        "reachable": {channel: channel in reachable for channel in known_channels()},
         "behaviour": {
             channel: _behaviour_facts(behaviour.stats(channel, now.timestamp(), half_life_s))
             for channel in behaviour.channels

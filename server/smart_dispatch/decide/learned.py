@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from smart_dispatch.behaviour.base import SEGMENT_MARK, Behaviour, ChannelStats, Population
-from smart_dispatch.domain import KNOWN_CHANNELS
+from smart_dispatch.domain import known_channels
 from smart_dispatch.rules.model import Choose, Learning
 
 
@@ -81,7 +81,7 @@ def prior_rate(
         return rate
     engaged = tried = 0.0
     mine = ChannelStats()
-    for candidate in KNOWN_CHANNELS:
+    for candidate in known_channels():
         stats = population.stats(category, candidate, now_s, half_life_s)
         engaged, tried = engaged + stats.engaged, tried + stats.tried
         if candidate == channel:

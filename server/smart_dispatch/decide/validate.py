@@ -24,7 +24,7 @@ from collections.abc import Collection, Iterable, Mapping
 from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from smart_dispatch.domain import KNOWN_CHANNELS, DecideRequest
+from smart_dispatch.domain import DecideRequest, known_channels
 from smart_dispatch.errors import InvalidRequestError, quote
 
 MAX_ID_LENGTH = 256
@@ -127,9 +127,10 @@ def _check_mapping(
 
 
 def _known_channels(channels: Iterable[str], field: str) -> None:
+    known = known_channels()
     for channel in channels:
-        if channel not in KNOWN_CHANNELS:
+        if channel not in known:
             raise InvalidRequestError(
                 f"{field}[{quote(channel)}]" if field == "recipient.addresses" else field,
-                f"unknown channel {quote(channel)}; known: {', '.join(KNOWN_CHANNELS)}",
+                f"unknown channel {quote(channel)}; known: {', '.join(known)}",
             )

@@ -27,7 +27,7 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, time
 
-from smart_dispatch.domain import KNOWN_CHANNELS
+from smart_dispatch.domain import known_channels
 
 WILDCARD = "*"
 #: The parts of `Preferences` an update may replace (the API's `update_mask` paths).
@@ -84,11 +84,13 @@ class Preferences:
                 allowed = allowed and consent.allowed
         return allowed
 
-    def opted_out(self, category: str, channels: Iterable[str] = KNOWN_CHANNELS) -> tuple[str, ...]:
-        """The `channels` the person opted out of for `category`, in their order."""
+    def opted_out(self, category: str, channels: Iterable[str] | None = None) -> tuple[str, ...]:
+        """The `channels` (default: every known one) the person opted out of for `category`,
+        in their order."""
         if not self.consents:
             return ()
-        return tuple(channel for channel in channels if not self.allows(category, channel))
+        candidates = known_channels() if channels is None else channels
+        return tuple(channel for channel in candidates if not self.allows(category, channel))
 
     def muted(self, at: datetime) -> bool:
         return self.mute_until is not None and at < self.mute_until

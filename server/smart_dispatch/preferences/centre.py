@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from smart_dispatch.behaviour.base import SEGMENT_MARK
 from smart_dispatch.decide.validate import MAX_CHANNEL_ENTRIES, MAX_LOCALE_LENGTH, check_id
 from smart_dispatch.dispatch.store import DispatchStore
-from smart_dispatch.domain import KNOWN_CHANNELS
+from smart_dispatch.domain import known_channels
 from smart_dispatch.errors import ConflictError, InvalidRequestError, RequiredCategoryError, quote
 from smart_dispatch.preferences.base import PATHS, WILDCARD, Consent, Preferences, PreferenceStore
 from smart_dispatch.preferences.unsubscribe_token import UnsubscribeTokens
@@ -156,10 +156,10 @@ def _check_consents(consents: Collection[Consent], ruleset: Ruleset) -> None:
                 f"unknown category {quote(category)}; the loaded rules cover: "
                 f"{', '.join(sorted(ruleset.categories))}",
             )
-        if channel != WILDCARD and channel not in KNOWN_CHANNELS:
+        if channel != WILDCARD and channel not in known_channels():
             raise InvalidRequestError(
                 f"{field}.channel",
-                f'unknown channel {quote(channel)}; known: {", ".join(KNOWN_CHANNELS)}, or "*"',
+                f'unknown channel {quote(channel)}; known: {", ".join(known_channels())}, or "*"',
             )
         if (category, channel) in seen:
             first = seen[(category, channel)]
@@ -175,9 +175,9 @@ def _check_channel_order(channels: Collection[str]) -> None:
         raise InvalidRequestError(field, f"more than {MAX_CHANNEL_ENTRIES} entries ({len(channels):,})")
     seen: set[str] = set()
     for channel in channels:
-        if channel not in KNOWN_CHANNELS:
+        if channel not in known_channels():
             raise InvalidRequestError(
-                field, f"unknown channel {quote(channel)}; known: {', '.join(KNOWN_CHANNELS)}"
+                field, f"unknown channel {quote(channel)}; known: {', '.join(known_channels())}"
             )
         if channel in seen:
             raise InvalidRequestError(field, f"{channel!r} appears twice")

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import time
 from typing import Any, Literal, Protocol, get_args
 
-from smart_dispatch.domain import KNOWN_CHANNELS, LANES
+from smart_dispatch.domain import LANES, known_channels
 from smart_dispatch.rules.model import (
     Choose,
     Digest,
@@ -93,10 +93,19 @@ def parse_duration(value: Any, line: int, fail: Fail) -> float:
 def parse_channels(value: Any, line: int, fail: Fail) -> tuple[str, ...]:
     if not isinstance(value, list):
         raise fail(line, f"expected a list of channels, got {value!r}")
+    known = known_channels()
     for channel in value:
-        if channel not in KNOWN_CHANNELS:
-            raise fail(line, f"unknown channel {channel!r}; known: {', '.join(KNOWN_CHANNELS)}")
+        if channel not in known:
+            raise fail(line, unknown_channel(channel, known))
     return tuple(value)
+
+
+def unknown_channel(channel: Any, known: tuple[str, ...]) -> str:
+    """The problem of a channel that is neither built in nor declared by the providers file."""
+    return (
+        f"unknown channel {channel!r}; known: {', '.join(known)} (a custom channel, e.g. ops_chat, "
+        "is declared by giving it a provider of type apprise, webhook or stub in the providers file)"
+    )
 
 
 def mapping(value: Any, line: int, what: str, fail: Fail) -> LineDict:

@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from smart_dispatch.domain import custom_channels, set_custom_channels
 from smart_dispatch.errors import RuleFileError
 
 _COMMAND = (sys.executable, "-m", "smart_dispatch.rules.guard")
@@ -56,7 +57,7 @@ _PASSED_KEPT = 64
 
 
 def _passed_key(sources: Mapping[str, str], budget: CompileBudget) -> tuple[str, CompileBudget]:
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(",".join(custom_channels()).encode() + b"\0")  # rules may name them
     for file, text in sources.items():
         digest.update(file.encode() + b"\0" + text.encode() + b"\0")
     return digest.hexdigest(), budget
@@ -119,6 +120,7 @@ def _child_env(budget: CompileBudget) -> dict[str, str]:
         **os.environ,
         "SD_GUARD_MEMORY_MB": str(budget.memory_mb),
         "SD_GUARD_CPU_S": str(budget.timeout_s),
+        "SD_GUARD_CHANNELS": ",".join(custom_channels()),  # the providers file's custom channels
     }
 
 
@@ -171,6 +173,7 @@ def _try(sources: Mapping[str, str]) -> dict[str, Any]:
 def main() -> int:
     _limit_self()
     try:
+        set_custom_channels(filter(None, os.environ.get("SD_GUARD_CHANNELS", "").split(",")))
         sources = json.loads(sys.stdin.buffer.read())
         answer = _try(sources)
     except RuleFileError as exc:
