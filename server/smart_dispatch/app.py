@@ -23,6 +23,7 @@ from smart_dispatch.api.auth import BearerAuthInterceptor
 from smart_dispatch.api.decoding import add_service
 from smart_dispatch.api.operations import Operations
 from smart_dispatch.api.servicer import SmartDispatchServicer
+from smart_dispatch.channels.receipts import ReceiptEndpoints, mount_receipts
 from smart_dispatch.config import Settings
 from smart_dispatch.console import mount_console
 from smart_dispatch.errors import ConfigurationError
@@ -55,6 +56,9 @@ class App:
         self._health_server: grpc.aio.Server | None = None
         self.health_port: int | None = None
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        #: the admin port's `/receipts/<provider>` endpoints (None: no admin port, or no provider
+        #: that takes receipts); `counts` per provider
+        self.receipts: ReceiptEndpoints | None = None
 
     async def start(self) -> int:
         """Load rules, connect stores, bind and serve. Returns the bound port."""
@@ -72,6 +76,9 @@ class App:
         if runtime.telemetry.admin is not None:
             if not runtime.telemetry.admin.started:
                 mount_console(runtime.telemetry.admin, self.operations, tokens)
+                self.receipts = mount_receipts(
+                    runtime.telemetry.admin, runtime.providers, self.operations.delivery_receipt, s.public_url
+                )
             try:
                 await runtime.telemetry.start()
             except BaseException:

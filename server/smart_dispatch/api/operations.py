@@ -30,10 +30,12 @@ from smart_dispatch.api.preferences_convert import (
     update_response,
 )
 from smart_dispatch.behaviour.summary import EngagementSummary, summarize
+from smart_dispatch.channels.receipts import Receipt
 from smart_dispatch.counters.base import CapUsage
 from smart_dispatch.decide.validate import check_id
 from smart_dispatch.decisionlog.stats import checked_group_by, days_between, stats_rows
 from smart_dispatch.errors import ConflictError, InvalidRequestError, NotFoundError, StoreError
+from smart_dispatch.events import ReportedEvent
 from smart_dispatch.preferences.centre import PreferenceCentre
 from smart_dispatch.runtime import Runtime
 
@@ -66,6 +68,32 @@ class Operations:
             if value:
                 check_id(value, field)
         return dispatch_status(await self.runtime.dispatcher.get(dispatch_id, message_id))
+
+    async def report_event(self, event: ReportedEvent) -> bool:
+        """Apply a reported event (`ReportEvent`, a delivery receipt): the person's behaviour and
+        caps (events.py), an escalation it ends, the decision log's history. True when caps were
+        refunded. Raises `InvalidRequestError`."""
+        refunded = await self.runtime.events.report(event)
+        await self.runtime.dispatcher.engaged(event)
+        if self.runtime.recorder is not None:
+            self.runtime.recorder.engaged(event)
+        return refunded
+
+    async def delivery_receipt(self, provider: str, receipt: Receipt) -> bool:
+        """A provider's receipt (channels/receipts.py) as the DELIVERED or FAILED event of the
+        message it sent under that id; False (nothing done) when no dispatch has that id."""
+        dispatches = self.runtime.stores.dispatches
+        record = await dispatches.get_by_provider_message(provider, receipt.provider_message_id)
+        if record is None:
+            return False
+        sent = [a for a in record.attempts if a.provider_message_id == receipt.provider_message_id]
+        step = record.current_step
+        channel = sent[-1].channel if sent else step.channel if step else ""
+        at = receipt.at or datetime.now(UTC)
+        user, message = record.recipient.user_id, record.message.id
+        event = ReportedEvent(user, "delivered" if receipt.delivered else "failed", at, message, channel)
+        await self.report_event(event)
+        return True
 
     async def dead_letters(self, limit: int = 100) -> list[pb.DispatchStatus]:
         """Dead letters, oldest first (at most `limit`)."""

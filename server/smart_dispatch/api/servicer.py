@@ -138,11 +138,7 @@ class SmartDispatchServicer(pb_grpc.SmartDispatchServiceServicer):
 
     @grpc_errors
     async def ReportEvent(self, request: pb.ReportEventRequest, context: Context) -> pb.ReportEventResponse:
-        event = reported_event(request)
-        refunded = await self._events.report(event)
-        await self._dispatcher.engaged(event)
-        if self._operations.runtime.recorder is not None:
-            self._operations.runtime.recorder.engaged(event)
+        refunded = await self._operations.report_event(reported_event(request))
         return pb.ReportEventResponse(refunded=refunded)
 
     @grpc_errors

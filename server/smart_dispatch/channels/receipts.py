@@ -31,8 +31,9 @@ from typing import Protocol, runtime_checkable
 
 from aiohttp import web
 
+from smart_dispatch.admin_http import AdminServer
 from smart_dispatch.channels.base import Provider
-from smart_dispatch.errors import SmartDispatchError, StoreError
+from smart_dispatch.errors import ConfigurationError, SmartDispatchError, StoreError
 
 log = logging.getLogger(__name__)
 PREFIX = "/receipts/"
@@ -94,14 +95,14 @@ Apply = Callable[[str, Receipt], Awaitable[bool]]
 
 def receipt_sources(providers: Mapping[str, Provider]) -> dict[str, ReceiptSource]:
     """name → provider, for every provider (behind failover and rate limits too) that takes
-    receipts. Raises `SmartDispatchError` when two of them share a name (on two channels)."""
+    receipts. Raises `ConfigurationError` when two of them share a name (on two channels)."""
     found: dict[str, ReceiptSource] = {}
     for provider in providers.values():
         for leaf in _leaves(provider):
             if not isinstance(leaf, ReceiptSource):
                 continue
             if found.get(leaf.name, leaf) is not leaf:
-                raise SmartDispatchError(
+                raise ConfigurationError(
                     f"two providers that take receipts are both named {leaf.name!r}: give each its own name"
                 )
             found[leaf.name] = leaf
@@ -120,6 +121,19 @@ def _leaves(provider: Provider) -> Iterator[Provider]:
         yield from _leaves(wrapped)
         return
     yield provider
+
+
+def mount_receipts(
+    admin: AdminServer, providers: Mapping[str, Provider], apply: Apply, public_url: str = ""
+) -> ReceiptEndpoints | None:
+    """Add `/receipts/<name>` for every provider that takes receipts to the admin port (before it
+    starts); None when no provider does."""
+    sources = receipt_sources(providers)
+    if not sources:
+        return None
+    endpoints = ReceiptEndpoints(sources, apply, public_url)
+    admin.add_routes(endpoints.routes())
+    return endpoints
 
 
 class ReceiptEndpoints:
