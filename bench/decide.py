@@ -185,6 +185,11 @@ def serve_echo(kind: str) -> None:
         print(f"echo listening on 127.0.0.1:{port}", flush=True)
         await server.wait_for_termination()
 
+    if kind == "uvloop":
+        import uvloop
+
+        uvloop.run(main())
+        return
     asyncio.run(main())
 
 
@@ -559,6 +564,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     add("--open-seconds", type=float, default=8.0, help="length of one open-loop measurement (default 8)")
     add(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME:ENV=VALUE[,ENV=VALUE]",
+        help="also measure the sidecar with these environment variables, interleaved "
+        "(e.g. asyncio:SD_EVENT_LOOP=asyncio, nogc:SD_GC_TUNING=false); repeatable",
+    )
+    add(
         "--transport-probe",
         action="store_true",
         help="also measure Decide served from a sync grpc.server (bench/transport_probe.py): "
@@ -570,7 +583,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also measure a sync grpc.server echo whose handler awaits a coroutine on an event loop "
         "thread (the ceiling of a sync-server + asyncio-stores hybrid)",
     )
-    add("--echo-server", choices=("aio", "sync", "hop"), help=argparse.SUPPRESS)
+    add("--uvloop-echo", action="store_true", help="also measure the aio echo on uvloop's event loop")
+    add("--echo-server", choices=("aio", "sync", "hop", "uvloop"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -609,7 +623,12 @@ def main(argv: list[str] | None = None) -> int:
         servers.append(echoes[1])
         if args.hop_echo:
             echoes.append(start_server("hop", [*echo_argv, "hop"], "echo listening on", env, server_cpus))
-            servers.append(echoes[2])
+            servers.append(echoes[-1])
+        if args.uvloop_echo:
+            echoes.append(
+                start_server("uvloop", [*echo_argv, "uvloop"], "echo listening on", env, server_cpus)
+            )
+            servers.append(echoes[-1])
         if args.learning_off:
             static_rules = rules_without_learning(args.rules, Path(scratch.name))
             static_argv = [*sidecar[: sidecar.index("--rules") + 1], str(static_rules)]
@@ -631,6 +650,11 @@ def main(argv: list[str] | None = None) -> int:
                 servers.append(
                     start_server("sync-lock", [*probe, "--mode", "lock"], marker, env, server_cpus)
                 )
+        for variant in args.variant:
+            name, _, assignments = variant.partition(":")
+            extra = dict(item.split("=", 1) for item in assignments.split(",") if "=" in item)
+            marker = "smart-dispatch listening on"
+            servers.append(start_server(name, sidecar, marker, env | extra, server_cpus))
         if args.compare_store:
             other = [*sidecar[: sidecar.index("--store") + 1], args.compare_store]
             other += sidecar[sidecar.index("--store") + 2 :]
@@ -673,7 +697,8 @@ def main(argv: list[str] | None = None) -> int:
         rss_start = rss_mib(decide.process.pid)
         decided = 400  # the workload check
         measured = [(echo, ECHO_METHOD) for echo in echoes] + [(decide, DECIDE_METHOD)]
-        measured += [(server, DECIDE_METHOD) for server in servers if server.name in SIDECARS[1:]]
+        variants = [v.partition(":")[0] for v in args.variant]
+        measured += [(s, DECIDE_METHOD) for s in servers if s.name in SIDECARS[1:] or s.name in variants]
         for server, method in measured:
             warm = len(load.run(server.address, method, max(levels), args.warmup)["latencies"])
             decided += warm if server is decide else 0
@@ -851,7 +876,7 @@ def open_loop(
             )
 
 
-ECHOES = ("aio", "sync", "hop")
+ECHOES = ("aio", "sync", "hop", "uvloop")
 SIDECARS = ("Decide", "Redis", "static", "sync-hop", "sync-lock")
 
 
@@ -879,7 +904,8 @@ def report(
     )
     print(header)
     print("-" * len(header))
-    names = [name for name in (*ECHOES, *SIDECARS) if (name, levels[0]) in results]
+    variants = [v.partition(":")[0] for v in args.variant]
+    names = [name for name in (*ECHOES, *SIDECARS, *variants) if (name, levels[0]) in results]
     for level in levels:
         for name in names:
             s = results[(name, level)]
@@ -906,6 +932,7 @@ def report(
         pairs = [("Redis", "Decide", "Redis/memory", REDIS_RATIO_TARGET)]
         pairs += [("Decide", "static", "learning on/off", LEARNING_RATIO_TARGET)]
         pairs += [(name, "Decide", f"{name}/aio", 1.0) for name in ("sync-hop", "sync-lock")]
+        pairs += [(name, "Decide", f"{name}/default", 1.0) for name in variants]
         for top, bottom, label, goal in pairs:
             if (top, level) in results and (bottom, level) in results:
                 on, off = results[(top, level)], results[(bottom, level)]

@@ -7,12 +7,13 @@ import argparse
 import asyncio
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 from smart_dispatch.config import settings_from_env
-from smart_dispatch.errors import SmartDispatchError
+from smart_dispatch.errors import ConfigurationError, SmartDispatchError
 from smart_dispatch.heap import pin_malloc_thresholds
 
 
@@ -276,7 +277,7 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     if args.command == "worker":
         from smart_dispatch.worker import run_worker
 
-        asyncio.run(run_worker(settings))
+        run_loop(run_worker(settings), settings.event_loop)
     elif settings.workers > 1:
         from smart_dispatch.supervisor import Supervisor
 
@@ -288,7 +289,7 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     else:
         from smart_dispatch.app import App
 
-        asyncio.run(App(settings).run_until_signal())
+        run_loop(App(settings).run_until_signal(), settings.event_loop)
     return 0
 
 
@@ -374,3 +375,21 @@ def _rules_test(directory: Path, tests: Path | None, require_coverage: bool) -> 
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+EVENT_LOOPS = ("uvloop", "asyncio")
+
+
+def run_loop(main: Coroutine[Any, Any, None], kind: str) -> None:
+    """Run `main` on the configured event loop: `uvloop` (libuv; the default when installed) or
+    `asyncio` (the standard library's)."""
+    if kind not in EVENT_LOOPS:
+        raise ConfigurationError(f"SD_EVENT_LOOP={kind!r}: known: {', '.join(EVENT_LOOPS)}")
+    if kind == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            raise ConfigurationError("SD_EVENT_LOOP=uvloop needs the uvloop package") from None
+        uvloop.run(main)
+        return
+    asyncio.run(main)

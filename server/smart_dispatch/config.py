@@ -90,6 +90,8 @@ class Settings:
     decision_log: bool = True
     #: collect less often and freeze start-up's objects (heap.py); off only to measure it
     gc_tuning: bool = True
+    #: the event loop: uvloop (libuv) or asyncio (the standard library's)
+    event_loop: str = "uvloop"
     decision_log_retention_s: float = 7 * 86400.0
     decision_log_max_entries: int = 1_000_000
     rules_compile_timeout_s: float = 30.0
@@ -147,6 +149,7 @@ _ENV = {
     "log_key": "SD_LOG_KEY",
     "decision_log": "SD_DECISION_LOG",
     "gc_tuning": "SD_GC_TUNING",
+    "event_loop": "SD_EVENT_LOOP",
     "decision_log_retention_s": "SD_DECISION_LOG_RETENTION_S",
     "decision_log_max_entries": "SD_DECISION_LOG_MAX_ENTRIES",
     "rules_compile_timeout_s": "SD_RULES_COMPILE_TIMEOUT_S",
