@@ -4,7 +4,9 @@
 - `bounced` / `failed` release the caps the message reserved, so a message that never reached
   the person does not count against their frequency caps;
 - `unsubscribed` writes the person's opt-out of the message's category on the event's channel
-  (unless the rules mark the category required): `preferences/centre.py`.
+  (unless the rules mark the category required): `preferences/centre.py`;
+- an address a provider said is dead (the sender pool calls `address_invalid`) is recorded with
+  the person's preferences, so their next decisions skip it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from smart_dispatch.counters.base import CounterStore
 from smart_dispatch.decide.validate import MAX_ID_LENGTH, check_id
 from smart_dispatch.domain import known_channels
 from smart_dispatch.errors import InvalidRequestError, quote
+from smart_dispatch.preferences.base import address_digest
 from smart_dispatch.preferences.centre import PreferenceCentre
 from smart_dispatch.rules.active import ActiveRules
 
@@ -73,6 +76,13 @@ class EventRecorder:
         """Release every cap `message_id` holds for `user_id` (a no-op for caps it never held)."""
         caps = list(self._rules.current().ruleset.caps.values())
         await self._counters.refund(user_id, message_id, caps)
+
+    async def address_invalid(self, user_id: str, channel: str, address: str) -> None:
+        """A provider said `address` on `channel` is dead (an unregistered push token): it is
+        recorded with the person's preferences, and their next decisions skip it while a
+        request gives that address (`preferences/base.py`). Nothing without a preference centre."""
+        if self._preferences is not None and address:
+            await self._preferences.store.mark_invalid_address(user_id, channel, address_digest(address))
 
 
 def validate_event(event: ReportedEvent) -> None:

@@ -21,6 +21,7 @@ from smart_dispatch.preferences.base import (
     LocalWindow,
     Preferences,
     PreferenceStore,
+    address_digest,
 )
 from smart_dispatch.preferences.memory import MemoryPreferenceStore
 from smart_dispatch.stores import StoreOptions, Stores, stores_from_url
@@ -227,3 +228,28 @@ async def test_store_down_fails_fast(private_redis: RedisServer):
         )
     finally:
         await stores.close()
+
+
+async def test_a_dead_address_is_kept_beside_the_preferences_and_outlives_their_updates(
+    twins: Twins, stores: Stores
+):
+    await twins.update("ada", FULL, PATHS, T0)
+    old, new = address_digest("token-1"), address_digest("token-2")
+
+    for store in (twins.store, twins.reference):
+        await store.mark_invalid_address("ada", "push", old)
+        await store.mark_invalid_address("ada", "push", new)  # one per channel: replaced
+        await store.mark_invalid_address("ada", "ops_chat", old)
+
+    stored = await twins.store.get("ada")
+    assert stored == await twins.reference.get("ada")
+    assert stored.invalid_addresses == (("ops_chat", old), ("push", new))
+    assert stored.updated_at == T0  # not a choice of the person
+    await twins.update("ada", Preferences(locale="fr-FR"), (), T0 + timedelta(seconds=1))  # all parts
+    assert (await twins.store.get("ada")).invalid_addresses == stored.invalid_addresses
+
+    # a person with nothing but a dead address; the decision's one round trip reads it
+    await twins.store.mark_invalid_address("bob", "push", old)
+    bob = await twins.store.get("bob")
+    assert (bob.invalid_addresses, bob.updated_at, bob.consents) == ((("push", old),), None, ())
+    assert (await stores.user_state.read("bob")).preferences.invalid_addresses == (("push", old),)

@@ -10,8 +10,9 @@ user.days_since_active   days since the later of attributes.last_active_at and t
                      the store saw (absent when neither is known)
 user.allow_listed / user.deny_listed   bool
 user.<attribute>     every scalar recipient attribute (derived names win on a clash)
-reachable.<channel>  bool for every known channel (custom ones too): address present, not opted out (in the
-                     request or the person's preferences), allowed by message.channels
+reachable.<channel>  bool for every known channel (custom ones too): address present, not
+                     opted out (in the request or the person's preferences), allowed by
+                     message.channels, not an address a provider said is dead
 preferences.locale   the person's stored locale ("" when none)
 preferences.muted    bool: the person's mute holds this message now
 preferences.opted_out            channels the person opted out of for this category (a list)
@@ -35,22 +36,29 @@ from zoneinfo import ZoneInfo
 from smart_dispatch.behaviour.base import DEFAULT_HALF_LIFE_S, Behaviour, ChannelStats
 from smart_dispatch.domain import DecideRequest, Message, Recipient, known_channels
 from smart_dispatch.errors import InvalidRequestError, quote
+from smart_dispatch.preferences.base import address_digest
 
 _WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
 def reachable_channels(
-    message: Message, recipient: Recipient, opted_out: Collection[str] = ()
+    message: Message,
+    recipient: Recipient,
+    opted_out: Collection[str] = (),
+    invalid: Sequence[tuple[str, str]] = (),
 ) -> tuple[str, ...]:
     """Channels with an address that the person did not opt out of (in the request, or
-    `opted_out`: their stored preferences for this message) and the message allows."""
+    `opted_out`: their stored preferences for this message), that the message allows, and that
+    is not a known dead one (`invalid`: (channel, `address_digest`) pairs)."""
+    dead = dict(invalid)
     return tuple(
         channel
         for channel in known_channels()
-        if recipient.addresses.get(channel)
+        if (address := recipient.addresses.get(channel))
         and channel not in recipient.opted_out
         and channel not in opted_out
         and (not message.channels or channel in message.channels)
+        and not (channel in dead and address_digest(address) == dead[channel])
     )
 
 

@@ -3,7 +3,9 @@
 - opted-out channels are not reachable (never chosen, never a fallback);
 - a mute holds the message until it ends; personal quiet hours defer it like the rules' quiet
   hours do (a rule's `bypass_quiet_hours` exempts from both);
-- the channel order ranks channels as the request's `recipient.preferred` does, before it.
+- the channel order ranks channels as the request's `recipient.preferred` does, before it;
+- a channel whose address a provider said is dead (`Preferences.invalid_addresses`) is not
+  reachable while the request gives that same address, required category or not.
 
 A required category (rules file) ignores opt-outs and the mute.
 """
@@ -31,6 +33,8 @@ class PersonalTerms:
     quiet_hours: QuietHours | None = None
     channel_order: tuple[str, ...] = ()
     locale: str = ""
+    #: the person's dead addresses (`Preferences.invalid_addresses`): skipped even when required
+    invalid_addresses: tuple[tuple[str, str], ...] = ()
 
     def preferred(self, requested: Sequence[str]) -> tuple[str, ...]:
         """The person's channel order, then the request's `recipient.preferred` (no repeats)."""
@@ -54,12 +58,14 @@ def personal_terms(preferences: Preferences, category: str, required: bool, now:
         return NO_TERMS
     window = preferences.quiet_hours
     quiet = None if window is None else QuietHours(window.start, window.end, "defer")
+    invalid = preferences.invalid_addresses
     if required:
-        return PersonalTerms((), None, quiet, preferences.channel_order, preferences.locale)
+        return PersonalTerms((), None, quiet, preferences.channel_order, preferences.locale, invalid)
     return PersonalTerms(
         preferences.opted_out(category),
         preferences.mute_until if preferences.muted(now) else None,
         quiet,
         preferences.channel_order,
         preferences.locale,
+        invalid,
     )

@@ -212,7 +212,9 @@ class Decider:
         category = request.message.category
         required = category in version.ruleset.required_categories
         terms = personal_terms(preferences, category, required, now)
-        reachable = reachable_channels(request.message, request.recipient, terms.opted_out)
+        reachable = reachable_channels(
+            request.message, request.recipient, terms.opted_out, terms.invalid_addresses
+        )
         learning = version.ruleset.learning
         facts = build_facts(
             request,

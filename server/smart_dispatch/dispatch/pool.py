@@ -14,6 +14,9 @@ Each worker claims one ready dispatch at a time and moves it one stage on:
   up, while the retry budget allows; permanent failure, exhausted retries or budget, or an open
   circuit breaker: next plan step (fallback), the reason recorded;
 - all steps failed: FAILED, dead-lettered with the full history, caps refunded;
+- a permanent failure that says the address is dead (`ProviderError.invalid_address`: an
+  unregistered push token) also records it with the person's preferences (events.py), so their
+  next decisions skip that address;
 - delivered with an escalation window: wait for engagement, then the next step unless opened.
 
 A record is marked SENDING (one version after the claim) before the provider call; a worker that
@@ -395,6 +398,8 @@ class SenderPool:
                 delivered = record.moved(DispatchState.DELIVERED, now, f"delivered by {step.channel}")
                 await self._store.update(delivered, record.version, ack=claim)
             return
+        if error.invalid_address:  # e.g. an unregistered push token: later decisions skip it
+            await self._address_invalid(record, step.channel, step.address)
         number = record.attempts_in_step()
         can_fall_back = record.step_index + 1 < len(record.steps)
         waits_for_circuit = isinstance(error, CircuitOpenError) and can_fall_back
@@ -468,6 +473,14 @@ class SenderPool:
             await self._events.report(event)
         except SmartDispatchError as exc:  # behaviour/caps bookkeeping must never fail a send
             log.warning("could not record %s for dispatch %s: %s", kind, record.dispatch_id, exc)
+
+    async def _address_invalid(self, record: DispatchRecord, channel: str, address: str) -> None:
+        try:
+            await self._events.address_invalid(record.recipient.user_id, channel, address)
+        except SmartDispatchError as exc:  # bookkeeping must never fail a send
+            log.warning(
+                "could not mark the %s address of dispatch %s invalid: %s", channel, record.dispatch_id, exc
+            )
 
     def _unsubscribe_url(self, record: DispatchRecord, channel: str) -> str:
         """The person's one-click link out of this message's category on `channel` ("" when

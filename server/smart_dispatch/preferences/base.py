@@ -7,6 +7,13 @@
     channel_order   channels in the order the person prefers them
     locale          a BCP 47 tag, e.g. "zh-CN"
 
+Kept with them, though not a choice of the person: the addresses a provider said are dead
+(`invalid_addresses`: an unregistered push token), as (channel, `address_digest`) pairs, one per
+channel. Every decision reads the preferences anyway, so it skips such an address at no extra
+cost: a channel whose address in the request has that digest is not reachable; another address
+for the channel (the app reinstalled: a new token) is. Marking one does not change `updated_at`,
+and no update of the preferences removes it.
+
 Which consent applies to (category, channel): of the entries matching it, the most specific
 (naming both > naming one > "*"/"*"); when a category-wide and a channel-wide entry disagree,
 the opt-out stands. No matching entry: allowed. So an explicit opt-in overrides a broader
@@ -23,6 +30,7 @@ Stores: memory.py (`memory://`), redis.py (one hash per person). Implementations
 from __future__ import annotations
 
 import abc
+import hashlib
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, time
@@ -71,6 +79,8 @@ class Preferences:
     channel_order: tuple[str, ...] = ()
     locale: str = ""
     updated_at: datetime | None = None
+    #: (channel, `address_digest`) of dead addresses, sorted, one per channel (module docstring)
+    invalid_addresses: tuple[tuple[str, str], ...] = ()
 
     def allows(self, category: str, channel: str) -> bool:
         """Whether the consents allow `category` on `channel` (see the module docstring)."""
@@ -97,6 +107,19 @@ class Preferences:
 
 
 NO_PREFERENCES = Preferences()
+
+
+def address_digest(address: str) -> str:
+    """What is kept of an address known to be dead: 128 bits of its SHA-256, in hex. Pure."""
+    return hashlib.sha256(address.encode()).hexdigest()[:32]
+
+
+def with_invalid_address(current: Preferences, channel: str, digest: str) -> Preferences:
+    """`current` with `digest` as `channel`'s dead address (replacing the channel's previous
+    one); `updated_at` stays. Pure: the memory store's write, the reference of the Redis one."""
+    marks = dict(current.invalid_addresses)
+    marks[channel] = digest
+    return replace(current, invalid_addresses=tuple(sorted(marks.items())))
 
 
 def to_millis(at: datetime) -> datetime:
@@ -148,6 +171,11 @@ class PreferenceStore(abc.ABC):
     async def set_consent(self, user_id: str, consent: Consent, at: datetime) -> Preferences:
         """Add `consent`, replacing the entry of its category and channel, atomically (the
         other consents stay). Returns the preferences as stored."""
+
+    @abc.abstractmethod
+    async def mark_invalid_address(self, user_id: str, channel: str, digest: str) -> None:
+        """Record `digest` (`address_digest`) as the dead address of `channel` for the person,
+        replacing the channel's previous one (`with_invalid_address`)."""
 
     async def close(self) -> None:
         """Release connections. Default: nothing to release."""

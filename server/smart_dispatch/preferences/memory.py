@@ -12,6 +12,7 @@ from smart_dispatch.preferences.base import (
     PreferenceStore,
     merged,
     with_consent,
+    with_invalid_address,
 )
 
 
@@ -31,3 +32,6 @@ class MemoryPreferenceStore(PreferenceStore):
     async def set_consent(self, user_id: str, consent: Consent, at: datetime) -> Preferences:
         stored = self._people[user_id] = with_consent(await self.get(user_id), consent, at)
         return stored
+
+    async def mark_invalid_address(self, user_id: str, channel: str, digest: str) -> None:
+        self._people[user_id] = with_invalid_address(await self.get(user_id), channel, digest)

@@ -8,7 +8,9 @@ caps and behaviour)
   <prefix>:{u:<user>}:prefs   HASH  c:<category>:<channel>  "1" opted in, "0" opted out
                                     (either may be "*"); mute_until (epoch ms);
                                     quiet_hours ("HH:MM-HH:MM", local clock); channel_order
-                                    (channels, comma-separated); locale; updated_ms (epoch ms)
+                                    (channels, comma-separated); locale; updated_ms (epoch ms);
+                                    bad:<channel> the digest of a dead address (written with
+                                    one HSET by preferences/redis.py, never by this script)
                                     No TTL: a person's choices outlive their inactivity.
 
 KEYS  1     the person's preferences hash

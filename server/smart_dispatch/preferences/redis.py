@@ -29,6 +29,7 @@ from smart_dispatch.preferences.base import (
 
 PREFERENCES = LuaScript.load("smart_dispatch.preferences", "preferences.lua")
 _CONSENT = "c:"
+_INVALID = "bad:"  # bad:<channel> -> the digest of its dead address (preferences/base.py)
 
 
 class RedisPreferenceStore(PreferenceStore):
@@ -55,6 +56,11 @@ class RedisPreferenceStore(PreferenceStore):
 
     async def set_consent(self, user_id: str, consent: Consent, at: datetime) -> Preferences:
         return await self._write(user_id, at, False, [_consent_field(consent)])
+
+    async def mark_invalid_address(self, user_id: str, channel: str, digest: str) -> None:
+        # One field, no script: updated_ms stays (not a choice of the person).
+        async with guarded(self._timeout_s):
+            await self._client.hset(self.key(user_id), f"{_INVALID}{channel}", digest)
 
     async def _write(
         self, user_id: str, at: datetime, replace_consents: bool, fields: Sequence[tuple[str, str]]
@@ -89,11 +95,14 @@ def decode_preferences(pairs: Iterable[tuple[Any, Any]]) -> Preferences:
     """`Preferences` from the hash's (field, value) pairs; `NO_PREFERENCES` for none."""
     consents: list[Consent] = []
     values: dict[str, Any] = {}
+    invalid: list[tuple[str, str]] = []
     for field_b, value_b in pairs:
         field, value = _text(field_b), _text(value_b)
         if field.startswith(_CONSENT):
             category, _, channel = field[len(_CONSENT) :].partition(":")
             consents.append(Consent(category, channel, value == "1"))
+        elif field.startswith(_INVALID):
+            invalid.append((field[len(_INVALID) :], value))
         elif field in ("mute_until", "updated_ms"):
             values["updated_at" if field == "updated_ms" else field] = _instant(value)
         elif field == "quiet_hours":
@@ -103,9 +112,9 @@ def decode_preferences(pairs: Iterable[tuple[Any, Any]]) -> Preferences:
             values[field] = tuple(value.split(",")) if value else ()
         elif field == "locale":
             values[field] = value
-    if not consents and not values:
+    if not consents and not values and not invalid:
         return NO_PREFERENCES
-    return Preferences(consents=sorted_consents(consents), **values)
+    return Preferences(consents=sorted_consents(consents), invalid_addresses=tuple(sorted(invalid)), **values)
 
 
 def decode_preferences_flat(flat: Sequence[Any] | Mapping[Any, Any]) -> Preferences:
