@@ -178,6 +178,7 @@ async def test_fcm_errors_map_to_retry_or_not(
         retry_after,
         False,
     )
+    assert fcm.token_fetches == 1  # THIRD_PARTY_AUTH_ERROR is a 401 too, not about our token
 
 
 async def test_the_bearer_token_mode_still_works_and_is_never_refreshed(google: GoogleFake) -> None:

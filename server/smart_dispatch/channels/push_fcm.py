@@ -74,6 +74,7 @@ from google.auth import crypt, jwt
 
 from smart_dispatch.channels.base import Delivery, ProviderError, SendResult
 from smart_dispatch.channels.http_common import (
+    RETRYABLE_STATUSES,
     HttpOptions,
     HttpProvider,
     HttpReply,
@@ -229,8 +230,10 @@ class FcmProvider(HttpProvider):
         payload = {"message": {"token": delivery.address, "notification": notification, "data": data}}
         token = await self.access_token()
         reply = await self._post(payload, delivery, token)
-        if reply.status == 401 and self.config.service_account is not None:
-            token = await self.access_token(stale=token)  # revoked or expired early: once more
+        refused = reply.status == 401 and fcm_error_code(reply) in ("UNAUTHENTICATED", "401")
+        if refused and self.config.service_account is not None:
+            # our token was revoked or expired early (THIRD_PARTY_AUTH_ERROR, also a 401, is not)
+            token = await self.access_token(stale=token)
             reply = await self._post(payload, delivery, token)
         if not reply.ok:
             raise self._send_error(reply)
@@ -258,11 +261,9 @@ class FcmProvider(HttpProvider):
             return self.error(problem, retryable=True, code=code, retry_after_s=retry_after)
         if code in PERMANENT_CODES:
             return self.error(problem, retryable=False, code=code)
-        try:
-            self.check(reply, code=code, detail=detail)
-        except ProviderError as exc:
-            return exc
-        return self.error(problem, retryable=False, code=code)  # pragma: no cover - reply was not ok
+        retryable = status in RETRYABLE_STATUSES  # 408, 425; other 4xx (and 1xx, 3xx) permanent
+        retry_after = parse_retry_after(reply.headers.get("Retry-After")) if retryable else None
+        return self.error(problem, retryable=retryable, code=code, retry_after_s=retry_after)
 
     async def access_token(self, *, stale: str | None = None) -> str:
         """The bearer token to send with: the configured one, or a minted one that is not near
