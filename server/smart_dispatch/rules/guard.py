@@ -13,6 +13,10 @@ A process remembers the rule-file sets that passed (with the budget they passed 
 building the same content again, e.g. a second sidecar in one process or a restart of the
 server object, does not start another child.
 
+The child is told this process's custom channels (`domain.custom_channels`, from the providers
+file) in SD_GUARD_CHANNELS, so that rules naming them pass there as they do here; they are part
+of what a remembered pass was tried with.
+
 The child answers one JSON line on stdout: `{"ok": true, "rules": …, "caps": …, "shards": …}`
 or `{"ok": false, "file": …, "line": …, "problem": …}`.
 """
