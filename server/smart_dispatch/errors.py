@@ -24,6 +24,8 @@ is on the right); the web console maps to HTTP statuses in `console/app.py`.
     │   └── StoreUnavailableError   the store cannot be reached in time           (UNAVAILABLE)
     ├── ForbiddenDestination        the webhook policy refuses a destination; also an OSError,
     │                               so that aiohttp wraps it (channels/destinations.py)
+    ├── ReceiptRejected             a delivery receipt push fails its signature or token (403)
+    │                               or cannot be parsed (400) (channels/receipts.py)
     ├── Refused                     a console session lacks a scope or its CSRF token: a 403
     │                               page (console/app.py)
     └── _Overflow                   a rule does not fit one engine shard; never leaves
