@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 export MALLOC_MMAP_THRESHOLD_ ?= 1048576
 export MALLOC_TRIM_THRESHOLD_ ?= 268435456
 
-.PHONY: setup serve test lint fmt gen check-gen breaking bench clean browser
+.PHONY: setup serve test lint fmt gen check-gen breaking bench clean browser image-smoke
 # Playwright drives Debian's chromium (tests/console); it must never fetch a browser of its own.
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
@@ -35,6 +35,12 @@ browser:
 	  if ! command -v apt-get >/dev/null 2>&1; then echo "chromium is missing (no apt-get here)"; exit 0; fi; \
 	  $$sudo apt-get update -qq && $$sudo apt-get install -y -qq chromium \
 	    || echo "could not install chromium: the browser tests will skip (fail under CI=true)"; }
+
+# The image built from the Dockerfile and smoke-tested with podman on a stand-in base
+# (scripts/image_smoke.sh: needs root and apt-get; installs what it lacks; a few minutes, the
+# base is cached). `.ci/run` runs it after `make test`.
+image-smoke: $(STAMP)
+	PY=$(PY) scripts/image_smoke.sh
 
 lint: $(STAMP) check-gen
 	$(VENV)/bin/ruff check server tests bench
