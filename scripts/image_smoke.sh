@@ -93,7 +93,7 @@ step_tools() {
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
   fi
-  echo "${missing[*]:+installed: ${missing[*]}; }all of $PACKAGES present"
+  echo "${missing[*]:+installed }$PACKAGES${missing[*]:+ (were missing: ${missing[*]})}"
 }
 
 step_config() {
