@@ -170,7 +170,8 @@ class EngagementEvent:
 class SentMessage:
     """A decided message: counted as sent on its channel and slot, kept for attribution.
     `category` is the message's prior key: its category, `@` its segment value when the rules
-    segment the prior (`marketing@app`)."""
+    segment the prior (`marketing@app`). `now_s` is the decision's clock (the request clock
+    when it carries one), which the memory store ages its records by; None: the store's own."""
 
     user_id: str
     message_id: str
@@ -178,6 +179,7 @@ class SentMessage:
     slot: str
     category: str
     at_s: float
+    now_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,6 +271,11 @@ class BehaviourStore(abc.ABC):
         with others (then it is written before any event about the same message is counted,
         and on close). Default: written now."""
         await self.decided(sent, half_life_s)
+
+    async def settle(self, user_id: str | None = None) -> None:
+        """Write the sends `note_sent` keeps waiting: of `user_id`, or all. Reads of this store
+        settle first, so a process always reads its own writes. Default: none wait."""
+        return None
 
     @abc.abstractmethod
     async def get(self, user_id: str) -> Behaviour:

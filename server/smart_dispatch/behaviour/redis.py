@@ -11,18 +11,20 @@ undecayed counts. Failure modes: `StoreUnavailableError` / `StoreError` as for e
 
 The decision path's sends (`note_sent`) are written in batches, off the request: every
 `SENT_FLUSH_S`, or at once when `SENT_BATCH` are waiting. A batch is one pipeline of the users'
-script calls (one round trip on one server) and ONE population call for all of them (the
-population's counts are linear in their decayed amounts: the batch's amounts, decayed to its
-latest instant, add up exactly). A decision thus costs the request two round trips fewer. An
-event about a message still waiting in the batch writes the batch first, and `close` writes
-what waits. A failed batch costs the learning model those counts, never a decision (logged).
+script calls, then one of the population's (two round trips on one server, whatever its size;
+the population's calls stay one per send, so its sums are the same floating-point additions in
+the same order as unbatched, and a run on Redis scores as one on memory). A decision thus costs
+the request two round trips fewer.
+Reads settle first (`settle`): an event, a behaviour or user-state read of a person with sends
+waiting, and a population read, write the batch before they go, so this process reads its own
+writes (other sidecars see them at most `SENT_FLUSH_S` later); `close` writes what waits. A
+failed batch costs the learning model those counts, never a decision (logged).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -69,7 +71,7 @@ class RedisBehaviourStore(BehaviourStore):
         self._ttl_s = ttl_s
         self._lua = LuaRunner.of(client, timeout_s)
         self._sent: list[tuple[SentMessage, float]] = []
-        self._sent_ids: set[tuple[str, str]] = set()
+        self._sent_users: set[str] = set()
         self._flush: asyncio.TimerHandle | None = None
         self._writing: set[asyncio.Task[None]] = set()
 
@@ -103,7 +105,7 @@ class RedisBehaviourStore(BehaviourStore):
 
     async def note_sent(self, sent: SentMessage, half_life_s: float) -> None:
         self._sent.append((sent, half_life_s))
-        self._sent_ids.add((sent.user_id, sent.message_id))
+        self._sent_users.add(sent.user_id)
         if len(self._sent) >= SENT_BATCH:
             self._write_sent_soon(0.0)
         elif self._flush is None:
@@ -124,7 +126,7 @@ class RedisBehaviourStore(BehaviourStore):
     async def _write_sent(self) -> None:
         """Write the waiting sends: one pipeline of user scripts, one population call."""
         batch, self._sent = self._sent, []
-        self._sent_ids.clear()
+        self._sent_users.clear()
         if self._flush is not None:
             self._flush.cancel()
             self._flush = None
@@ -133,15 +135,22 @@ class RedisBehaviourStore(BehaviourStore):
         try:
             async with guarded(self._timeout_s * 4):  # a batch: more than one decision's work
                 firsts = await asyncio.gather(*(self._decided_user(sent, hl) for sent, hl in batch))
-                counted = [pair for pair, first in zip(batch, firsts, strict=True) if first]
-                for half_life_s, updates, at_s in _population_batches(counted):
-                    await self._add_population(updates, at_s, half_life_s)
+                await asyncio.gather(
+                    *(
+                        self._add_population(_sent_updates(sent), sent.at_s, half_life_s)
+                        for (sent, half_life_s), first in zip(batch, firsts, strict=True)
+                        if first
+                    )
+                )
         except StoreError as exc:
             log.warning("%d sends not counted for learning: %s", len(batch), exc)
 
+    async def settle(self, user_id: str | None = None) -> None:
+        if self._sent and (user_id is None or user_id in self._sent_users):
+            await self._write_sent()
+
     async def record(self, event: EngagementEvent, half_life_s: float) -> Recorded:
-        if (event.user_id, event.message_id) in self._sent_ids:
-            await self._write_sent()  # its send first: the event is counted against it
+        await self.settle(event.user_id)  # the person's sends first: the event counts against them
         counted_kind = event.channel is not None and event.kind in CHANNEL_EVENTS and event.message_id
         engaged = "1" if event.kind in ENGAGEMENTS else "0"
         keys = [self.key(event.user_id), self.message_key(event.user_id, event.message_id or "-")]
@@ -173,11 +182,13 @@ class RedisBehaviourStore(BehaviourStore):
         await self._lua.run(ENGAGEMENT, [self.population_key], args)
 
     async def get(self, user_id: str) -> Behaviour:
+        await self.settle(user_id)
         async with guarded(self._timeout_s):
             raw = await self._client.hgetall(self.key(user_id))
         return decode_behaviour(raw)
 
     async def population(self) -> Population:
+        await self.settle()
         async with guarded(self._timeout_s):
             raw = await self._client.hgetall(self.population_key)
         return Population({_text(field): Decayed.decode(value) for field, value in raw.items()})
@@ -188,27 +199,6 @@ def _sent_updates(sent: SentMessage) -> list[tuple[str, float]]:
     updates = [(f"{key}:{sent.channel}:sent", 1.0) for key in prior_keys(sent.category)]
     updates.append((f"slot:{sent.slot}:sent", 1.0))
     return updates
-
-
-def _population_batches(
-    counted: Sequence[tuple[SentMessage, float]],
-) -> list[tuple[float, list[tuple[str, float]], float]]:
-    """The population updates of many sends as one per half-life: each send's amounts decayed
-    to the batch's latest instant and summed (decayed counts are linear: the same totals as
-    adding them one by one). (half_life_s, updates, at_s) per half-life in use."""
-    by_half_life: dict[float, list[SentMessage]] = {}
-    for sent, half_life_s in counted:
-        by_half_life.setdefault(half_life_s, []).append(sent)
-    out = []
-    for half_life_s, sends in by_half_life.items():
-        latest = max(sent.at_s for sent in sends)
-        totals: dict[str, float] = {}
-        for sent in sends:
-            weight = math.pow(2.0, -(latest - sent.at_s) / half_life_s)
-            for name, amount in _sent_updates(sent):
-                totals[name] = totals.get(name, 0.0) + amount * weight
-        out.append((half_life_s, list(totals.items()), latest))
-    return out
 
 
 def decode_behaviour(raw: Mapping[Any, Any]) -> Behaviour:

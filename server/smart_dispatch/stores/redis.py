@@ -158,6 +158,7 @@ class RedisUserStateReader(UserStateReader):
             )
 
     async def read(self, user_id: str) -> UserState:
+        await self._redis_behaviour.settle(user_id)  # this person's sends still waiting: written
         direct = self._direct
         if direct is None:
             return await self._read_pipelined(user_id)
