@@ -1,10 +1,44 @@
-"""The embedded behaviour store (`memory://`): the reference for the semantics of base.py."""
+"""The embedded behaviour store (`memory://`): the reference for the semantics of base.py.
+
+**Memory is bounded by the people and the messages of a window, not by the traffic so far.**
+What it keeps, and how long (as on Redis, where the keys carry the same TTLs):
+
+- a decided message's record (its channel, slot and category, and which events were counted
+  for it) for `MESSAGE_TTL_S` (7 days) after it was written: one `bytes` (~55 bytes) under a
+  key string, ~180 bytes in all;
+- a person's counts for `ttl_s` (default 180 days, Redis' `behaviour_ttl_s`) after their last
+  write: one `bytes` per person (last activity and last write, then each count's value and
+  as-of instant as doubles, then the codes of the counts' names: 20 bytes a count, no Python
+  object per count); a write decodes it into two `array`s and encodes it back;
+- the population's counts (a few hundred keys), and one table of the names the records use
+  (count names such as `email:opened` or `slot:wd07:sent`, channels, slots, categories as the
+  prior keys them, `<kind>:<channel>` flags), bounded by channels x kinds, slots, hours and
+  categories x segments.
+
+Nothing per person or per message is an object the cyclic GC tracks (`bytes` and `str` only).
+
+Expired entries read as absent at once, and are removed by sweeps: records are written in the
+order they expire, so every `PREFIX_EVERY` writes the expired ones at the front go (the pass
+stops at the first live record); and a full pass over records and people runs after as many
+writes as the previous one left entries (at least `sweep_min`), for people and for anything
+written out of order. Both cost O(1) per write amortised; records stay within
+`PREFIX_EVERY` writes of their TTL.
+
+**The store's clock** ages records: the decision instant of the latest send it was told of (the
+request clock when decisions carry one, `SentMessage.now_s`) plus the real time since; the real
+clock before any. So a simulation or a replay months in the past ages its records by its own
+days, and a live sidecar by the real clock. A sidecar deciding on two clocks at once (live
+traffic and `DecideRequest.at` elsewhere in time, which README says not to do) ages them by
+whichever it heard last.
+"""
 
 from __future__ import annotations
 
+import math
+import struct
 import time
+from array import array
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from smart_dispatch.behaviour.base import (
@@ -23,103 +57,257 @@ from smart_dispatch.behaviour.base import (
     prior_keys,
 )
 
+#: How long a person's counts are kept after their last write (as Redis' key TTL).
+PERSON_TTL_S = 180 * 86400
+#: A full sweep runs after as many writes as the previous one left entries, and never sooner.
+SWEEP_MIN = 10_000
+#: Every this many writes the records that expired first are dropped.
+PREFIX_EVERY = 1024
 
-@dataclass(slots=True)
-class _User:
-    last_active_s: float | None = None
-    counts: dict[str, Decayed] = field(default_factory=dict)
-
-
-@dataclass(slots=True)
-class _Message:
-    channel: str = ""
-    slot: str = ""
-    category: str = ""
-    seen: set[str] = field(default_factory=set)
-    kept_until_s: float = 0.0
+# A person: doubles [last active (NaN: never), last written (store clock), then per count its
+# value and as-of instant], then per count the code of its name ("I").
+_ACTIVE, _WRITTEN, _HEAD = 0, 1, 16
+_PER_COUNT = 16 + 4
+# A message's record: kept until (store clock), the codes of its channel, slot and category
+# ("" when it was not decided here), then the codes of the flags counted for it.
+_RECORD = struct.Struct("=dIII")
+_DOUBLE = struct.Struct("=d")
+_SENT = "sent:"  # the flag of a send counted by an event about a message not decided here
+if array("I").itemsize != 4:  # pragma: no cover - every platform CPython supports has 4
+    raise ImportError("behaviour.memory needs 4-byte array('I') items")
 
 
 class MemoryBehaviourStore(BehaviourStore):
-    """Message records are forgotten `MESSAGE_TTL_S` after they were written (by the real
-    clock: a simulation on a request clock keeps them as long)."""
-
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
-        self._users: dict[str, _User] = {}
-        self._messages: dict[tuple[str, str], _Message] = {}
-        self._population: dict[str, Decayed] = {}
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.time,
+        *,
+        ttl_s: float = PERSON_TTL_S,
+        sweep_min: int = SWEEP_MIN,
+    ) -> None:
         self._clock = clock
-        self._next_sweep_s = 0.0
+        self._ttl_s = ttl_s
+        self._sweep_min = max(1, sweep_min)
+        self._people: dict[str, bytes] = {}
+        self._messages: dict[str, bytes] = {}  # _message_key -> record, in the order written
+        self._population: dict[str, Decayed] = {}
+        self._names: list[str] = []  # code -> name
+        self._codes: dict[str, int] = {}  # name -> code
+        self._heard: tuple[float, float] | None = None  # (latest decision instant, real clock then)
+        self._writes = 0  # since the last full sweep, which runs after `_sweep_after` of them
+        self._sweep_after = self._sweep_min
+
+    # -- the contract ------------------------------------------------------------------------------
 
     async def decided(self, sent: SentMessage, half_life_s: float) -> bool:
-        self._sweep()
-        key = (sent.user_id, sent.message_id)
-        if key in self._messages:
-            return False
-        self._messages[key] = _Message(
-            sent.channel, sent.slot, sent.category, kept_until_s=self._clock() + MESSAGE_TTL_S
-        )
-        user = self._users.setdefault(sent.user_id, _User())
-        for name in (f"{sent.channel}:sent", f"slot:{sent.slot}:sent"):
-            _add(user.counts, name, 1.0, sent.at_s, half_life_s)
+        if sent.now_s is not None:
+            self._heard = (sent.now_s, self._clock())
+        now = self.now()
+        key = _message_key(sent.user_id, sent.message_id)
+        known = self._messages.get(key)
+        if known is not None:
+            if _until(known) > now:
+                return False
+            del self._messages[key]  # expired: written again at the end, in expiry order
+        code = self._code
+        header = _RECORD.pack(now + MESSAGE_TTL_S, code(sent.channel), code(sent.slot), code(sent.category))
+        self._messages[key] = header
+        doubles, codes = self._load(sent.user_id, now)
+        self._add(doubles, codes, f"{sent.channel}:sent", 1.0, sent.at_s, half_life_s)
+        self._add(doubles, codes, f"slot:{sent.slot}:sent", 1.0, sent.at_s, half_life_s)
+        self._people[sent.user_id] = doubles.tobytes() + codes.tobytes()
         names = [f"{key}:{sent.channel}:sent" for key in prior_keys(sent.category)]
         for name in (*names, f"slot:{sent.slot}:sent"):
             _add(self._population, name, 1.0, sent.at_s, half_life_s)
+        self._wrote()
         return True
 
     async def record(self, event: EngagementEvent, half_life_s: float) -> Recorded:
-        user = self._users.setdefault(event.user_id, _User())
-        if event.kind in ENGAGEMENTS and (user.last_active_s is None or event.at_s > user.last_active_s):
-            user.last_active_s = event.at_s
+        now = self.now()
+        doubles, codes = self._load(event.user_id, now)
+        if event.kind in ENGAGEMENTS:
+            last = doubles[_ACTIVE]
+            if math.isnan(last) or event.at_s > last:
+                doubles[_ACTIVE] = event.at_s
         if event.kind == "active":
-            _add(user.counts, activity_key(event.at_s), 1.0, event.at_s, half_life_s)
+            self._add(doubles, codes, activity_key(event.at_s), 1.0, event.at_s, half_life_s)
+        recorded = self._attributed(event, doubles, codes, now, half_life_s)
+        self._people[event.user_id] = doubles.tobytes() + codes.tobytes()
+        self._wrote()
+        return recorded
+
+    def _attributed(
+        self, event: EngagementEvent, doubles: array[float], codes: array[int], now: float, half_life_s: float
+    ) -> Recorded:
+        """Count a channel event about a message once (attributed to its decision when known)."""
         if event.channel is None or event.kind not in CHANNEL_EVENTS or not event.message_id:
             return Recorded(False)
-        self._sweep()
-        message = self._messages.get((event.user_id, event.message_id))
-        sent_too = message is None or not message.channel
-        if message is None:
-            message = self._messages[(event.user_id, event.message_id)] = _Message(
-                kept_until_s=self._clock() + MESSAGE_TTL_S
-            )
-        flag = f"{event.kind}:{event.channel}"
-        if flag in message.seen:
+        key = _message_key(event.user_id, event.message_id)
+        raw = self._messages.get(key)
+        if raw is None or _until(raw) <= now:  # an expired record: as on Redis, unknown
+            if raw is not None:
+                del self._messages[key]
+            none = self._code("")
+            raw = _RECORD.pack(now + MESSAGE_TTL_S, none, none, none)
+        _, channel_code, slot_code, category_code = _RECORD.unpack_from(raw)
+        flags = array("I")
+        flags.frombytes(memoryview(raw)[_RECORD.size :])
+        flag = self._code(f"{event.kind}:{event.channel}")
+        if flag in flags:
             return Recorded(False)
-        message.seen.add(flag)
-        if sent_too and "sent" in message.seen:
-            sent_too = False  # an earlier event of this unknown message counted its send
+        flags.append(flag)
+        names = self._names
+        channel, slot, category = names[channel_code], names[slot_code], names[category_code]
+        sent = self._code(_SENT)
+        sent_too = not channel and sent not in flags  # else an earlier event counted its send
         if sent_too:
-            message.seen.add("sent")
-        recorded = Recorded(True, message.channel or event.channel, message.slot, message.category, sent_too)
+            flags.append(sent)
+        self._messages[key] = raw[: _RECORD.size] + flags.tobytes()
+        recorded = Recorded(True, channel or event.channel, slot, category, sent_too)
         channel = recorded.channel
-        _add(user.counts, f"{channel}:{event.kind}", 1.0, event.at_s, half_life_s)
+        self._add(doubles, codes, f"{channel}:{event.kind}", 1.0, event.at_s, half_life_s)
         if event.kind == "converted" and event.value:
-            _add(user.counts, f"{channel}:value", event.value, event.at_s, half_life_s)
+            self._add(doubles, codes, f"{channel}:value", event.value, event.at_s, half_life_s)
         if sent_too:
-            _add(user.counts, f"{channel}:sent", 1.0, event.at_s, half_life_s)
-        if recorded.slot and event.kind == "opened":
-            _add(user.counts, f"slot:{recorded.slot}:opened", 1.0, event.at_s, half_life_s)
+            self._add(doubles, codes, f"{channel}:sent", 1.0, event.at_s, half_life_s)
+        if slot and event.kind == "opened":
+            self._add(doubles, codes, f"slot:{slot}:opened", 1.0, event.at_s, half_life_s)
         for name, amount in population_updates(recorded, event.kind, event.value):
             _add(self._population, name, amount, event.at_s, half_life_s)
         return recorded
 
     async def get(self, user_id: str) -> Behaviour:
-        user = self._users.get(user_id)
-        if user is None:
+        raw = self._people.get(user_id)
+        if raw is None or _written(raw) + self._ttl_s <= self.now():
             return Behaviour()
-        active = None if user.last_active_s is None else datetime.fromtimestamp(user.last_active_s, UTC)
-        return Behaviour(active, dict(user.counts))
+        split = _split(raw)
+        view = memoryview(raw)
+        doubles = view[:split].cast("d").tolist()
+        names = map(self._names.__getitem__, view[split:].cast("I").tolist())
+        counts = map(Decayed, doubles[2::2], doubles[3::2])
+        last = doubles[_ACTIVE]
+        active = None if math.isnan(last) else datetime.fromtimestamp(last, UTC)
+        return Behaviour(active, dict(zip(names, counts, strict=True)))
 
     async def population(self) -> Population:
         return Population(dict(self._population))
 
-    def _sweep(self) -> None:
-        now = self._clock()
-        if now < self._next_sweep_s:
-            return
-        self._next_sweep_s = now + 60.0
-        expired = [key for key, message in self._messages.items() if message.kept_until_s <= now]
+    # -- the clock, sizes and the sweeps -----------------------------------------------------------
+
+    def now(self) -> float:
+        """The store's clock (see the module docstring), epoch seconds."""
+        real = self._clock()
+        if self._heard is None:
+            return real
+        heard, real_then = self._heard
+        return heard + (real - real_then)
+
+    def sizes(self) -> dict[str, int]:
+        """How many message records, people, names and population counts are held."""
+        return {
+            "messages": len(self._messages),
+            "people": len(self._people),
+            "names": len(self._names),
+            "population": len(self._population),
+        }
+
+    def sweep(self) -> int:
+        """Remove every expired message record and person; returns how many went."""
+        now = self.now()
+        messages = [key for key, raw in self._messages.items() if _until(raw) <= now]
+        for key in messages:
+            del self._messages[key]
+        horizon = now - self._ttl_s
+        people = [user for user, raw in self._people.items() if _written(raw) <= horizon]
+        for user in people:
+            del self._people[user]
+        self._writes = 0
+        self._sweep_after = max(self._sweep_min, len(self._messages) + len(self._people))
+        return len(messages) + len(people)
+
+    def _sweep_front(self) -> None:
+        """Remove the expired records at the front (the oldest written), up to the first live one."""
+        now = self.now()
+        expired = []
+        for key, raw in self._messages.items():
+            if _until(raw) > now:
+                break
+            expired.append(key)
         for key in expired:
             del self._messages[key]
+
+    def _wrote(self) -> None:
+        self._writes += 1
+        if self._writes >= self._sweep_after:
+            self.sweep()
+        elif self._writes % PREFIX_EVERY == 0:
+            self._sweep_front()
+
+    # -- compact storage -----------------------------------------------------------------------
+
+    def _load(self, user_id: str, now: float) -> tuple[array[float], array[int]]:
+        """A working copy of the person (new, or empty again when they expired), marked written
+        `now`: their doubles and their count names' codes; the caller stores it back."""
+        raw = self._people.get(user_id)
+        doubles, codes = array("d"), array("I")
+        if raw is None or _written(raw) + self._ttl_s <= now:
+            doubles.extend((math.nan, now))
+        else:
+            split = _split(raw)
+            view = memoryview(raw)
+            doubles.frombytes(view[:split])
+            codes.frombytes(view[split:])
+            doubles[_WRITTEN] = now
+        return doubles, codes
+
+    def _code(self, name: str) -> int:
+        code = self._codes.get(name)
+        if code is None:
+            code = self._codes[name] = len(self._names)
+            self._names.append(name)
+        return code
+
+    def _add(
+        self,
+        doubles: array[float],
+        codes: array[int],
+        name: str,
+        amount: float,
+        at_s: float,
+        half_life_s: float,
+    ) -> None:
+        """Add to the count `name` (created when missing), decayed as `Decayed.add`."""
+        code = self._code(name)
+        try:
+            index = codes.index(code)
+        except ValueError:
+            index = len(codes)
+            codes.append(code)
+            doubles.extend((0.0, 0.0))
+        at = 2 + 2 * index
+        count = Decayed(doubles[at], doubles[at + 1]).add(amount, at_s, half_life_s)
+        doubles[at], doubles[at + 1] = count.value, count.as_of_s
+
+
+def _message_key(user_id: str, message_id: str) -> str:
+    """One string per (user, message): the length keeps any two pairs apart."""
+    return f"{len(user_id)}:{user_id}{message_id}"
+
+
+def _until(record: bytes) -> float:
+    until: float = _DOUBLE.unpack_from(record)[0]
+    return until
+
+
+def _written(person: bytes) -> float:
+    """When the person was last written (their second double), without decoding the rest."""
+    written: float = _DOUBLE.unpack_from(person, 8 * _WRITTEN)[0]
+    return written
+
+
+def _split(person: bytes) -> int:
+    """Where a person's doubles end and their codes begin."""
+    return _HEAD + 16 * ((len(person) - _HEAD) // _PER_COUNT)
 
 
 def _add(counts: dict[str, Decayed], name: str, amount: float, at_s: float, half_life_s: float) -> None:

@@ -180,6 +180,7 @@ class Decider:
             slot_of(local),
             prior_key(request.message.category, request.recipient.attributes, learning.segment_by),
             step.send_at.timestamp(),
+            (request.at or self._clock()).timestamp(),
         )
         try:
             await self._behaviour.note_sent(sent, learning.half_life_s)
