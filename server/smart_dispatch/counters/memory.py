@@ -2,6 +2,13 @@
 
 Not shared between processes and lost on restart; the default so `serve` runs with no Redis.
 Atomic because `reserve` never awaits while it reads and writes. Instants are whole ms.
+
+Memory: a cap's entries (message id -> planned instant, one small dict per user and cap, which
+the cyclic GC does not track) are kept while they are in the cap's window. Entries that left it
+are dropped when their cap is next read, and by a sweep over every user and cap, on the request
+clock, once as many keys were made as the previous sweep left (at least `SWEEP_EVERY`):
+amortised O(1) per reserve, at most about twice the keys of one window, and the keys of users
+who went away are removed with their last entry.
 """
 
 from __future__ import annotations
@@ -23,46 +30,64 @@ from smart_dispatch.counters.base import (
     to_ms,
 )
 
-#: Every this many reserves, entries of users not seen since are swept (bounded memory).
+#: A sweep runs once as many keys were made as the previous one left, and never sooner.
 SWEEP_EVERY = 10_000
 
 
 class MemoryCounterStore(CounterStore):
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time, *, sweep_every: int = SWEEP_EVERY) -> None:
         self._clock = clock
+        self._sweep_every = max(1, sweep_every)
         # (scope key, cap name) -> message id -> planned send instant (ms)
         self._entries: dict[tuple[str, str], dict[str, int]] = {}
-        self._windows_ms: dict[tuple[str, str], int] = {}
-        self._calls = 0
+        self._windows_ms: dict[str, int] = {}  # cap name -> its window (the latest seen)
+        self._created = 0  # keys made since the last sweep, which runs after `_sweep_after` of them
+        self._sweep_after = self._sweep_every
 
     def _live(self, option: Sequence[CapSpec], user_id: str, now_ms: int) -> list[dict[str, int]]:
         """The entries of each cap of `option` (created when missing), expired ones dropped."""
         out = []
+        windows = self._windows_ms
         for cap in option:
             key = _key(cap, user_id)
-            window_ms = self._windows_ms[key] = to_ms(cap.window_s)
+            window_ms = windows[cap.name] = to_ms(cap.window_s)
             entries = self._entries.get(key)
             if entries is None:
                 entries = self._entries[key] = {}
+                self._created += 1
             elif entries:
                 _expire(entries, now_ms - window_ms)
             out.append(entries)
         return out
 
-    def _sweep(self, now_ms: int) -> None:
-        """Drop expired entries of every key, and keys left empty (users that went away)."""
-        for key in list(self._entries):
-            entries = self._entries[key]
-            _expire(entries, now_ms - self._windows_ms.get(key, 0))
+    def sweep(self, now_s: float | None = None) -> int:
+        """Drop the entries that left their window as of `now_s` (default: the store's clock),
+        and the keys left empty (users who went away); returns how many keys went."""
+        now_ms = to_ms(self._clock() if now_s is None else now_s)
+        windows = self._windows_ms
+        gone = []
+        for key, entries in self._entries.items():
+            _expire(entries, now_ms - windows.get(key[1], 0))
             if not entries:
-                del self._entries[key]
-                self._windows_ms.pop(key, None)
+                gone.append(key)
+        for key in gone:
+            del self._entries[key]
+        self._created = 0
+        self._sweep_after = max(self._sweep_every, len(self._entries))
+        return len(gone)
+
+    def sizes(self) -> dict[str, int]:
+        """Keys (user x cap, global caps) and the entries they hold."""
+        return {"keys": len(self._entries), "entries": sum(map(len, self._entries.values()))}
 
     async def reserve(self, request: ReserveRequest) -> ReserveOutcome:
         now_ms = to_ms(self._clock() if request.now_s is None else request.now_s)
-        self._calls += 1
-        if self._calls % SWEEP_EVERY == 0:
-            self._sweep(now_ms)
+        outcome = self._reserve(request, now_ms)
+        if self._created >= self._sweep_after:  # after the reservation: its keys are not empty
+            self.sweep(now_ms / 1000)
+        return outcome
+
+    def _reserve(self, request: ReserveRequest, now_ms: int) -> ReserveOutcome:
         at_ms = now_ms if request.at_s is None else to_ms(request.at_s)
         sets = [self._live(option, request.user_id, now_ms) for option in request.options]
 
