@@ -1,7 +1,8 @@
 """The decision log and analytics counts in this process (the `memory://` store).
 
 Entries are kept as JSON text (compact, immutable, their size known), bounded by count, age and
-bytes (`max_bytes`), oldest dropped first.
+bytes (`max_bytes`), oldest dropped first. Day counts are kept for `COUNT_RETENTION_DAYS` before
+the latest day counted (on Redis each day's hash expires that long after its last write).
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ import json
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import date, timedelta
 
-from smart_dispatch.decisionlog.base import DecisionLogStore, Entry, LogBatch
+from smart_dispatch.decisionlog.base import COUNT_RETENTION_DAYS, DecisionLogStore, Entry, LogBatch
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 
@@ -50,9 +52,23 @@ class MemoryDecisionLog(DecisionLogStore):
                 kept[3].append(line)
                 self._bytes += len(line)
         for (day, name), amount in batch.counts.items():
-            fields = self._counts.setdefault(day, {})
+            fields = self._counts.get(day)
+            if fields is None:
+                fields = self._counts[day] = {}
+                self._forget_old_days()
             fields[name] = fields.get(name, 0.0) + amount
         self._trim()
+
+    def _forget_old_days(self) -> None:
+        """Keep the counts of `COUNT_RETENTION_DAYS` before the latest day counted (a request
+        clock's days too, so a long simulation does not pile them up either)."""
+        try:
+            latest = date.fromisoformat(max(self._counts))
+        except ValueError:  # not a day: nothing to compare with
+            return
+        horizon = (latest - timedelta(days=COUNT_RETENTION_DAYS)).isoformat()
+        for day in [day for day in self._counts if day < horizon]:
+            del self._counts[day]
 
     def _trim(self) -> None:
         cutoff = int(self._clock() * 1000) - self._retention_ms
