@@ -30,8 +30,10 @@ class MemoryDecisionLog(DecisionLogStore):
         self._max = max(1, max_entries)
         self._max_bytes = max(1, max_bytes)
         self._clock = clock
-        # message id -> (decided at ms, entry JSON, dims, history JSON lines); in decision order
-        self._entries: OrderedDict[str, tuple[int, str, dict[str, str], list[str]]] = OrderedDict()
+        # message id -> (decided at ms, entry JSON, dims, history JSON lines); in decision order.
+        # Only atoms, a str-valued dict and tuples: the cyclic GC stops tracking such a tuple at
+        # its first pass, so a million entries cost the collector nothing (a list each did)
+        self._entries: OrderedDict[str, tuple[int, str, dict[str, str], tuple[str, ...]]] = OrderedDict()
         self._bytes = 0
         self._counts: dict[str, dict[str, float]] = {}
 
@@ -39,7 +41,7 @@ class MemoryDecisionLog(DecisionLogStore):
         for entry in batch.entries:
             message_id = entry["message_id"]
             previous = self._entries.pop(message_id, None)
-            history = previous[3] if previous else []
+            history = previous[3] if previous else ()
             if previous:
                 self._bytes -= len(previous[1])
             text = json.dumps(entry, separators=(",", ":"), default=str)
@@ -49,7 +51,8 @@ class MemoryDecisionLog(DecisionLogStore):
             kept = self._entries.get(message_id)
             if kept is not None:
                 line = json.dumps(event, separators=(",", ":"), default=str)
-                kept[3].append(line)
+                at_ms, text, dims, history = kept
+                self._entries[message_id] = (at_ms, text, dims, (*history, line))  # keeps its place
                 self._bytes += len(line)
         for (day, name), amount in batch.counts.items():
             fields = self._counts.get(day)
