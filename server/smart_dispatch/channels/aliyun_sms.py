@@ -44,10 +44,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 from smart_dispatch.channels.base import Delivery, ProviderError, SendResult
-from smart_dispatch.channels.http_common import HttpOptions, HttpProvider, HttpReply, parse_retry_after
+from smart_dispatch.channels.http_common import (
+    HttpOptions,
+    HttpProvider,
+    HttpReply,
+    parse_retry_after,
+    signed_host,
+)
 from smart_dispatch.channels.receipts import Receipt, ReceiptRejected, ReceiptRequest
 from smart_dispatch.channels.vendor_errors import (
     CHINA,
@@ -199,11 +205,7 @@ class AliyunSmsProvider(HttpProvider):
         super().__init__(channel=channel, name=name, options=options or HttpOptions())
         self.config = config
         self._url = config.endpoint.rstrip("/") + "/"
-        parts = urlsplit(self._url)
-        default_port = {"http": 80, "https": 443}.get(parts.scheme)
-        self._host = parts.hostname or ""
-        if parts.port is not None and parts.port != default_port:
-            self._host = f"{self._host}:{parts.port}"
+        self._host = signed_host(self._url)
         self._clock = clock
         self._nonce = nonce
 
@@ -212,8 +214,7 @@ class AliyunSmsProvider(HttpProvider):
 
     async def send(self, delivery: Delivery) -> SendResult:
         content = delivery.content.for_provider(self.name)
-        if not delivery.address.strip():
-            raise self.error("empty phone number", retryable=False, code="invalid_address")
+        number = self.phone_number(delivery)
         sign_name = content.sign_name or self.config.sign_name
         if not content.template_id or not sign_name:
             raise self.error(
@@ -222,7 +223,7 @@ class AliyunSmsProvider(HttpProvider):
                 code="no_template",
             )
         query = {
-            "PhoneNumbers": delivery.address.strip(),
+            "PhoneNumbers": number,
             "SignName": sign_name,
             "TemplateCode": content.template_id,
             "OutId": delivery.idempotency_key,

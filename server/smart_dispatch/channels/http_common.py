@@ -58,7 +58,7 @@ from aiohttp.abc import AbstractResolver
 from aiohttp.http_exceptions import ContentEncodingError
 from multidict import CIMultiDictProxy
 
-from smart_dispatch.channels.base import Provider, ProviderError
+from smart_dispatch.channels.base import Delivery, Provider, ProviderError
 from smart_dispatch.channels.destinations import ForbiddenDestination
 
 MAX_BODY_BYTES = 64 * 1024
@@ -230,6 +230,13 @@ class HttpProvider(Provider):
             return None
         return proxy
 
+    def phone_number(self, delivery: Delivery) -> str:
+        """The delivery's address as a phone number; an empty one is a permanent error."""
+        number = delivery.address.strip()
+        if not number:
+            raise self.error("empty phone number", retryable=False, code="invalid_address")
+        return number
+
     def error(
         self,
         problem: str,
@@ -361,3 +368,14 @@ class HttpProvider(Provider):
 def encode_json(payload: Mapping[str, Any]) -> bytes:
     """Compact UTF-8 JSON; values JSON cannot encode (datetimes, decimals) become text."""
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+
+
+def signed_host(url: str) -> str:
+    """The Host a request to `url` carries, as request signatures cover it: the host name, with
+    the port only when it is not the scheme's default."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    default_port = {"http": 80, "https": 443}.get(parts.scheme)
+    if parts.port is not None and parts.port != default_port:
+        host = f"{host}:{parts.port}"
+    return host

@@ -45,8 +45,7 @@ class SmsGatewayProvider(HttpProvider):
         self.config = config
 
     async def send(self, delivery: Delivery) -> SendResult:
-        if not delivery.address.strip():
-            raise self.error("empty phone number", retryable=False, code="invalid_address")
+        self.phone_number(delivery)  # an empty one is a permanent error
         payload = {"to": delivery.address, "text": delivery.content.text, "reference": delivery.message_id}
         headers = {"Idempotency-Key": delivery.idempotency_key, **bearer(self.config.token)}
         reply = await self.post_json(self.config.url, payload, headers=headers)

@@ -51,10 +51,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 from smart_dispatch.channels.base import Delivery, ProviderError, SendResult
-from smart_dispatch.channels.http_common import HttpOptions, HttpProvider, HttpReply, encode_json
+from smart_dispatch.channels.http_common import HttpOptions, HttpProvider, HttpReply, encode_json, signed_host
 from smart_dispatch.channels.receipts import Receipt, ReceiptRejected, ReceiptRequest
 from smart_dispatch.channels.vendor_errors import (
     CHINA,
@@ -216,11 +215,7 @@ class TencentSmsProvider(HttpProvider):
         super().__init__(channel=channel, name=name, options=options or HttpOptions())
         self.config = config
         self._url = config.endpoint.rstrip("/") + "/"
-        parts = urlsplit(self._url)
-        default_port = {"http": 80, "https": 443}.get(parts.scheme)
-        self._host = parts.hostname or ""
-        if parts.port is not None and parts.port != default_port:
-            self._host = f"{self._host}:{parts.port}"
+        self._host = signed_host(self._url)
         self._clock = clock
 
     def receipts_at(self, url: str) -> None:
@@ -228,8 +223,7 @@ class TencentSmsProvider(HttpProvider):
 
     async def send(self, delivery: Delivery) -> SendResult:
         content = delivery.content.for_provider(self.name)
-        if not delivery.address.strip():
-            raise self.error("empty phone number", retryable=False, code="invalid_address")
+        number = self.phone_number(delivery)
         sign_name = content.sign_name or self.config.sign_name
         if not content.template_id:
             raise self.error(
@@ -238,7 +232,7 @@ class TencentSmsProvider(HttpProvider):
                 code="no_template",
             )
         payload: dict[str, Any] = {
-            "PhoneNumberSet": [delivery.address.strip()],
+            "PhoneNumberSet": [number],
             "SmsSdkAppId": self.config.sdk_app_id,
             "TemplateId": content.template_id,
             "TemplateParamSet": template_params(content.fields),

@@ -164,9 +164,8 @@ class TwilioProvider(HttpProvider):
 
     async def send(self, delivery: Delivery) -> SendResult:
         content = delivery.content.for_provider(self.name)
-        if not delivery.address.strip():
-            raise self.error("empty phone number", retryable=False, code="invalid_address")
-        form: dict[str, str] = {"To": delivery.address.strip()}
+        number = self.phone_number(delivery)
+        form: dict[str, str] = {"To": number}
         if self.config.messaging_service_sid:
             form["MessagingServiceSid"] = self.config.messaging_service_sid
         else:
