@@ -302,16 +302,17 @@ async def test_command_path_matches_the_reference(
 
 @on_redis
 @pytest.mark.parametrize("seed", [21, 22, 23])
-async def test_general_path_matches_the_reference(
+async def test_sets_read_whole_or_with_commands_in_one_call_match_the_reference(
     backend: Backend, monkeypatch: pytest.MonkeyPatch, seed: int
 ):
-    """reserve.lua answers the common request (mode "F", small sorted-set caps) on a fast path:
-    with it switched off, the general code gives the reference's outcomes too."""
-    fast_path = "local fast = mode == 'F' and"
-    assert fast_path in counters_redis.RESERVE.source
-    source = counters_redis.RESERVE.source.replace(fast_path, "local fast = false and")
+    """reserve.lua picks per cap how it reads a sorted set: whole while it holds at most MAX_ROWS
+    entries, with commands beyond. With MAX_ROWS lowered to 2, sets cross over as they fill and
+    calls mix both: the outcomes are still the reference's."""
+    whole_set = "local SMALL_LIMIT, MAX_ROWS = 32, 64"
+    assert whole_set in counters_redis.RESERVE.source
+    source = counters_redis.RESERVE.source.replace(whole_set, "local SMALL_LIMIT, MAX_ROWS = 32, 2")
     sha = hashlib.sha1(source.encode()).hexdigest()
-    monkeypatch.setattr(counters_redis, "RESERVE", counters_redis.LuaScript("general", source, sha))
+    monkeypatch.setattr(counters_redis, "RESERVE", counters_redis.LuaScript("mixed", source, sha))
     client = redis_client(backend.url, 2.0)
     counters = RedisCounterStore(client, prefix="t", timeout_s=2.0)
     try:

@@ -29,11 +29,18 @@ Sliding-window counter (approximate, like `limits`' sliding window counter): at 
   weighing bucket stops weighing. A deferred entry is counted in the bucket of its instant.
 
 Cost: a small sorted-set cap (limit <= SMALL_LIMIT holding <= MAX_ROWS entries) is read with ONE
-  ZRANGE; everything (count, retry instant, repeat, usages, stale entries, latest entry) is derived
-  from those rows. Recording adds ZADD, plus PEXPIREAT / ZREMRANGEBYSCORE only when needed. Larger
-  sets use ZCOUNT / ZSCORE / ZRANGEBYSCORE ... LIMIT (bounded work, whatever the set size).
-  A mode "F" call whose caps are all small sorted sets (the common one: a user's caps) runs the
-  "fast path" below: the same steps with less Lua work per call.
+  ZRANGE; everything (count, retry instant, repeat, usages, gaps, stale entries, latest entry) is
+  derived from those rows. Recording adds ZADD, plus PEXPIREAT / ZREMRANGEBYSCORE only when
+  needed. Larger sets use ZCOUNT / ZSCORE / ZRANGEBYSCORE ... LIMIT (bounded work, whatever the
+  set size).
+
+Code: ONE path for every mode, option and cap, in this order: the caps (read in place from the
+  spec), the earliest free instant, reading a cap (a small set's rows, the member's score), the
+  sliding-window counters (made only when the request has one), the per-option steps (holds,
+  option_refusal, push_usages, record; each takes a cap as it is: a small set's rows, a larger set
+  with commands, a counter's buckets), the reply, then the modes. The common call (mode "F" over a
+  user's small caps) runs the same code as every other: there is no separate fast path to keep in
+  step. Per call, Lua makes every function and table anew: the code keeps both few (see Caps).
 
 KEYS  every key the call may touch, each once; caps name them by 1-based index.
 ARGV
@@ -94,12 +101,6 @@ local not_after = nil
 if ARGV[6] and ARGV[6] ~= '' then
   not_after = tonumber(ARGV[6])
 end
-local SMALL_LIMIT, MAX_ROWS = 32, 64
-local GAP_LIMIT, GAP_ROWS = 32, 64 -- counters/base.py: caps searched for gaps (independent of the above)
-local ROWS_ARG = '64' -- MAX_ROWS as a ZRANGE argument (a Lua number is formatted on every call)
-local EPSILON = 1e-9 -- absorbs rounding in the counter's weighted sum (a count)
-local MS_EPSILON = 1e-6 -- and in an instant computed from a fraction of a window (ms)
-
 -- An integer as a command argument (Lua's own tostring switches to exponents above 1e14).
 local fmt = string.format
 
@@ -111,18 +112,41 @@ for o = 1, n_options do
 end
 local fields = { struct.unpack('>' .. string.rep('BHddH', total), spec, 2 + n_options) }
 
+-- Caps -------------------------------------------------------------------------------------------
+-- Cap j (1-based over all options, in order) is read in place from `fields`:
+--   fields[5 * j - 4]  kind: 99 ("c") a sliding-window counter, else ("z") a sorted set
+--   fields[5 * j - 3]  its key's index in KEYS     fields[5 * j - 2]  limit
+--   fields[5 * j - 1]  window (ms)                 fields[5 * j]      a counter's marker key index
+-- Option o's caps are j = ends[o - 1] + 1 .. ends[o]; `sliding and fields[5 * j - 4] == 99` tells
+-- a counter (`sliding` is nil when the request has none). No table per cap, and literal offsets
+-- rather than named ones: every allocation costs, and so does every local a function captures
+-- (an upvalue to find each time the function is made, i.e. on every call), the more so as a lone
+-- call runs on cold caches. What is read from Redis is cached per key index (options may share a
+-- cap).
+local ends, has_counters = { [0] = 0 }, false
+for j = 1, total do
+  if fields[5 * j - 2] < 1 then
+    return redis.error_reply('cap limit must be >= 1')
+  end
+  has_counters = has_counters or fields[5 * j - 4] == 99
+end
+for o = 1, n_options do
+  ends[o] = ends[o - 1] + sizes[o]
+end
+local all_eligible = #ctl <= 3 -- else ARGV 3 has a flag per option: "0" = never chosen
+
 -- Earliest free instant, gaps included (counters/base.py `has_room_ms`, `earliest_free_ms`) --------
 -- A cap here is { s = the other members' live scores, limit = , window = }. There is room at t
 -- when each window holding t, (y - window, y] for y in [t, t + window), holds fewer than `limit`
 -- of them: checked at y = t and at each entry in [t, t + window), where counts go up.
-local function full_at(scores, limit, window, y)
-  local low, c = math.max(y, now) - window, 0
+local function full_at(scores, lim, w, y)
+  local low, c = math.max(y, now) - w, 0
   for i = 1, #scores do
     if scores[i] > low and scores[i] <= y then
       c = c + 1
     end
   end
-  return c >= limit
+  return c >= lim
 end
 
 local function room_in_all(gaps, t)
@@ -161,33 +185,21 @@ local function earliest_free(gaps, t)
   end
 end
 
--- Fast path: mode "F" over small sorted-set caps ------------------------------------------------
--- The common request (mode "F" without eligibility flags, defer "a" or none, only sorted-set caps
--- with limit <= SMALL_LIMIT, e.g. a user's caps) takes the same steps as the general code below,
--- written for that case: each set is read whole with ONE ZRANGE into a flat array, with no per-cap
--- tables and few closures (every allocation costs, the more so as a lone call runs on cold caches).
--- A set holding more than MAX_ROWS entries sends the call to the general code before anything is
--- written. Cap j (1-based over all options) is fields[5j-4 .. 5j] (kind, key index, limit,
--- window, marker); option o's caps are j = ends[o - 1] + 1 .. ends[o].
-local fast = mode == 'F' and #ctl <= 3 and (defer == '' or defer == 'a')
-for f = 1, fast and 5 * total or 0, 5 do
-  if fields[f] == 99 or fields[f + 2] < 1 or fields[f + 2] > SMALL_LIMIT then
-    fast = false
-    break
-  end
-end
-if fast then
-  local ends, rows, recorded = { [0] = 0 }, {}, {}
-  for o = 1, n_options do
-    ends[o] = ends[o - 1] + sizes[o]
-  end
+-- Reading a cap ----------------------------------------------------------------------------------
 
-  -- The rows of cap j's set: { member, score, member, score, ... } by ascending score (view),
-  -- read once per key; false when the set is too large to read whole.
-  local function rows_of(j)
-    local k = fields[5 * j - 3]
-    local r = rows[k]
-    if r == nil then
+-- The whole set of a small sorted-set cap (limit <= SMALL_LIMIT, at most MAX_ROWS entries), read
+-- with ONE ZRANGE: { member, score, member, score, ... } by ascending score, kept up to date by
+-- `record`. false: a larger cap or set, read with bounded commands instead (ZCOUNT, ZSCORE,
+-- ZRANGEBYSCORE ... LIMIT). Per key index.
+local rows_at = {}
+local function rows(j)
+  local k = fields[5 * j - 3]
+  local r = rows_at[k]
+  if r == nil then
+    local SMALL_LIMIT, MAX_ROWS = 32, 64
+    local ROWS_ARG = '64' -- MAX_ROWS as a ZRANGE argument (a Lua number is formatted on every call)
+    r = false
+    if fields[5 * j - 2] <= SMALL_LIMIT then
       r = redis.call('ZRANGE', KEYS[k], '0', ROWS_ARG, 'WITHSCORES')
       if #r > 2 * MAX_ROWS then
         r = false
@@ -196,400 +208,94 @@ if fast then
           r[i] = tonumber(r[i])
         end
       end
-      rows[k] = r
     end
-    return r
+    rows_at[k] = r
   end
+  return r
+end
 
-  -- The member's score in cap j if it counts there (score_of), false when absent or stale.
-  local function score_of(j)
-    local r = rows_of(j)
+-- The sliding-window counters' operations { entry, refusal, usage, record, remove }, made below
+-- when the request has a counter cap.
+local sliding = nil
+
+-- The member's score in cap j if it counts there (nil when absent or stale). A sorted set read
+-- with commands gives it once per key (`owns`: maybe stale, false = absent); `record` keeps that
+-- and the rows current.
+local owns = {}
+local function score_of(j)
+  if sliding and fields[5 * j - 4] == 99 then
+    local _, score = sliding.entry(j)
+    return score
+  end
+  local s = false
+  local r = rows(j)
+  if r then
     for i = 1, #r, 2 do
       if r[i] == member then
-        return r[i + 1] > now - fields[5 * j - 1] and r[i + 1]
-      end
-    end
-    return false
-  end
-
-  -- Appends `used, reset_at` at t of every cap of option o to out (z_usage).
-  local function push_usages(out, o, t)
-    for j = ends[o - 1] + 1, ends[o] do
-      local k, window = fields[5 * j - 3], fields[5 * j - 1]
-      local r, mine = rows[k], recorded[k]
-      local low, used, oldest = math.max(t, now) - window, 0, nil
-      for i = 2, #r, 2 do
-        local s = r[i]
-        if s > low or (mine and r[i - 1] == member) then
-          used = used + 1
-          if oldest == nil or s < oldest then
-            oldest = s
-          end
-        end
-      end
-      local n = #out
-      out[n + 1], out[n + 2] = used, oldest and oldest + window or false
-    end
-  end
-
-  -- Records the member at t in every cap of option o (z_record); returns the caps' scores before.
-  local function record(o, t)
-    local previous = {}
-    for j = ends[o - 1] + 1, ends[o] do
-      previous[#previous + 1] = score_of(j)
-    end
-    for j = ends[o - 1] + 1, ends[o] do
-      local k, window = fields[5 * j - 3], fields[5 * j - 1]
-      local r, stale = rows[k], now - window
-      if r[2] and r[2] <= stale then -- drop what left every window (MemoryCounterStore._live)
-        redis.call('ZREMRANGEBYSCORE', KEYS[k], '-inf', fmt('%d', stale))
-      end
-      local kept, latest, placed = {}, nil, false
-      for i = 1, #r, 2 do
-        local s = r[i + 1]
-        if s > stale then
-          latest = s -- what is left of the set (the member's old entry too) lives until then
-          if r[i] ~= member then
-            if not placed and s > t then
-              kept[#kept + 1], kept[#kept + 2], placed = member, t, true
-            end
-            kept[#kept + 1], kept[#kept + 2] = r[i], s
-          end
-        end
-      end
-      if not placed then
-        kept[#kept + 1], kept[#kept + 2] = member, t
-      end
-      rows[k], recorded[k] = kept, true
-      redis.call('ZADD', KEYS[k], fmt('%d', t), member)
-      if latest == nil or t > latest then -- else the key already lives past t + window
-        redis.call('PEXPIREAT', KEYS[k], fmt('%d', math.max(t + window, now + 1) + skew))
-      end
-    end
-    return previous
-  end
-
-  -- The reply as the general code's `reply`: out, then n_previous and previous, then with a
-  -- deferral option 1's usages at defer_at.
-  local out = { now, at, 0, -1, false, 0, false }
-  local function reply(previous, deferred)
-    local n = #out
-    out[n + 1] = previous and #previous or 0
-    for i = 1, previous and #previous or 0 do
-      out[n + 1 + i] = previous[i]
-    end
-    if deferred then
-      push_usages(out, 1, out[7])
-    end
-    return out
-  end
-
-  for o = 1, n_options do -- a repeat: the first option holding the member in all its caps
-    local held = ends[o] > ends[o - 1]
-    for j = ends[o - 1] + 1, ends[o] do
-      if not rows_of(j) then
-        fast = false
+        s = r[i + 1]
         break
-      elseif not score_of(j) then
-        held = false
-        break
-      end
-    end
-    if not fast then
-      break
-    elseif held then
-      out[3], out[4], out[5], out[8], out[9] = 1, o - 1, score_of(ends[o - 1] + 1), 1, false
-      push_usages(out, o, at)
-      return reply()
-    end
-  end
-
-  -- Else the first option whose caps all have room at `at`; for a refused one the earliest
-  -- instant they all have, gaps between planned entries included (z_earliest, over rows).
-  local function earliest(o) -- option o's caps as `earliest_free` takes them, from the rows
-    local gaps = {}
-    for j = ends[o - 1] + 1, ends[o] do
-      local r, ss = rows[fields[5 * j - 3]], {}
-      for i = 2, #r, 2 do
-        if r[i - 1] ~= member then
-          ss[#ss + 1] = r[i]
-        end
-      end
-      gaps[#gaps + 1] = { s = ss, limit = fields[5 * j - 2], window = fields[5 * j - 1] }
-    end
-    return earliest_free(gaps, at)
-  end
-
-  local first_retry = nil
-  for o = 1, fast and n_options or 0 do
-    for j = ends[o - 1] + 1, ends[o] do
-      if not rows_of(j) then
-        fast = false
-        break
-      end
-    end
-    if not fast then
-      break
-    end
-    local retry_at = earliest(o)
-    if o == 1 then
-      first_retry = retry_at
-    end
-    local n = #out
-    if retry_at then
-      out[n + 1], out[n + 2] = 0, retry_at
-      push_usages(out, o, at)
-    else
-      out[4], out[n + 1], out[n + 2] = o - 1, 1, false
-      if dry_run then
-        push_usages(out, o, at)
-        return reply()
-      end
-      local previous = record(o, at)
-      out[5] = at
-      push_usages(out, o, at)
-      return reply(previous)
-    end
-  end
-
-  if fast then -- no option chosen: defer option 1 at its retry instant (defer "a")
-    if defer == '' or dry_run or n_options == 0 then
-      return reply()
-    end
-    out[7] = first_retry or at
-    if not_after and out[7] > not_after then
-      out[6] = 2
-      return reply()
-    end
-    out[6] = 1
-    return reply(record(1, out[7]), true)
-  end
-end
-
--- General path -----------------------------------------------------------------------------------
-
-local options, has_counters = {}, false
-local f = 1
-for o = 1, n_options do
-  local caps = {}
-  for c = 1, sizes[o] do
-    local kind, marker = fields[f] == 99 and 'c' or 'z', fields[f + 4]
-    if fields[f + 2] < 1 then
-      return redis.error_reply('cap limit must be >= 1')
-    end
-    caps[c] = { kind = kind, key = KEYS[fields[f + 1]], limit = fields[f + 2], window = fields[f + 3] }
-    if kind == 'c' then
-      caps[c].marker = KEYS[marker]
-      has_counters = true
-    end
-    f = f + 5
-  end
-  options[o] = { caps = caps, eligible = string.sub(ctl, 3 + o, 3 + o) ~= '0' }
-end
-
--- Sorted sets ---------------------------------------------------------------------------------
-
--- The whole set of a small cap, ascending: { m = members, s = scores }; false = read with commands.
-local views = {}
-local function view(cap)
-  local v = views[cap.key]
-  if v == nil then
-    v = false
-    if cap.limit <= SMALL_LIMIT then
-      local flat = redis.call('ZRANGE', cap.key, '0', ROWS_ARG, 'WITHSCORES')
-      if #flat <= 2 * MAX_ROWS then
-        local ms, ss = {}, {}
-        for i = 2, #flat, 2 do
-          ms[i / 2] = flat[i - 1]
-          ss[i / 2] = tonumber(flat[i])
-        end
-        v = { m = ms, s = ss }
-      end
-    end
-    views[cap.key] = v
-  end
-  return v
-end
-
-local owns = {} -- key -> the member's score there (maybe stale), false = absent
-local recorded = {} -- key -> true once this call recorded the member there
-local function own_score(cap)
-  local s = owns[cap.key]
-  if s == nil then
-    s = false
-    local v = view(cap)
-    if v then
-      for i = 1, #v.m do
-        if v.m[i] == member then
-          s = v.s[i]
-          break
-        end
-      end
-    else
-      local z = redis.call('ZSCORE', cap.key, member)
-      if z then
-        s = tonumber(z)
-      end
-    end
-    owns[cap.key] = s
-  end
-  return s
-end
-
--- First instant >= t the cap has room for the member (counts.py `retry_at_ms`), nil = at t.
-local function z_refusal(cap, t)
-  local low = math.max(t, now) - cap.window
-  local v = view(cap)
-  if v then
-    local ms, ss, c = v.m, v.s, 0
-    for i = 1, #ss do
-      if ss[i] > low and ms[i] ~= member then
-        c = c + 1
-      end
-    end
-    if c < cap.limit then
-      return nil
-    end
-    local wanted = c - cap.limit + 1 -- ascending, the member left out
-    for i = 1, #ss do
-      if ss[i] > low and ms[i] ~= member then
-        wanted = wanted - 1
-        if wanted == 0 then
-          return ss[i] + cap.window
-        end
-      end
-    end
-  end
-  local bound = '(' .. fmt('%d', low)
-  local counted = redis.call('ZCOUNT', cap.key, bound, '+inf')
-  local own = own_score(cap)
-  local own_in = own and own > low
-  if own_in then
-    counted = counted - 1
-  end
-  if counted < cap.limit then
-    return nil
-  end
-  -- the (counted - limit)-th (0-based) score but the member's: rows k and k + 1 of all of them
-  local rows = redis.call('ZRANGEBYSCORE', cap.key, bound, '+inf', 'WITHSCORES', 'LIMIT', counted - cap.limit, 2)
-  if own_in and (rows[1] == member or (rows[3] ~= member and own <= tonumber(rows[2]))) then
-    return tonumber(rows[4]) + cap.window
-  end
-  return tonumber(rows[2]) + cap.window
-end
-
--- used, reset_at at t: entries scored after max(t, now) - window, and what this call recorded.
-local function z_usage(cap, t)
-  local low = math.max(t, now) - cap.window
-  local mine = recorded[cap.key]
-  local v = view(cap)
-  local used, first = 0, nil
-  if v then
-    for i = 1, #v.s do
-      local s = v.s[i]
-      if s > low or (mine and v.m[i] == member) then
-        used = used + 1
-        if first == nil or s < first then
-          first = s
-        end
       end
     end
   else
-    local bound = '(' .. fmt('%d', low)
-    used = redis.call('ZCOUNT', cap.key, bound, '+inf')
-    local row = redis.call('ZRANGEBYSCORE', cap.key, bound, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
-    first = row[2] and tonumber(row[2])
-    if mine then
-      local own = owns[cap.key]
-      if own <= low then
-        used = used + 1
-      end
-      if first == nil or own < first then
-        first = own
-      end
+    local k = fields[5 * j - 3]
+    s = owns[k]
+    if s == nil then
+      local z = redis.call('ZSCORE', KEYS[k], member)
+      s = z and tonumber(z) or false
+      owns[k] = s
     end
   end
-  return used, first and first + cap.window or false
+  if s and s > now - fields[5 * j - 1] then
+    return s
+  end
+  return nil
 end
 
-local function z_record(cap, t)
-  local stale = now - cap.window
-  local v = view(cap)
-  local latest
-  if v then
-    local ms, ss = v.m, v.s
-    if ss[1] and ss[1] <= stale then -- drop what left every window (MemoryCounterStore._live)
-      redis.call('ZREMRANGEBYSCORE', cap.key, '-inf', fmt('%d', stale))
-    end
-    local keep_m, keep_s, placed = {}, {}, false
-    for i = 1, #ss do
-      if ss[i] > stale then
-        latest = ss[i] -- what is left of the set (the member's old entry too) lives until then
-      end
-      if ss[i] > stale and ms[i] ~= member then
-        if not placed and ss[i] > t then
-          keep_m[#keep_m + 1], keep_s[#keep_s + 1], placed = member, t, true
-        end
-        keep_m[#keep_m + 1], keep_s[#keep_s + 1] = ms[i], ss[i]
-      end
-    end
-    if not placed then
-      keep_m[#keep_m + 1], keep_s[#keep_s + 1] = member, t
-    end
-    v.m, v.s = keep_m, keep_s
-  else
-    redis.call('ZREMRANGEBYSCORE', cap.key, '-inf', fmt('%d', stale))
-    local top = redis.call('ZRANGE', cap.key, '-1', '-1', 'WITHSCORES')
-    latest = top[2] and tonumber(top[2])
-  end
-  redis.call('ZADD', cap.key, fmt('%d', t), member)
-  if latest == nil or t > latest then -- else the key already lives past t + window
-    redis.call('PEXPIREAT', cap.key, fmt('%d', math.max(t + cap.window, now + 1) + skew))
-  end
-  owns[cap.key], recorded[cap.key] = t, true
-end
+-- Sliding-window counters (defined only when the request has one) -------------------------------
 
--- Sliding-window counters (defined only when the request has one) ----------------------------
-
-local marker_of, c_refusal, c_usage, c_record, c_forget, c_remove
 if has_counters then
+  local EPSILON = 1e-9 -- absorbs rounding in the counter's weighted sum (a count)
+  local MS_EPSILON = 1e-6 -- and in an instant computed from a fraction of a window (ms)
+
   -- Counter state, loaded once per key (dropping buckets that no longer weigh): bucket -> count.
-  local counters = {}
-  local function counter(cap)
-    local state = counters[cap.key]
+  local counts_at = {}
+  local function state_of(j)
+    local k = fields[5 * j - 3]
+    local state = counts_at[k]
     if state then
       return state
     end
     state = {}
     local stale = {}
-    local flat = redis.call('HGETALL', cap.key)
+    local flat = redis.call('HGETALL', KEYS[k])
     for i = 1, #flat, 2 do
       local b = tonumber(flat[i])
-      if (b + 2) * cap.window <= now then
+      if (b + 2) * fields[5 * j - 1] <= now then
         stale[#stale + 1] = flat[i]
       else
         state[b] = tonumber(flat[i + 1])
       end
     end
     if #stale > 0 then
-      redis.call('HDEL', cap.key, unpack(stale))
+      redis.call('HDEL', KEYS[k], unpack(stale))
     end
-    counters[cap.key] = state
+    counts_at[k] = state
     return state
   end
 
   -- The member's counter entry: bucket, score (nil when absent). Cached per marker key.
   local markers = {}
-  marker_of = function(cap)
-    local entry = markers[cap.marker]
+  local function marker_entry(j)
+    local key = KEYS[fields[5 * j]]
+    local entry = markers[key]
     if entry == nil then
       entry = false
-      local value = redis.call('GET', cap.marker)
+      local value = redis.call('GET', key)
       if value then
         local b, s = string.match(value, '^(%S+) (%S+)$')
         entry = { tonumber(b), tonumber(s) }
       end
-      markers[cap.marker] = entry
+      markers[key] = entry
     end
     if entry then
       return entry[1], entry[2]
@@ -598,30 +304,32 @@ if has_counters then
   end
 
   -- Weighted counter at t, leaving one entry out of bucket `skip`; also the oldest weighing bucket.
-  local function weighted(cap, t, skip)
-    local b = math.floor(t / cap.window)
-    local f = t / cap.window - b
-    local total, oldest = 0, nil
-    for k, count in pairs(counter(cap)) do
+  local function weighted(j, t, skip)
+    local w = fields[5 * j - 1]
+    local b = math.floor(t / w)
+    local f = t / w - b
+    local sum, oldest = 0, nil
+    for k, count in pairs(state_of(j)) do
       if k == skip then
         count = count - 1
       end
       if count > 0 and k >= b - 1 then
-        total = total + (k == b - 1 and count * (1 - f) or count)
+        sum = sum + (k == b - 1 and count * (1 - f) or count)
         if oldest == nil or k < oldest then
           oldest = k
         end
       end
     end
-    return total, oldest
+    return sum, oldest
   end
 
   -- First instant >= t where the weighted count (without `skip`) is at most limit - 1. The count is
   -- continuous and non-increasing in time, linear inside a bucket: walk buckets until it fits.
-  local function counter_retry_at(cap, t, skip)
+  local function counter_retry_at(j, t, skip)
+    local w = fields[5 * j - 1]
     local counts, later = {}, 0
-    local b = math.floor(t / cap.window)
-    for k, count in pairs(counter(cap)) do
+    local b = math.floor(t / w)
+    for k, count in pairs(state_of(j)) do
       if k == skip then
         count = count - 1
       end
@@ -632,7 +340,7 @@ if has_counters then
         end
       end
     end
-    local room = cap.limit - 1
+    local room = fields[5 * j - 2] - 1
     while later > room do
       later = later - (counts[b] or 0)
       b = b + 1
@@ -642,142 +350,171 @@ if has_counters then
     if previous > 0 then
       f = math.max(0, 1 - (room - later) / previous)
     end
-    return math.max(t, b * cap.window + math.ceil(f * cap.window - MS_EPSILON))
+    return math.max(t, b * w + math.ceil(f * w - MS_EPSILON))
   end
 
-  c_refusal = function(cap, t)
-    local skip = marker_of(cap)
-    if math.ceil(weighted(cap, t, skip) - EPSILON) < cap.limit then
+  local function c_refusal(j, t)
+    local skip = marker_entry(j)
+    if math.ceil(weighted(j, t, skip) - EPSILON) < fields[5 * j - 2] then
       return nil
     end
-    return counter_retry_at(cap, t, skip)
+    return counter_retry_at(j, t, skip)
   end
 
-  c_usage = function(cap, t)
-    local total, oldest = weighted(cap, t, nil)
-    return math.max(0, math.ceil(total - EPSILON)), oldest and (oldest + 2) * cap.window or false
+  local function c_usage(j, t)
+    local sum, oldest = weighted(j, t, nil)
+    return math.max(0, math.ceil(sum - EPSILON)), oldest and (oldest + 2) * fields[5 * j - 1] or false
   end
 
   -- Takes the member's count out of its bucket (its marker stays: set again or deleted after).
-  c_forget = function(cap)
-    local state = counter(cap)
-    local old = marker_of(cap)
+  local function forget(j)
+    local state = state_of(j)
+    local old = marker_entry(j)
     if old and state[old] then
       state[old] = state[old] - 1
       if state[old] <= 0 then
         state[old] = nil
-        redis.call('HDEL', cap.key, fmt('%d', old))
+        redis.call('HDEL', KEYS[fields[5 * j - 3]], fmt('%d', old))
       else
-        redis.call('HINCRBY', cap.key, fmt('%d', old), -1)
+        redis.call('HINCRBY', KEYS[fields[5 * j - 3]], fmt('%d', old), -1)
       end
     end
   end
 
-  c_record = function(cap, t)
-    local state = counter(cap)
-    c_forget(cap) -- counted before (a partial record, a deferral moved): never count it twice
-    local b = math.floor(t / cap.window)
+  local function c_record(j, t)
+    local key, marker, w = KEYS[fields[5 * j - 3]], KEYS[fields[5 * j]], fields[5 * j - 1]
+    local state = state_of(j)
+    forget(j) -- counted before (a partial record, a deferral moved): never count it twice
+    local b = math.floor(t / w)
     state[b] = (state[b] or 0) + 1
-    redis.call('HINCRBY', cap.key, fmt('%d', b), 1)
-    redis.call('SET', cap.marker, fmt('%d', b) .. ' ' .. fmt('%d', t), 'PX', fmt('%d', math.max(1, (b + 2) * cap.window - now)))
-    markers[cap.marker] = { b, t }
+    redis.call('HINCRBY', key, fmt('%d', b), 1)
+    local ttl = math.max(1, (b + 2) * w - now)
+    redis.call('SET', marker, fmt('%d', b) .. ' ' .. fmt('%d', t), 'PX', fmt('%d', ttl))
+    markers[marker] = { b, t }
     local last = b
     for k in pairs(state) do
       if k > last then
         last = k
       end
     end
-    redis.call('PEXPIRE', cap.key, fmt('%d', math.max(1, (last + 2) * cap.window - now)))
+    redis.call('PEXPIRE', key, fmt('%d', math.max(1, (last + 2) * w - now)))
   end
 
   -- Takes the member out of the counter altogether: its count and its marker.
-  c_remove = function(cap)
-    c_forget(cap)
-    redis.call('DEL', cap.marker)
-    markers[cap.marker] = false
+  local function c_remove(j)
+    local marker = KEYS[fields[5 * j]]
+    forget(j)
+    redis.call('DEL', marker)
+    markers[marker] = false
   end
+
+  sliding = {
+    entry = marker_entry, refusal = c_refusal, usage = c_usage, record = c_record, remove = c_remove,
+  }
 end
 
--- Both kinds -------------------------------------------------------------------------------------
+-- Options: option o's caps are j = ends[o - 1] + 1 .. ends[o] -------------------------------------
 
--- The member's score in a cap if it counts there (nil when absent or stale).
-local function score_of(cap)
-  if cap.kind == 'z' then
-    local s = own_score(cap)
-    if s and s > now - cap.window then
-      return s
-    end
-    return nil
-  end
-  local _, score = marker_of(cap)
-  return score
-end
-
-local function holds(option)
-  if #option.caps == 0 then
+-- Whether option o holds the member in all its caps (never when it has none).
+local function holds(o)
+  if ends[o] == ends[o - 1] then
     return false
   end
-  for _, cap in ipairs(option.caps) do
-    if score_of(cap) == nil then
+  for j = ends[o - 1] + 1, ends[o] do
+    if score_of(j) == nil then
       return false
     end
   end
   return true
 end
 
-local function refusal(cap, t)
-  if cap.kind == 'z' then
-    return z_refusal(cap, t)
-  end
-  return c_refusal(cap, t)
-end
-
--- The live entries (scored after now - window) of a cap with limit <= GAP_LIMIT, the member's
--- left out, ascending, as `earliest_free` takes them: false for a larger cap or more than
--- GAP_ROWS of them (counters/base.py GAP_LIMIT, GAP_ROWS: gaps are looked for only there).
-local gap_caps = {}
-local function gap_cap(cap)
-  local g = gap_caps[cap.key]
-  if g == nil then
-    g = false
-    if cap.kind == 'z' and cap.limit <= GAP_LIMIT then
+-- The first instant >= t every cap of option o has room (nil: at t). Where every cap is a sorted
+-- set with limit <= GAP_LIMIT and at most GAP_ROWS live entries (counters/base.py: gaps are looked
+-- for only there), `earliest_free` over their live entries, the member's left out, ascending (gaps
+-- included); else the latest of the caps' own instants (a cap has room once enough entries left
+-- the window).
+local function option_refusal(o, t)
+  local GAP_LIMIT, GAP_ROWS = 32, 64 -- counters/base.py: caps searched for gaps
+  local gaps = {}
+  for j = ends[o - 1] + 1, ends[o] do
+    if sliding and fields[5 * j - 4] == 99 or fields[5 * j - 2] > GAP_LIMIT then
+      gaps = nil
+      break
+    end
+    local stale, ss = now - fields[5 * j - 1], {}
+    local r = rows(j)
+    if r then
+      for i = 2, #r, 2 do
+        if r[i] > stale and r[i - 1] ~= member then
+          ss[#ss + 1] = r[i]
+        end
+      end
+    else
+      local bound = '(' .. fmt('%d', stale)
       local flat = redis.call(
-        'ZRANGEBYSCORE', cap.key, '(' .. fmt('%d', now - cap.window), '+inf', 'WITHSCORES', 'LIMIT', 0, GAP_ROWS + 2
+        'ZRANGEBYSCORE', KEYS[fields[5 * j - 3]], bound, '+inf', 'WITHSCORES', 'LIMIT', 0, GAP_ROWS + 2
       )
-      local ss = {}
       for i = 2, #flat, 2 do
         if flat[i - 1] ~= member then
           ss[#ss + 1] = tonumber(flat[i])
         end
       end
-      if #ss <= GAP_ROWS then
-        g = { s = ss, limit = cap.limit, window = cap.window }
-      end
     end
-    gap_caps[cap.key] = g
-  end
-  return g
-end
-
--- The first instant >= t every cap of the option has room (nil: at t): gaps included where
--- every cap is small (`earliest_free`), else the latest of the caps' own instants (a cap has
--- room once enough entries left the window).
-local function option_refusal(option, t)
-  local gaps = {}
-  for _, cap in ipairs(option.caps) do
-    local g = gap_cap(cap)
-    if not g then
+    if #ss > GAP_ROWS then
       gaps = nil
       break
     end
-    gaps[#gaps + 1] = g
+    gaps[#gaps + 1] = { s = ss, limit = fields[5 * j - 2], window = fields[5 * j - 1] }
   end
   if gaps then
     return earliest_free(gaps, t)
   end
   local retry_at = nil
-  for _, cap in ipairs(option.caps) do
-    local when = refusal(cap, t)
+  for j = ends[o - 1] + 1, ends[o] do
+    local when -- the first instant >= t cap j has room for the member, nil = at t
+    if sliding and fields[5 * j - 4] == 99 then
+      when = sliding.refusal(j, t)
+    else -- sorted set: the (count - limit + 1)-th live entry, the member's left out, leaves
+      local lim, w = fields[5 * j - 2], fields[5 * j - 1]
+      local low = math.max(t, now) - w
+      local r = rows(j)
+      if r then
+        local c = 0
+        for i = 2, #r, 2 do
+          if r[i] > low and r[i - 1] ~= member then
+            c = c + 1
+          end
+        end
+        local wanted = c - lim + 1 -- ascending
+        for i = 2, wanted > 0 and #r or 0, 2 do
+          if r[i] > low and r[i - 1] ~= member then
+            wanted = wanted - 1
+            if wanted == 0 then
+              when = r[i] + w
+              break
+            end
+          end
+        end
+      else -- counts.py `retry_at_ms` with ZCOUNT and two rows of ZRANGEBYSCORE ... LIMIT
+        local key, bound = KEYS[fields[5 * j - 3]], '(' .. fmt('%d', low)
+        local counted = redis.call('ZCOUNT', key, bound, '+inf')
+        local own = score_of(j) -- nil when stale: then it is out of the window (low >= now - window)
+        local own_in = own and own > low
+        if own_in then
+          counted = counted - 1
+        end
+        if counted >= lim then
+          -- the (counted - limit)-th (0-based) score but the member's: rows k and k + 1 of them
+          local found =
+            redis.call('ZRANGEBYSCORE', key, bound, '+inf', 'WITHSCORES', 'LIMIT', counted - lim, 2)
+          if own_in and (found[1] == member or (found[3] ~= member and own <= tonumber(found[2]))) then
+            when = tonumber(found[4]) + w
+          else
+            when = tonumber(found[2]) + w
+          end
+        end
+      end
+    end
     if when and (retry_at == nil or when > retry_at) then
       retry_at = when
     end
@@ -785,35 +522,99 @@ local function option_refusal(option, t)
   return retry_at
 end
 
-local function push2(out, x, y)
-  local k = #out
-  out[k + 1], out[k + 2] = x, y
-end
+local recorded = {} -- key index -> true once this call recorded the member there
 
--- Appends `used, reset_at` per cap of the option at t to `out`.
-local function push_usages(out, option, t)
-  for _, cap in ipairs(option.caps) do
-    local used, reset
-    if cap.kind == 'z' then
-      used, reset = z_usage(cap, t)
+-- Appends `used, reset_at` at t of every cap of option o to `out`: the entries scored after
+-- max(t, now) - window, and what this call recorded.
+local function push_usages(out, o, t)
+  for j = ends[o - 1] + 1, ends[o] do
+    local n = #out
+    if sliding and fields[5 * j - 4] == 99 then
+      out[n + 1], out[n + 2] = sliding.usage(j, t)
     else
-      used, reset = c_usage(cap, t)
+      local k, w = fields[5 * j - 3], fields[5 * j - 1]
+      local low, mine = math.max(t, now) - w, recorded[k]
+      local r = rows(j)
+      local used, first = 0, nil
+      if r then
+        for i = 2, #r, 2 do
+          local s = r[i]
+          if s > low or (mine and r[i - 1] == member) then
+            used = used + 1
+            if first == nil or s < first then
+              first = s
+            end
+          end
+        end
+      else
+        local bound = '(' .. fmt('%d', low)
+        used = redis.call('ZCOUNT', KEYS[k], bound, '+inf')
+        local row = redis.call('ZRANGEBYSCORE', KEYS[k], bound, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+        first = row[2] and tonumber(row[2])
+        if mine then
+          local own = owns[k]
+          if own <= low then
+            used = used + 1
+          end
+          if first == nil or own < first then
+            first = own
+          end
+        end
+      end
+      out[n + 1], out[n + 2] = used, first and first + w or false
     end
-    push2(out, used, reset)
   end
 end
 
--- Records the member at t in every cap of the option; returns the caps' scores before.
-local function record(option, t)
+-- Records the member at t in every cap of option o; returns the caps' scores before. A sorted set
+-- loses what left every window (MemoryCounterStore._live) and expires when its latest entry leaves
+-- the window.
+local function record(o, t)
   local previous = {}
-  for c, cap in ipairs(option.caps) do
-    previous[c] = score_of(cap) or false
+  for j = ends[o - 1] + 1, ends[o] do
+    previous[#previous + 1] = score_of(j) or false
   end
-  for _, cap in ipairs(option.caps) do
-    if cap.kind == 'z' then
-      z_record(cap, t)
+  for j = ends[o - 1] + 1, ends[o] do
+    if sliding and fields[5 * j - 4] == 99 then
+      sliding.record(j, t)
     else
-      c_record(cap, t)
+      local k, w = fields[5 * j - 3], fields[5 * j - 1]
+      local key, stale, latest = KEYS[k], now - w, nil
+      local r = rows(j)
+      if r then
+        if r[2] and r[2] <= stale then
+          redis.call('ZREMRANGEBYSCORE', key, '-inf', fmt('%d', stale))
+        end
+        local kept, placed = {}, false
+        for i = 1, #r, 2 do
+          local s = r[i + 1]
+          if s > stale then
+            latest = s -- what is left of the set (the member's old entry too) lives until then
+            if r[i] ~= member then
+              if not placed and s > t then
+                kept[#kept + 1], kept[#kept + 2], placed = member, t, true
+              end
+              kept[#kept + 1], kept[#kept + 2] = r[i], s
+            end
+          end
+        end
+        if not placed then
+          kept[#kept + 1], kept[#kept + 2] = member, t
+        end
+        rows_at[k] = kept
+      else
+        redis.call('ZREMRANGEBYSCORE', key, '-inf', fmt('%d', stale))
+        local top = redis.call('ZRANGE', key, '-1', '-1', 'WITHSCORES')
+        latest = top[2] and tonumber(top[2])
+      end
+      redis.call('ZADD', key, fmt('%d', t), member)
+      if latest == nil or t > latest then -- else the key already lives past t + window
+        redis.call('PEXPIREAT', key, fmt('%d', math.max(t + w, now + 1) + skew))
+      end
+      if not r then
+        owns[k] = t
+      end
+      recorded[k] = true
     end
   end
   return previous
@@ -823,50 +624,52 @@ end
 local out = { now, at, 0, -1, false, 0, false }
 
 local function reply(previous, deferred)
-  previous = previous or {}
-  out[#out + 1] = #previous
-  for i = 1, #previous do
+  local n = previous and #previous or 0
+  out[#out + 1] = n
+  for i = 1, n do
     out[#out + 1] = previous[i]
   end
   if deferred then
-    push_usages(out, options[1], out[7])
+    push_usages(out, 1, out[7])
   end
   return out
 end
 
+-- The modes -------------------------------------------------------------------------------------
+
 if mode == 'U' then
-  local option = options[1]
-  for c, cap in ipairs(option.caps) do
-    local score = tonumber(ARGV[7 + c])
-    if cap.kind == 'c' then
+  for j = 1, ends[1] do -- option 1's caps, in order: ARGV[7 + j] is cap j's former score
+    local score = tonumber(ARGV[7 + j])
+    local k, w = fields[5 * j - 3], fields[5 * j - 1]
+    if sliding and fields[5 * j - 4] == 99 then
       if score then
-        c_record(cap, score)
+        sliding.record(j, score)
       else
-        c_remove(cap)
+        sliding.remove(j)
       end
-    elseif score == nil or score <= now - cap.window then
-      redis.call('ZREM', cap.key, member)
+    elseif score == nil or score <= now - w then
+      redis.call('ZREM', KEYS[k], member)
     else
-      redis.call('ZADD', cap.key, fmt('%d', score), member)
-      local ttl = redis.call('PTTL', cap.key)
-      if ttl < 0 or now + ttl < score + cap.window then
-        redis.call('PEXPIREAT', cap.key, fmt('%d', score + cap.window + skew))
+      redis.call('ZADD', KEYS[k], fmt('%d', score), member)
+      local ttl = redis.call('PTTL', KEYS[k])
+      if ttl < 0 or now + ttl < score + w then
+        redis.call('PEXPIREAT', KEYS[k], fmt('%d', score + w + skew))
       end
     end
-    views[cap.key], owns[cap.key] = nil, nil
+    rows_at[k], owns[k] = nil, nil
   end
-  push2(out, 0, false)
-  push_usages(out, option, at)
+  out[#out + 1], out[#out + 2] = 0, false
+  push_usages(out, 1, at)
   return reply()
 elseif mode == 'C' then
   local any = false
-  for _, option in ipairs(options) do
-    if holds(option) then
+  for o = 1, n_options do
+    if holds(o) then
       any = true
-      push2(out, 1, score_of(option.caps[1]))
-      push_usages(out, option, at)
+      out[#out + 1], out[#out + 2] = 1, score_of(ends[o - 1] + 1)
+      push_usages(out, o, at)
     else
-      push2(out, 0, false)
+      out[#out + 1], out[#out + 2] = 0, false
     end
   end
   if any or not eval_ok then
@@ -877,11 +680,11 @@ elseif mode == 'C' then
     out[i] = nil
   end
 elseif mode == 'F' or mode == 'D' then
-  for o, option in ipairs(options) do
-    if option.eligible and holds(option) then
-      out[3], out[4], out[5] = 1, o - 1, score_of(option.caps[1])
-      push2(out, 1, false)
-      push_usages(out, option, at)
+  for o = 1, n_options do
+    if (all_eligible or string.sub(ctl, 3 + o, 3 + o) ~= '0') and holds(o) then
+      out[3], out[4], out[5] = 1, o - 1, score_of(ends[o - 1] + 1)
+      out[#out + 1], out[#out + 2] = 1, false
+      push_usages(out, o, at)
       return reply()
     end
   end
@@ -892,37 +695,37 @@ end
 
 local first_retry = nil -- option 1's retry instant at `at`
 if mode ~= 'M' then
-  for o, option in ipairs(options) do
-    local retry_at = option_refusal(option, at)
+  for o = 1, n_options do
+    local retry_at = option_refusal(o, at)
     if o == 1 then
       first_retry = retry_at
     end
-    if retry_at ~= nil or not option.eligible then
-      push2(out, 0, retry_at or false)
-      push_usages(out, option, at)
+    if retry_at ~= nil or not (all_eligible or string.sub(ctl, 3 + o, 3 + o) ~= '0') then
+      out[#out + 1], out[#out + 2] = 0, retry_at or false
+      push_usages(out, o, at)
     else
       out[4] = o - 1
-      push2(out, 1, false)
+      out[#out + 1], out[#out + 2] = 1, false
       if dry_run then
-        push_usages(out, option, at)
+        push_usages(out, o, at)
         return reply()
       end
-      local previous = record(option, at)
+      local previous = record(o, at)
       out[5] = at
-      push_usages(out, option, at)
+      push_usages(out, o, at)
       return reply(previous)
     end
   end
 end
 
 -- No option chosen: defer option 1 (base.py point 3).
-if defer == '' or dry_run or #options == 0 then
+if defer == '' or dry_run or n_options == 0 then
   return reply()
 end
 local when = first_retry or at -- "a": option 1's retry instant, found above
 if defer ~= 'a' then -- "m<floor>": option 1's earliest instant >= floor
   local floor = tonumber(string.sub(defer, 2))
-  when = option_refusal(options[1], floor) or floor
+  when = option_refusal(1, floor) or floor
 end
 out[7] = when
 if not_after and when > not_after then
@@ -930,4 +733,4 @@ if not_after and when > not_after then
   return reply()
 end
 out[6] = 1
-return reply(record(options[1], when), true)
+return reply(record(1, when), true)
