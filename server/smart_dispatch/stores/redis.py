@@ -6,11 +6,13 @@
     redis+cluster://[[user]:password@]host:port Redis Cluster, any node as seed (topology is
                                                 discovered on first use)
 
-Every store shares one client: `socket_connect_timeout` = `StoreOptions.timeout_s`, NO automatic
-retries, and every operation is bounded as a whole by `_redis_guard.guarded` (an asyncio timeout
-of `timeout_s`), which also covers reads - a per-socket read timeout would only add a task per
-command. A failed call fails fast as `StoreUnavailableError`, and the decision pipeline applies
-its fail-open / fail-closed policy instead of waiting. Building the client does not connect.
+Every store shares one client, the bundle's (`Stores.client`, closed once by `Stores.close`; no
+store closes it): `socket_connect_timeout` = `StoreOptions.timeout_s`, NO automatic retries, and
+every operation is bounded as a whole by `_redis_guard.guarded` (`bounded` on the hot paths: the
+same asyncio timeout of `timeout_s` and error translation), which also covers reads - a
+per-socket read timeout would only add a task per command. A failed call fails fast as
+`StoreUnavailableError`, and the decision pipeline applies its fail-open / fail-closed policy
+instead of waiting. Building the client does not connect.
 
 A decision's user-state read (list memberships + behaviour + preferences) is one EVALSHA of
 user_state.lua on one server (package data next to user_state.py), a pipeline on a Cluster:
