@@ -6,9 +6,9 @@ Atomic because `reserve` never awaits while it reads and writes. Instants are wh
 Memory: a cap's entries (message id -> planned instant, one small dict per user and cap, which
 the cyclic GC does not track) are kept while they are in the cap's window. Entries that left it
 are dropped when their cap is next read, and by a sweep over every user and cap, on the request
-clock, once as many keys were made as the previous sweep left (at least `SWEEP_EVERY`):
-amortised O(1) per reserve, at most about twice the keys of one window, and the keys of users
-who went away are removed with their last entry.
+clock, once a quarter as many keys were made as the previous sweep left (at least
+`SWEEP_EVERY`): amortised O(1) per reserve, at most the keys of one window and a quarter (or
+`SWEEP_EVERY`) more, and the keys of users who went away are removed with their last entry.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from smart_dispatch.counters.base import (
     to_ms,
 )
 
-#: A sweep runs once as many keys were made as the previous one left, and never sooner.
+#: A sweep runs once a quarter as many keys were made as the previous one left, never sooner.
 SWEEP_EVERY = 10_000
 
 
@@ -73,7 +73,7 @@ class MemoryCounterStore(CounterStore):
         for key in gone:
             del self._entries[key]
         self._created = 0
-        self._sweep_after = max(self._sweep_every, len(self._entries))
+        self._sweep_after = max(self._sweep_every, len(self._entries) // 4)
         return len(gone)
 
     def sizes(self) -> dict[str, int]:
