@@ -79,6 +79,26 @@ class Provider(abc.ABC):
     channel: str
     name: str
 
+    def error(
+        self,
+        problem: str,
+        *,
+        retryable: bool,
+        code: str = "",
+        retry_after_s: float | None = None,
+        invalid_address: bool = False,
+    ) -> ProviderError:
+        """A `ProviderError` naming this provider and channel (to be raised by the caller)."""
+        return ProviderError(
+            problem,
+            provider=self.name,
+            channel=self.channel,
+            retryable=retryable,
+            retry_after_s=retry_after_s,
+            code=code,
+            invalid_address=invalid_address,
+        )
+
     @abc.abstractmethod
     async def send(self, delivery: Delivery) -> SendResult:
         """Make one attempt. Raises `ProviderError` (never anything else) on failure."""

@@ -40,7 +40,7 @@ import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from smart_dispatch.channels.base import Delivery, Provider, ProviderError, SendResult
+from smart_dispatch.channels.base import Delivery, Provider, SendResult
 
 if TYPE_CHECKING:  # imported when a provider is built: Apprise and its plugins take a while
     import apprise
@@ -94,11 +94,6 @@ class AppriseProvider(Provider):
         self.name = name
         self.config = config
         self._apprise = build_apprise(config.urls)
-
-    def error(self, problem: str, *, retryable: bool, code: str) -> ProviderError:
-        return ProviderError(
-            problem, provider=self.name, channel=self.channel, retryable=retryable, code=code
-        )
 
     async def send(self, delivery: Delivery) -> SendResult:
         content = delivery.content

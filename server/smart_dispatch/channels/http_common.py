@@ -58,7 +58,7 @@ from aiohttp.abc import AbstractResolver
 from aiohttp.http_exceptions import ContentEncodingError
 from multidict import CIMultiDictProxy
 
-from smart_dispatch.channels.base import Delivery, Provider, ProviderError
+from smart_dispatch.channels.base import Delivery, Provider
 from smart_dispatch.channels.destinations import ForbiddenDestination
 
 MAX_BODY_BYTES = 64 * 1024
@@ -236,26 +236,6 @@ class HttpProvider(Provider):
         if not number:
             raise self.error("empty phone number", retryable=False, code="invalid_address")
         return number
-
-    def error(
-        self,
-        problem: str,
-        *,
-        retryable: bool,
-        code: str = "",
-        retry_after_s: float | None = None,
-        invalid_address: bool = False,
-    ) -> ProviderError:
-        """A `ProviderError` naming this provider and channel (to be raised by the caller)."""
-        return ProviderError(
-            problem,
-            provider=self.name,
-            channel=self.channel,
-            retryable=retryable,
-            retry_after_s=retry_after_s,
-            code=code,
-            invalid_address=invalid_address,
-        )
 
     async def request(
         self,

@@ -173,25 +173,6 @@ class ApnsProvider(Provider):
         self.token_mints = 0
         """How many provider tokens were minted (for tests and metrics)."""
 
-    def error(
-        self,
-        problem: str,
-        *,
-        retryable: bool,
-        code: str = "",
-        retry_after_s: float | None = None,
-        invalid_address: bool = False,
-    ) -> ProviderError:
-        return ProviderError(
-            problem,
-            provider=self.name,
-            channel=self.channel,
-            retryable=retryable,
-            retry_after_s=retry_after_s,
-            code=code,
-            invalid_address=invalid_address,
-        )
-
     def _http(self) -> httpx.AsyncClient:
         client = self._client
         if client is None:
