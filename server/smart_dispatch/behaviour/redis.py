@@ -74,6 +74,8 @@ class RedisBehaviourStore(BehaviourStore):
         self._sent_users: set[str] = set()
         self._flush: asyncio.TimerHandle | None = None
         self._writing: set[asyncio.Task[None]] = set()
+        # batches on their way to Redis: their people, and when they are written
+        self._in_flight: list[tuple[set[str], asyncio.Future[None]]] = []
 
     def key(self, user_id: str) -> str:
         return f"{self._prefix}:{{u:{user_id}}}:behaviour"
@@ -132,6 +134,9 @@ class RedisBehaviourStore(BehaviourStore):
             self._flush = None
         if not batch:
             return
+        written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        flight = ({sent.user_id for sent, _ in batch}, written)
+        self._in_flight.append(flight)
         try:
             async with guarded(self._timeout_s * 4):  # a batch: more than one decision's work
                 firsts = await asyncio.gather(*(self._decided_user(sent, hl) for sent, hl in batch))
@@ -144,10 +149,18 @@ class RedisBehaviourStore(BehaviourStore):
                 )
         except StoreError as exc:
             log.warning("%d sends not counted for learning: %s", len(batch), exc)
+        finally:
+            self._in_flight.remove(flight)
+            written.set_result(None)
 
     async def settle(self, user_id: str | None = None) -> None:
         if self._sent and (user_id is None or user_id in self._sent_users):
             await self._write_sent()
+        # and a batch already on its way with this person's sends: its end (an event must not
+        # overtake its send; on a Cluster the two go on different connections)
+        waiting = [done for users, done in self._in_flight if user_id is None or user_id in users]
+        if waiting:
+            await asyncio.wait(waiting)
 
     async def record(self, event: EngagementEvent, half_life_s: float) -> Recorded:
         await self.settle(event.user_id)  # the person's sends first: the event counts against them
